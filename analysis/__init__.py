@@ -1,0 +1,1 @@
+"""MedSynth analysis package."""

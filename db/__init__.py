@@ -1,0 +1,1 @@
+"""MedSynth db package."""
