@@ -1,0 +1,35 @@
+"""Feature extractors behind one interface (:class:`FeatureExtractor`): name, dim, weights_sha256, preprocess."""
+
+from analysis.features.base import (
+    COLOUR_HANDLING,
+    FeatureExtractor,
+    Preprocess,
+    file_sha256,
+    load_images,
+    preprocess_batch,
+    state_dict_sha256,
+    to_rgb,
+)
+from analysis.features.hf import CLIPExtractor, DINOv2Extractor, preprocess_from_config
+from analysis.features.inception import (
+    FID_WEIGHTS_URL,
+    FIDInceptionV3,
+    InceptionFeatureExtractor,
+)
+
+__all__ = [
+    "COLOUR_HANDLING",
+    "FID_WEIGHTS_URL",
+    "CLIPExtractor",
+    "DINOv2Extractor",
+    "FIDInceptionV3",
+    "FeatureExtractor",
+    "InceptionFeatureExtractor",
+    "Preprocess",
+    "file_sha256",
+    "load_images",
+    "preprocess_batch",
+    "preprocess_from_config",
+    "state_dict_sha256",
+    "to_rgb",
+]
