@@ -1,0 +1,146 @@
+"""Recording generated images: what ``generation/`` calls to store what it makes.
+
+Recording is idempotent on (model, case, seed): the image file is written to the media store first
+(atomically, content-addressed), then its row in one short transaction, so a crash midway leaves either
+nothing or a complete record, and a rerun skips what exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.errors import InputError, NotFoundError
+from db.importers import _ensure_image_rows
+from db.media import MediaStore
+from db.models import Case, Dataset, GeneratedImage, Model, ModelKind
+from db.session import Database
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """A case to generate for: its id, key and prompt."""
+
+    id: int
+    key: str
+    prompt: str
+
+
+def dataset_cases(
+    session: Session, dataset: str, *, limit: int | None = None, split: str | None = None
+) -> list[CaseRef]:
+    """The cases of a dataset in a stable order (by id)."""
+    ds = session.scalar(select(Dataset).where(Dataset.name == dataset))
+    if ds is None:
+        raise NotFoundError(f"no dataset called {dataset!r} (python app.py datasets)")
+    query = select(Case).where(Case.dataset_id == ds.id).order_by(Case.id)
+    if split is not None:
+        query = query.where(Case.split == split)
+    if limit is not None:
+        query = query.limit(limit)
+    return [CaseRef(c.id, c.key, c.prompt) for c in session.scalars(query)]
+
+
+def get_model(session: Session, name: str) -> Model:
+    """The registered model called ``name``."""
+    model = session.scalar(select(Model).where(Model.name == name))
+    if model is None:
+        raise NotFoundError(f"no model called {name!r} (python app.py models list)")
+    return model
+
+
+def register_model(
+    session: Session,
+    name: str,
+    *,
+    kind: ModelKind | str,
+    source: str,
+    parameters: dict[str, Any] | None = None,
+    replace: bool = False,
+) -> Model:
+    """Register (or with ``replace``, update) a model."""
+    if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
+        raise InputError("a model name of 1-200 printable characters is required")
+    try:
+        kind = ModelKind(kind)
+    except ValueError:
+        raise InputError(f"unknown model kind {kind!r}; choose msdm, diffusers or folder") from None
+    model = session.scalar(select(Model).where(Model.name == name))
+    if model is not None and not replace:
+        from db.errors import ConflictError
+
+        raise ConflictError(f"a model called {name!r} is already registered")
+    if model is None:
+        model = Model(name=name, kind=kind, source=source, parameters=parameters or {})
+        session.add(model)
+    else:
+        model.kind, model.source, model.parameters = kind, source, parameters or {}
+    session.flush()
+    return model
+
+
+def existing_seeds(session: Session, model_id: int, case_ids: list[int] | None = None) -> set[tuple[int, int]]:
+    """(case_id, seed) pairs already recorded for a model (to resume generation)."""
+    query = select(GeneratedImage.case_id, GeneratedImage.seed).where(GeneratedImage.model_id == model_id)
+    if case_ids is not None:
+        query = query.where(GeneratedImage.case_id.in_(case_ids))
+    return {(c, s) for c, s in session.execute(query)}
+
+
+def record_generated_image(
+    database: Database,
+    store: MediaStore,
+    *,
+    model_id: int,
+    case_id: int,
+    image: Image.Image,
+    seed: int,
+    steps: int | None,
+    guidance: float | None,
+    parameters: dict[str, Any],
+    device: str,
+    seconds: float | None,
+    peak_memory_bytes: int | None,
+) -> int:
+    """Store one generated image and its record; returns the row id (the existing one on a rerun)."""
+    info = store.put_image(image, source=f"generated image (case {case_id}, seed {seed})")
+    try:
+        with database.session() as session:
+            prior = session.scalar(
+                select(GeneratedImage).where(
+                    GeneratedImage.model_id == model_id, GeneratedImage.case_id == case_id, GeneratedImage.seed == seed
+                )
+            )
+            if prior is not None:
+                return prior.id
+            _ensure_image_rows(session, [info])
+            row = GeneratedImage(
+                case_id=case_id,
+                model_id=model_id,
+                image_sha256=info.sha256,
+                seed=seed,
+                steps=steps,
+                guidance=guidance,
+                parameters=parameters,
+                device=device,
+                seconds=seconds,
+                peak_memory_bytes=peak_memory_bytes,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+    except IntegrityError:  # a concurrent worker recorded it first
+        with database.session() as session:
+            prior = session.scalar(
+                select(GeneratedImage).where(
+                    GeneratedImage.model_id == model_id, GeneratedImage.case_id == case_id, GeneratedImage.seed == seed
+                )
+            )
+            if prior is None:
+                raise
+            return prior.id

@@ -1,0 +1,164 @@
+"""The rater's loop at the database level: next pair, progress, and idempotent submission.
+
+A rating is acknowledged only after its transaction commits. The client submission id is unique, so a
+double click or a retry after a network error returns the stored rating instead of writing a second one;
+one rating per assignment is enforced by the schema too, so two tabs cannot rate the same item twice.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.errors import AccessDenied, InputError
+from db.models import Assignment, Rater, Rating, Side, StudyItem, utcnow
+from db.questions import DEFAULT_QUESTIONS, QuestionSet
+from db.session import Database
+
+MAX_SUBMISSION_ID = 64
+
+
+class SubmitStatus(enum.StrEnum):
+    """Outcome of a submission."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # the same submission id was stored before: nothing new written
+    ALREADY_RATED = "already_rated"  # another submission rated this assignment first
+
+
+@dataclass(frozen=True)
+class PairView:
+    """What a rater's screen needs for one pair: no model, no side truth, no hashes."""
+
+    item_public_id: str
+    prompt: str
+    position: int
+    total: int
+    done: int
+    left_sha256: str
+    right_sha256: str
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """A submission's outcome."""
+
+    status: SubmitStatus
+    rating_id: int
+
+
+def progress(session: Session, rater_id: int) -> tuple[int, int]:
+    """(rated, total) for a rater."""
+    total = session.scalar(select(func.count()).select_from(Assignment).where(Assignment.rater_id == rater_id))
+    done = session.scalar(select(func.count()).select_from(Rating).where(Rating.rater_id == rater_id))
+    return int(done or 0), int(total or 0)
+
+
+def next_pair(session: Session, rater: Rater) -> PairView | None:
+    """The rater's next unrated pair (marking when it was first shown), or None when all are rated."""
+    row = session.execute(
+        select(Assignment, StudyItem)
+        .join(StudyItem, Assignment.item_id == StudyItem.id)
+        .outerjoin(Rating, Rating.assignment_id == Assignment.id)
+        .where(Assignment.rater_id == rater.id, Rating.id.is_(None))
+        .order_by(Assignment.position)
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    assignment, item = row
+    if assignment.first_shown_at is None:
+        assignment.first_shown_at = utcnow()
+    done, total = progress(session, rater.id)
+    return PairView(
+        item_public_id=item.public_id,
+        prompt=item.case.prompt,
+        position=assignment.position,
+        total=total,
+        done=done,
+        left_sha256=item.sha256_on(Side.LEFT),
+        right_sha256=item.sha256_on(Side.RIGHT),
+    )
+
+
+def _existing(session: Session, submission_id: str) -> Rating | None:
+    return session.scalar(select(Rating).where(Rating.submission_id == submission_id))
+
+
+def submit_rating(
+    database: Database,
+    rater_id: int,
+    item_public_id: str,
+    submission_id: str,
+    answers: dict[str, Any],
+    *,
+    response_ms_client: float | None = None,
+    client_submitted_at: str | None = None,
+    questions: QuestionSet = DEFAULT_QUESTIONS,
+) -> SubmitResult:
+    """Store a rating once. Raises :class:`AccessDenied` for an item not assigned to this rater."""
+    if not submission_id or len(submission_id) > MAX_SUBMISSION_ID or not submission_id.isprintable():
+        raise InputError("a submission id of 1-64 printable characters is required")
+    if client_submitted_at is not None and len(client_submitted_at) > 40:
+        raise InputError("client timestamp too long")
+    if response_ms_client is not None and not 0 <= response_ms_client < 1e9:
+        response_ms_client = None
+    clean = questions.validate(answers)
+    try:
+        with database.session() as session:
+            prior = _existing(session, submission_id)
+            if prior is not None:
+                if prior.rater_id != rater_id:
+                    raise AccessDenied("that submission id belongs to another rater")
+                return SubmitResult(SubmitStatus.DUPLICATE, prior.id)
+            assignment = session.scalar(
+                select(Assignment)
+                .join(StudyItem, Assignment.item_id == StudyItem.id)
+                .where(Assignment.rater_id == rater_id, StudyItem.public_id == item_public_id)
+            )
+            if assignment is None:
+                raise AccessDenied("this pair is not assigned to you")
+            rated = session.scalar(select(Rating).where(Rating.assignment_id == assignment.id))
+            if rated is not None:
+                return SubmitResult(SubmitStatus.ALREADY_RATED, rated.id)
+            now = utcnow()
+            shown: datetime | None = assignment.first_shown_at
+            server_ms = (now - shown).total_seconds() * 1000 if shown else None
+            rating = Rating(
+                assignment_id=assignment.id,
+                rater_id=rater_id,
+                item_id=assignment.item_id,
+                submission_id=submission_id,
+                answers=clean,
+                response_ms_server=server_ms,
+                response_ms_client=response_ms_client,
+                client_submitted_at=client_submitted_at,
+                server_received_at=now,
+            )
+            session.add(rating)
+            session.flush()
+            rating_id = rating.id
+        return SubmitResult(SubmitStatus.STORED, rating_id)
+    except IntegrityError:
+        pass
+    # A concurrent request stored the same submission id or rated the assignment first.
+    with database.session() as session:
+        prior = _existing(session, submission_id)
+        if prior is not None:
+            return SubmitResult(SubmitStatus.DUPLICATE, prior.id)
+        rated = session.scalar(
+            select(Rating)
+            .join(Assignment)
+            .where(Assignment.rater_id == rater_id)
+            .join(StudyItem, Assignment.item_id == StudyItem.id)
+            .where(StudyItem.public_id == item_public_id)
+        )
+        if rated is None:
+            raise InputError("the rating could not be stored; please submit again")
+        return SubmitResult(SubmitStatus.ALREADY_RATED, rated.id)
