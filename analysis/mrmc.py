@@ -110,6 +110,9 @@ import pandas as pd
 from scipy import stats
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
     pass
 
 CovMethod = Literal["jackknife", "delong", "unbiased"]
@@ -264,9 +267,7 @@ def _layout(
     pos_per_case = np.bincount(k_code, weights=truth_values, minlength=n_k)
     mixed = (pos_per_case > 0) & (pos_per_case < n_per_case)
     if mixed.any():
-        raise ValueError(
-            f"case(s) {list(k_levels[mixed][:5])} have both truth 0 and 1; a case must have one truth"
-        )
+        raise ValueError(f"case(s) {list(k_levels[mixed][:5])} have both truth 0 and 1; a case must have one truth")
     positive = pos_per_case > 0
 
     cell = t_code * n_r + r_code
@@ -290,8 +291,7 @@ def _layout(
         t_bad, r_bad = np.nonzero(bad)
         if not drop_incomplete_readers:
             problems = [
-                f"reader {r_levels[r]!r} / test {t_levels[t]!r}: {n_pos[t, r]} positive, "
-                f"{n_neg[t, r]} negative"
+                f"reader {r_levels[r]!r} / test {t_levels[t]!r}: {n_pos[t, r]} positive, {n_neg[t, r]} negative"
                 for t, r in zip(t_bad[:5], r_bad[:5], strict=True)
             ]
             raise ValueError(
@@ -589,9 +589,7 @@ def _quantile(conf_level: float, df: float) -> float:
     return float(stats.norm.ppf(q) if math.isinf(df) else stats.t.ppf(q, df))
 
 
-def _differences(
-    tests: tuple[Any, ...], means: np.ndarray, se: float, df: float, conf_level: float
-) -> pd.DataFrame:
+def _differences(tests: tuple[Any, ...], means: np.ndarray, se: float, df: float, conf_level: float) -> pd.DataFrame:
     rows = []
     q = _quantile(conf_level, df) if np.isfinite(se) else math.nan
     for i in range(len(tests)):
@@ -618,7 +616,7 @@ def _differences(
     return pd.DataFrame(rows, columns=cols)
 
 
-def _cis(labels: dict[str, Any], est: np.ndarray, se: np.ndarray, df: np.ndarray, conf_level: float):
+def _cis(labels: dict[str, Any], est: np.ndarray, se: np.ndarray, df: np.ndarray, conf_level: float) -> pd.DataFrame:
     q = np.array([_quantile(conf_level, d) for d in df])
     frame = pd.DataFrame({**labels, "estimate": est, "std_err": se, "df": df})
     frame["ci_lower"] = np.clip(est - q * se, 0.0, 1.0)
@@ -684,7 +682,9 @@ def _or_tests(
             p_value=global_test(f_rrrc, ddf, "F"),
             denominator=den,
             differences=_differences(tests, m_t, math.sqrt(2.0 / n_r * den), ddf, conf_level),
-            test_cis=_cis(test_labels, m_t, np.sqrt(num_single / n_r), df_single, conf_level),
+            test_cis=_cis(test_labels, m_t, np.sqrt(num_single / n_r), df_single, conf_level).assign(
+                ms_r=ms_r_t, cov2=cov2_t
+            ),
         )
 
         # fixed readers, random cases
@@ -715,7 +715,9 @@ def _or_tests(
             p_value=global_test(x2, math.inf, "X2"),
             denominator=den_fr,
             differences=_differences(tests, m_t, math.sqrt(2.0 / n_r * den_fr), math.inf, conf_level),
-            test_cis=_cis(test_labels, m_t, se_t_fr, np.full(n_t, math.inf), conf_level),
+            test_cis=_cis(test_labels, m_t, se_t_fr, np.full(n_t, math.inf), conf_level).assign(
+                var_error=var_t, cov2=cov2_t
+            ),
             reader_differences=pd.concat(reader_diffs, ignore_index=True),
             reader_cis=reader_cis,
         )
@@ -732,7 +734,9 @@ def _or_tests(
             p_value=global_test(f_rrfc, df_tr, "F"),
             denominator=ms_tr,
             differences=_differences(tests, m_t, math.sqrt(2.0 / n_r * ms_tr), df_tr, conf_level),
-            test_cis=_cis(test_labels, m_t, np.sqrt(ms_r_t / n_r), np.full(n_t, float(n_r - 1)), conf_level),
+            test_cis=_cis(test_labels, m_t, np.sqrt(ms_r_t / n_r), np.full(n_t, float(n_r - 1)), conf_level).assign(
+                ms_r=ms_r_t
+            ),
         )
     return comps, rrrc, frrc, rrfc, ms_r_t
 
@@ -823,3 +827,283 @@ def or_analysis(
         dropped_readers=layout.dropped_readers,
         **comps,
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Empirical ROC curves
+# ---------------------------------------------------------------------------------------------------
+
+
+def roc_curves(
+    data: pd.DataFrame,
+    *,
+    reader: str = "reader",
+    test: str = "test",
+    truth: str = "truth",
+    score: str = "score",
+) -> pd.DataFrame:
+    """Empirical ROC operating points of every reader in every test.
+
+    Parameters
+    ----------
+    data
+        ROC data (see the module docstring).
+    reader, test, truth, score
+        Column names.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``test``, ``reader``, ``threshold``, ``fpr``, ``tpr`` (see :func:`roc_curve_points`);
+        cells without both positive and negative readings are left out.
+    """
+    frames = []
+    for (t, r), cell in data.groupby([test, reader], sort=True):
+        is_pos = cell[truth].to_numpy(dtype=float) == 1.0
+        values = cell[score].to_numpy(dtype=float)
+        if is_pos.any() and (~is_pos).any():
+            frames.append(roc_curve_points(values[is_pos], values[~is_pos]).assign(test=t, reader=r))
+    columns = ["test", "reader", "threshold", "fpr", "tpr"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _require_matplotlib() -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:  # pragma: no cover - matplotlib is in requirements.txt
+        raise ImportError("ROC figures need matplotlib: pip install 'matplotlib>=3.8'") from err
+    return Figure
+
+
+def plot_roc_curves(
+    curves: pd.DataFrame,
+    *,
+    test_means: pd.Series | None = None,
+    title: str | None = None,
+    panel_size: float = 3.2,
+) -> Figure:
+    """Plot empirical ROC curves, one panel per test, one line per reader.
+
+    Parameters
+    ----------
+    curves
+        Output of :func:`roc_curves`.
+    test_means
+        Reader-averaged AUC per test (e.g. ``ORResult.test_means``), shown in the panel titles.
+    title
+        Figure title.
+    panel_size
+        Width and height of each panel in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Made without pyplot (no global state, no GUI backend); save it with ``fig.savefig(...)``.
+    """
+    figure_cls = _require_matplotlib()
+    tests = list(pd.unique(curves["test"])) or ["(no data)"]
+    fig = figure_cls(figsize=(panel_size * len(tests), panel_size + 0.4), layout="constrained")
+    axes = fig.subplots(1, len(tests), squeeze=False)[0]
+    for ax, t in zip(axes, tests, strict=True):
+        for r, pts in curves[curves["test"] == t].groupby("reader", sort=True):
+            ax.plot(pts["fpr"], pts["tpr"], marker=".", linewidth=1, markersize=3, label=str(r))
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+        label = str(t)
+        if test_means is not None and t in test_means.index:
+            label += f" (mean AUC {test_means[t]:.3f})"
+        ax.set(title=label, xlabel="false positive fraction", xlim=(0, 1), ylim=(0, 1), aspect="equal")
+        ax.set_ylabel("true positive fraction")
+    if 0 < curves["reader"].nunique() <= 12:
+        axes[-1].legend(title="reader", fontsize="x-small", title_fontsize="x-small", loc="lower right")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# Adapters from MedSynth ratings
+# ---------------------------------------------------------------------------------------------------
+
+_PAIR_COLUMNS = ("rater", "model", "item_kind", "real_image", "generated_image", "position")
+_SCORE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "realism": ("realism_generated", "realism_real"),
+    "2afc": ("which_generated", "generated_side"),
+    "2afc_confidence": ("which_generated", "generated_side", "confidence"),
+}
+
+
+def _first_readings(ratings: pd.DataFrame, score: RatingScore) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Pairs that enter the analysis (first readings, no attention / cannot-assess items)."""
+    if score not in _SCORE_COLUMNS:
+        raise ValueError(f"score must be one of {tuple(_SCORE_COLUMNS)}, got {score!r}")
+    missing = [c for c in (*_PAIR_COLUMNS, *_SCORE_COLUMNS[score]) if c not in ratings.columns]
+    if missing:
+        raise ValueError(f"ratings lack the column(s) {missing} (see docs/ratings-table.md)")
+    counts = {"rows": len(ratings)}
+    attention = ratings["item_kind"].eq("attention").fillna(False).to_numpy(dtype=bool)
+    counts["attention"] = int(attention.sum())
+    pairs = ratings.loc[~attention]
+    order = ["rater", "position"] + (["server_received_at"] if "server_received_at" in pairs else [])
+    pairs = pairs.sort_values(order, kind="stable")
+    first = ~pairs.duplicated(["rater", "model", "real_image", "generated_image"], keep="first")
+    counts["later_readings"] = int((~first).sum())
+    pairs = pairs.loc[first]
+    if "cannot_assess" in pairs:
+        unassessable = pairs["cannot_assess"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        counts["cannot_assess"] = int(unassessable.sum())
+        pairs = pairs.loc[~unassessable]
+    return pairs, counts
+
+
+def _roc_data(ratings: pd.DataFrame, score: RatingScore) -> tuple[pd.DataFrame, dict[str, int]]:
+    pairs, counts = _first_readings(ratings, score)
+    base = {"reader": pairs["rater"].astype(str).to_numpy(), "test": pairs["model"].astype(str).to_numpy()}
+    gen_case = ("gen:" + pairs["generated_image"].astype(str)).to_numpy()
+    real_case = ("real:" + pairs["real_image"].astype(str)).to_numpy()
+    if score == "realism":
+        gen_score = 6.0 - pd.to_numeric(pairs["realism_generated"]).to_numpy(dtype=float, na_value=np.nan)
+        real_score = 6.0 - pd.to_numeric(pairs["realism_real"]).to_numpy(dtype=float, na_value=np.nan)
+    else:
+        answered = pairs["which_generated"].notna().to_numpy(dtype=bool)
+        weight = np.ones(len(pairs))
+        if score == "2afc_confidence":
+            weight = pd.to_numeric(pairs["confidence"]).to_numpy(dtype=float, na_value=np.nan)
+        picked_generated = (
+            pairs["which_generated"].astype(str).to_numpy() == pairs["generated_side"].astype(str).to_numpy()
+        )
+        gen_score = np.where(answered, np.where(picked_generated, weight, -weight), np.nan)
+        real_score = -gen_score
+    frame = pd.concat(
+        [
+            pd.DataFrame({**base, "case": gen_case, "truth": 1, "score": gen_score}),
+            pd.DataFrame({**base, "case": real_case, "truth": 0, "score": real_score}),
+        ],
+        ignore_index=True,
+    )
+    # pairs are in reading order, generated rows first: keep each reader's first reading of an image
+    n_read = len(frame)
+    frame = frame.iloc[np.argsort(np.tile(np.arange(len(pairs)), 2), kind="stable")]
+    frame = frame.loc[frame["score"].notna()]
+    counts["unanswered_images"] = n_read - len(frame)
+    dup = frame.duplicated(["reader", "test", "case"], keep="first")
+    counts["repeated_real_images"] = int(dup.sum())
+    frame = frame.loc[~dup].reset_index(drop=True)
+    return frame[["reader", "test", "case", "truth", "score"]], counts
+
+
+def roc_data_from_ratings(ratings: pd.DataFrame, score: RatingScore = "realism") -> pd.DataFrame:
+    """ROC data (reader, test = model, case = image, truth, score) from the tidy ratings table.
+
+    Parameters
+    ----------
+    ratings
+        Tidy ratings table (``docs/ratings-table.md``).
+    score
+        ``"realism"`` (inverted realism rating of each image), ``"2afc"`` (+1 / -1 for the image the
+        rater picked as generated / the other one: AUC = proportion correct) or ``"2afc_confidence"``
+        (+/- the confidence). See the module docstring for the exclusion rules.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``reader`` (rater), ``test`` (model), ``case`` (``"gen:<sha256>"`` / ``"real:<sha256>"``),
+        ``truth`` (1 generated, 0 real) and ``score`` (higher = looks more generated).
+    """
+    return _roc_data(ratings, score)[0]
+
+
+def mrmc_from_ratings(
+    ratings: pd.DataFrame,
+    score: RatingScore = "realism",
+    cov_method: CovMethod = "jackknife",
+    *,
+    conf_level: float = 0.95,
+    drop_incomplete_readers: bool = True,
+) -> ORResult:
+    """OR MRMC analysis of a MedSynth study: models as tests, generated (1) vs real (0) images.
+
+    Parameters
+    ----------
+    ratings
+        Tidy ratings table.
+    score, cov_method, conf_level
+        See :func:`roc_data_from_ratings` and :func:`or_analysis`.
+    drop_incomplete_readers
+        Leave out raters who did not read at least 2 generated and 2 real images of every model
+        (listed in ``ORResult.dropped_readers``); with ``False`` such a design raises ``ValueError``.
+
+    Returns
+    -------
+    ORResult
+    """
+    return or_analysis(
+        roc_data_from_ratings(ratings, score),
+        cov_method=cov_method,
+        conf_level=conf_level,
+        drop_incomplete_readers=drop_incomplete_readers,
+    )
+
+
+def mrmc_report_section(
+    ratings: pd.DataFrame,
+    *,
+    scores: tuple[RatingScore, ...] = ("realism", "2afc"),
+    cov_method: CovMethod = "jackknife",
+    conf_level: float = 0.95,
+    figures: bool = True,
+) -> dict[str, Any]:
+    """Tables, ROC figures and notes of the MRMC analysis, for the study report.
+
+    Parameters
+    ----------
+    ratings
+        Tidy ratings table.
+    scores
+        Scores to analyse (see :func:`roc_data_from_ratings`).
+    cov_method, conf_level
+        See :func:`or_analysis`.
+    figures
+        Make matplotlib ROC figures (one per score).
+
+    Returns
+    -------
+    dict
+        ``{"results": {score: ORResult}, "tables": {"<score>/<name>": DataFrame},
+        "figures": {"<score>/roc": Figure}, "notes": [str]}``. A score that cannot be analysed (too
+        few readers or readings) gets a note instead of a result.
+    """
+    section: dict[str, Any] = {"results": {}, "tables": {}, "figures": {}, "notes": []}
+    for score in scores:
+        data, counts = _roc_data(ratings, score)
+        section["notes"].append(
+            f"{score}: {counts['rows']} ratings; excluded {counts['attention']} attention items, "
+            f"{counts['later_readings']} repeated readings (first reading kept), "
+            f"{counts.get('cannot_assess', 0)} pairs marked cannot-assess, "
+            f"{counts['unanswered_images']} unanswered image readings, "
+            f"{counts['repeated_real_images']} repeated real images within a model (first kept)."
+        )
+        try:
+            result = or_analysis(data, cov_method=cov_method, conf_level=conf_level, drop_incomplete_readers=True)
+        except ValueError as err:
+            section["notes"].append(f"{score}: MRMC analysis not possible: {err}")
+            continue
+        section["results"][score] = result
+        if result.dropped_readers:
+            section["notes"].append(
+                f"{score}: raters left out (did not read 2+ generated and 2+ real images of every model): "
+                + ", ".join(map(str, result.dropped_readers))
+            )
+        section["notes"].append(
+            f"{score}: {len(result.readers)} raters x {len(result.tests)} models, design {result.design}, "
+            f"{cov_method} covariance; RRRC test of equal AUC across models: "
+            f"F({result.rrrc.df1:.0f}, {result.rrrc.df2:.2f}) = {result.rrrc.statistic:.3f}, "
+            f"p = {result.rrrc.p_value:.4g}."
+        )
+        for name, table in result.tables().items():
+            section["tables"][f"{score}/{name}"] = table
+        if figures:
+            kept = data[data["reader"].isin(result.readers)]
+            section["figures"][f"{score}/roc"] = plot_roc_curves(
+                roc_curves(kept), test_means=result.test_means, title=f"Empirical ROC ({score} score)"
+            )
+    return section
