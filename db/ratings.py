@@ -101,8 +101,13 @@ def submit_rating(
     response_ms_client: float | None = None,
     client_submitted_at: str | None = None,
     questions: QuestionSet = DEFAULT_QUESTIONS,
+    shown_at: datetime | None = None,
 ) -> SubmitResult:
-    """Store a rating once. Raises :class:`AccessDenied` for an item not assigned to this rater."""
+    """Store a rating once. Raises :class:`AccessDenied` for an item not assigned to this rater.
+
+    ``shown_at`` (UTC, naive) is when the server displayed the pair that was answered; without it the
+    server response time runs from the assignment's first display.
+    """
     if not submission_id or len(submission_id) > MAX_SUBMISSION_ID or not submission_id.isprintable():
         raise InputError("a submission id of 1-64 printable characters is required")
     if client_submitted_at is not None and len(client_submitted_at) > 40:
@@ -128,7 +133,7 @@ def submit_rating(
             if rated is not None:
                 return SubmitResult(SubmitStatus.ALREADY_RATED, rated.id)
             now = utcnow()
-            shown: datetime | None = assignment.first_shown_at
+            shown: datetime | None = shown_at or assignment.first_shown_at
             server_ms = (now - shown).total_seconds() * 1000 if shown else None
             rating = Rating(
                 assignment_id=assignment.id,
