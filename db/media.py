@@ -64,7 +64,7 @@ def inspect_image_bytes(data: bytes, *, source: object, max_pixels: int = DEFAUL
         raise InputError("empty file (0 bytes), not an image", path=source)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
             with Image.open(io.BytesIO(data)) as img:
                 fmt = img.format or "?"
                 width, height = img.size
@@ -84,8 +84,8 @@ def inspect_image_bytes(data: bytes, *, source: object, max_pixels: int = DEFAUL
         raise
     except UnidentifiedImageError:
         raise InputError("not an image (unidentified or corrupt format)", path=source) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError("decompression bomb refused (too many pixels)", path=source) from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"decompression bomb refused ({exc})", path=source) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"truncated or unreadable image ({exc})", path=source) from None
     return ImageInfo(sha256_bytes(data), width, height, mode, fmt, len(data))

@@ -1,0 +1,341 @@
+"""MedSynth command line: ``python app.py [SUBCOMMAND]`` (no subcommand = ``serve``).
+
+This module only parses arguments and hands over to the packages: ``db`` (data, studies, exports),
+``generation`` (models, training, generation), ``evalapp`` (the Gradio app) and ``analysis`` (reports).
+A user mistake prints one ``error:`` line and exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from db.errors import MedSynthError
+from db.settings import DEFAULT_DATA_DIR
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _workspace(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from db.workspace import Workspace
+
+    return Workspace.open(args.db, args.data_dir)
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    return (
+        getattr(args, "base_url", None)
+        or os.environ.get("MEDSYNTH_BASE_URL")
+        or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the Gradio app (raters, coordinators, live demo)."""
+    from evalapp.server import serve
+
+    ws = _workspace(args)
+    serve(ws, host=args.host, port=args.port, demo=not args.no_demo, root_url=args.root_url)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a dataset, or generated images for one."""
+    from db.importers import import_dataset, import_generated
+
+    ws = _workspace(args)
+    path = Path(args.path)
+    if args.format == "generated":
+        if not args.dataset or not args.model:
+            raise MedSynthError("import generated needs --dataset NAME and --model NAME")
+        summary = import_generated(
+            ws.database, ws.store, path, dataset=args.dataset, model=args.model, max_pixels=args.max_pixels
+        )
+    else:
+        if not args.name:
+            raise MedSynthError(f"import {args.format} needs --name NAME")
+        summary = import_dataset(
+            ws.database, ws.store, args.format, path, name=args.name, domain=args.domain,
+            images_dir=Path(args.images) if args.images else None, skip_missing=args.skip_missing, limit=args.limit,
+            file_column=args.file_column, text_column=args.text_column, merge=args.merge, max_pixels=args.max_pixels,
+        )  # fmt: skip
+    print(summary.describe())
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """List datasets with their case and image counts."""
+    from sqlalchemy import func, select
+
+    from db.models import Case, Dataset
+
+    ws = _workspace(args)
+    with ws.database.session() as session:
+        rows = session.execute(
+            select(Dataset.name, Dataset.domain, Dataset.format, func.count(Case.id),
+                   func.count(func.distinct(Case.image_sha256)))
+            .outerjoin(Case).group_by(Dataset.id).order_by(Dataset.name)
+        ).all()  # fmt: skip
+    if not rows:
+        print("no datasets yet: python app.py import FORMAT PATH --name NAME")
+    for name, domain, fmt, cases, images in rows:
+        print(f"{name}\t{domain.value}\t{fmt}\t{cases} cases\t{images} images")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ studies
+
+
+def cmd_study_create(args: argparse.Namespace) -> int:
+    """Create a study from a TOML config."""
+    from db.importers import read_text
+    from db.studies import create_study
+
+    ws = _workspace(args)
+    path = Path(args.config)
+    text = read_text(path)
+    with ws.database.session() as session:
+        summary = create_study(session, ws.store, text, source=str(path))
+    print(summary.describe())
+    return 0
+
+
+def cmd_study_list(args: argparse.Namespace) -> int:
+    """List studies."""
+    from sqlalchemy import select
+
+    from db.models import Study
+
+    ws = _workspace(args)
+    with ws.database.session() as session:
+        studies = list(session.scalars(select(Study).order_by(Study.name)))
+        if not studies:
+            print("no studies yet: python app.py study create CONFIG.toml")
+        for s in studies:
+            print(f"{s.name}\t{s.status.value}\t{len(s.items)} items\t{len(s.raters)} raters\t"
+                  f"config {s.config_sha256[:12]}")  # fmt: skip
+    return 0
+
+
+def cmd_study_show(args: argparse.Namespace) -> int:
+    """Show a study's config, items per model and rater progress."""
+    from db.export import items_frame, raters_frame
+    from db.studies import get_study
+
+    ws = _workspace(args)
+    with ws.database.session() as session:
+        study = get_study(session, args.name)
+        items = items_frame(session, study)
+        raters = raters_frame(session, study)
+        print(f"study {study.name} ({study.status.value}), seed {study.seed}, config sha256 {study.config_sha256}")
+        print(study.config_text.rstrip())
+        print("\nitems:")
+        if len(items):
+            print(items.groupby(["model", "item_kind"]).size().to_string())
+        print("\nraters:")
+        print(
+            raters[["rater_name", "specialty", "assigned", "rated", "revoked"]].to_string(index=False)
+            if len(raters)
+            else "none yet: python app.py rater add --study NAME --name TEXT --specialty ..."
+        )
+    return 0
+
+
+def cmd_rater_add(args: argparse.Namespace) -> int:
+    """Add a rater and print their personal link."""
+    from db.raters import add_rater, rater_link
+
+    ws = _workspace(args)
+    with ws.database.session() as session:
+        new = add_rater(session, args.study, args.name, args.specialty, args.years)
+    print(f"added rater {new.name!r} ({new.assignments} pairs to rate)")
+    print(f"personal link (shown once; keep it private): {rater_link(_base_url(args), new.token)}")
+    return 0
+
+
+def cmd_rater_list(args: argparse.Namespace) -> int:
+    """List a study's raters with progress."""
+    from db.export import raters_frame
+    from db.studies import get_study
+
+    ws = _workspace(args)
+    with ws.database.session() as session:
+        frame = raters_frame(session, get_study(session, args.study))
+    if frame.empty:
+        print("no raters yet")
+    else:
+        print(frame[["rater_name", "specialty", "years", "assigned", "rated", "revoked"]].to_string(index=False))
+    return 0
+
+
+def cmd_rater_revoke(args: argparse.Namespace) -> int:
+    """Revoke a rater's link."""
+    from db.raters import revoke_rater
+
+    ws = _workspace(args)
+    with ws.database.session() as session:
+        rater = revoke_rater(session, args.study, args.name)
+        print(f"revoked the link of {rater.name!r}; their ratings are kept")
+    return 0
+
+
+def cmd_rater_link(args: argparse.Namespace) -> int:
+    """Issue a fresh link for a rater (the old one stops working)."""
+    from db.raters import rater_link, reissue_token
+
+    ws = _workspace(args)
+    with ws.database.session() as session:
+        token = reissue_token(session, args.study, args.name)
+    print(f"new personal link: {rater_link(_base_url(args), token)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a study's tidy tables."""
+    from db.export import export_study
+
+    ws = _workspace(args)
+    with ws.database.session() as session:
+        result = export_study(session, args.study, Path(args.out), args.format)
+    print(result.describe())
+    return 0
+
+
+def cmd_coordinator_set_password(args: argparse.Namespace) -> int:
+    """Set the coordinator password (stored as an Argon2 hash)."""
+    from evalapp.auth import set_coordinator_password
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("coordinator password: ")
+        if getpass.getpass("again: ") != password:
+            raise MedSynthError("the two passwords differ")
+    if len(password) < 8:
+        raise MedSynthError("the coordinator password needs at least 8 characters")
+    ws = _workspace(args)
+    set_coordinator_password(ws.database, password)
+    print("coordinator password set")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line parser."""
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description="MedSynth: make medical images from text and have clinicians judge them, blinded.",
+        epilog="With no subcommand, 'serve' runs: the app on http://127.0.0.1:7860 with a built-in demo study.",
+    )
+    parser.add_argument("--db", default=None, help="SQLAlchemy URL (env MEDSYNTH_DB; default: SQLite in the data dir)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"data folder: media store, default database (env MEDSYNTH_DATA; default {DEFAULT_DATA_DIR})",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+
+    def add(name: str, handler: Handler, help_text: str, parent=sub) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("serve", cmd_serve, "serve the evaluation app")
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1: local only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--no-demo", action="store_true", help="do not build or show the built-in demo study")
+    p.add_argument("--root-url", default=None, help="public URL when behind a reverse proxy (HTTPS)")
+
+    p = add("import", cmd_import, "import a dataset (real images + prompts) or generated images")
+    p.add_argument("format", choices=["medvqa-gi", "rocov2", "roco", "csv", "imagefolder", "generated"])
+    p.add_argument("path", help="the format's file or folder (see README: import formats)")
+    p.add_argument("--name", help="name of the new dataset")
+    p.add_argument("--domain", choices=["gi", "radiology", "other"])
+    p.add_argument("--images", help="folder of the images (default: beside the listing file)")
+    p.add_argument("--skip-missing", action="store_true", help="import only the listed images that exist")
+    p.add_argument("--limit", type=int, help="import at most N cases")
+    p.add_argument("--file-column", default="file_name", help="csv/imagefolder: column with the image file")
+    p.add_argument("--text-column", default="text", help="csv/imagefolder: column with the prompt")
+    p.add_argument("--merge", action="store_true", help="add new cases to an existing dataset of that name")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (default 40 MP)")
+    p.add_argument("--dataset", help="generated: the dataset the images were made for")
+    p.add_argument("--model", help="generated: the model that made them (registered as kind 'folder')")
+
+    add("datasets", cmd_datasets, "list datasets with case counts")
+
+    study = add("study", lambda a: _help(a, study), "create, list and show studies")
+    study_sub = study.add_subparsers(dest="study_command", metavar="ACTION")
+    p = add("create", cmd_study_create, "create a study from a TOML config", study_sub)
+    p.add_argument("config", help="study config (TOML); see README")
+    add("list", cmd_study_list, "list studies", study_sub)
+    p = add("show", cmd_study_show, "show a study", study_sub)
+    p.add_argument("name")
+
+    rater = add("rater", lambda a: _help(a, rater), "add, list and revoke raters")
+    rater_sub = rater.add_subparsers(dest="rater_command", metavar="ACTION")
+    p = add("add", cmd_rater_add, "add a rater and print their personal link", rater_sub)
+    p.add_argument("--study", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--specialty", required=True, choices=["gastroenterology", "radiology", "other"])
+    p.add_argument("--years", type=float, help="years of clinical experience")
+    p.add_argument("--base-url", help="URL the app is reached at (env MEDSYNTH_BASE_URL)")
+    p = add("list", cmd_rater_list, "list a study's raters and their progress", rater_sub)
+    p.add_argument("--study", required=True)
+    p = add("revoke", cmd_rater_revoke, "revoke a rater's link", rater_sub)
+    p.add_argument("--study", required=True)
+    p.add_argument("--name", required=True, help="rater name or id")
+    p = add("link", cmd_rater_link, "issue a fresh link for a rater", rater_sub)
+    p.add_argument("--study", required=True)
+    p.add_argument("--name", required=True, help="rater name or id")
+    p.add_argument("--base-url", help="URL the app is reached at (env MEDSYNTH_BASE_URL)")
+
+    p = add("export", cmd_export, "export a study's tidy tables (ratings, items, raters, models, config)")
+    p.add_argument("--study", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", default="csv", choices=["csv", "parquet", "json"])
+
+    coord = add("coordinator", lambda a: _help(a, coord), "coordinator account")
+    coord_sub = coord.add_subparsers(dest="coordinator_command", metavar="ACTION")
+    p = add("set-password", cmd_coordinator_set_password, "set the coordinator password", coord_sub)
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    return parser
+
+
+def _help(_args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        args = parser.parse_args([*(argv or sys.argv[1:]), "serve"])
+    try:
+        return int(args.handler(args) or 0)
+    except MedSynthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Every import format on the real samples in ../shared/data, laid out in the format's official layout."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from db.errors import ConflictError, InputError
+from db.importers import import_dataset
+from db.models import Case, Dataset, Domain, GeneratedImage
+from db.workspace import Workspace
+
+from .conftest import link_images
+
+
+def count_cases(ws: Workspace, name: str) -> int:
+    with ws.database.session() as s:
+        return s.scalar(select(func.count(Case.id)).join(Dataset).where(Dataset.name == name)) or 0
+
+
+def test_csv_folder_with_mapped_columns(workspace: Workspace, shared_data: Path) -> None:
+    summary = import_dataset(workspace.database, workspace.store, "csv", shared_data / "gi", name="gi",
+                             file_column="file", text_column="caption")  # fmt: skip
+    assert summary.cases == 50 and summary.images == 50
+    rows = {r["file"]: r["caption"] for r in csv.DictReader((shared_data / "gi" / "captions.csv").open())}
+    with workspace.database.session() as s:
+        cases = {c.key: c for c in s.scalars(select(Case))}
+        assert {k: c.prompt for k, c in cases.items()} == rows
+        some = next(iter(cases.values()))
+        assert workspace.store.path(some.image_sha256).read_bytes() == (shared_data / "gi" / some.key).read_bytes()
+
+
+def test_radiology_csv(workspace: Workspace, shared_data: Path) -> None:
+    summary = import_dataset(workspace.database, workspace.store, "csv", shared_data / "radiology" / "captions.csv",
+                             name="rad", domain="radiology", file_column="file", text_column="caption")  # fmt: skip
+    assert summary.cases == 40
+    with workspace.database.session() as s:
+        assert s.scalar(select(Dataset.domain).where(Dataset.name == "rad")) == Domain.RADIOLOGY
+
+
+def test_medvqa_gi_missing_images_fail_without_skip(workspace: Workspace, shared_data: Path) -> None:
+    prompt_file = shared_data / "prompts" / "medvqa-gi-2024_dev_prompt-gt.csv"
+    with pytest.raises(InputError, match=r"1960 of 2000 images listed are missing.*--skip-missing"):
+        import_dataset(workspace.database, workspace.store, "medvqa-gi", prompt_file, images_dir=shared_data / "gi",
+                       name="mv")  # fmt: skip
+    assert count_cases(workspace, "mv") == 0
+
+
+def test_medvqa_gi_skip_missing_imports_40_images_395_prompts(workspace: Workspace, shared_data: Path) -> None:
+    prompt_file = shared_data / "prompts" / "medvqa-gi-2024_dev_prompt-gt.csv"
+    summary = import_dataset(workspace.database, workspace.store, "medvqa-gi", prompt_file,
+                             images_dir=shared_data / "gi", name="mv", skip_missing=True)  # fmt: skip
+    assert (summary.images, summary.cases, summary.skipped_missing) == (40, 395, 1960)
+    assert "skipped 1960" in summary.describe()
+    per_image = {}
+    for r in csv.DictReader((shared_data / "gi" / "prompts_per_image.csv").open()):
+        per_image.setdefault(r["file"], []).append(r["prompt"])
+    with workspace.database.session() as s:
+        got: dict[str, list[str]] = {}
+        for c in s.scalars(select(Case).order_by(Case.id)):
+            got.setdefault(c.labels["filename"], []).append(c.prompt)
+    assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in per_image.items()}
+
+
+def test_rocov2_official_layout(workspace: Workspace, shared_data: Path, tmp_path: Path) -> None:
+    rad = shared_data / "radiology"
+    prov = list(csv.DictReader((rad / "provenance.csv").open()))[:10]
+    captions = {r["file"]: r["caption"] for r in csv.DictReader((rad / "captions.csv").open())}
+    root = tmp_path / "rocov2"
+    (root / "test").mkdir(parents=True)
+    with (root / "test_captions.csv").open("w", newline="") as fh, (root / "test_concepts.csv").open("w") as ch:
+        w = csv.writer(fh)
+        w.writerow(["ID", "Caption"])
+        ch.write("ID,CUIs\n")
+        for n, r in enumerate(prov, start=1):
+            ident = f"ROCOv2_2023_test_{n:06d}"
+            w.writerow([ident, captions[r["file"]]])
+            ch.write(f"{ident},{';'.join(r['umls_cuis'].split())}\n")
+            (root / "test" / f"{ident}.jpg").write_bytes((rad / r["file"]).read_bytes())
+    summary = import_dataset(workspace.database, workspace.store, "rocov2", root / "test_captions.csv", name="r2")
+    assert summary.cases == 10
+    with workspace.database.session() as s:
+        case = s.scalar(select(Case).where(Case.key == "ROCOv2_2023_test_000001"))
+        assert case is not None and case.split == "test"
+        assert case.labels["cuis"] == prov[0]["umls_cuis"].split()
+        assert case.prompt == captions[prov[0]["file"]]
+
+
+def test_roco_v1_official_layout(workspace: Workspace, shared_data: Path, tmp_path: Path) -> None:
+    rad = shared_data / "radiology"
+    prov = list(csv.DictReader((rad / "provenance.csv").open()))[:8]
+    captions = {r["file"]: r["caption"] for r in csv.DictReader((rad / "captions.csv").open())}
+    folder = tmp_path / "roco" / "data" / "test" / "radiology"
+    link_images(rad, folder / "images", [r["file"] for r in prov])
+    (folder / "captions.txt").write_text("".join(f"{r['roco_id']}\t {captions[r['file']]}\n" for r in prov))
+    (folder / "dlinks.txt").write_text(
+        "".join(f"{r['roco_id']}\tftp://example.invalid/{r['file'].split('_')[0]}.tar.gz\t{r['file']}\n" for r in prov)
+    )
+    (folder / "cuis.txt").write_text("".join(f"{r['roco_id']}\t" + "\t".join(r["umls_cuis"].split()) + "\n"
+                                             for r in prov))  # fmt: skip
+    summary = import_dataset(workspace.database, workspace.store, "roco", folder / "captions.txt", name="roco")
+    assert summary.cases == 8
+    with workspace.database.session() as s:
+        case = s.scalar(select(Case).where(Case.key == prov[0]["roco_id"]))
+        assert case is not None and case.prompt == captions[prov[0]["file"]]
+        assert case.source_file == prov[0]["file"]
+        assert case.labels["cuis"] == prov[0]["umls_cuis"].split()
+
+
+def test_imagefolder_jsonl(workspace: Workspace, shared_data: Path, tmp_path: Path) -> None:
+    import json
+
+    rows = list(csv.DictReader((shared_data / "gi" / "captions.csv").open()))[:5]
+    folder = tmp_path / "hf"
+    link_images(shared_data / "gi", folder, [r["file"] for r in rows])
+    (folder / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": r["file"], "text": r["caption"], "finding": "x"}) + "\n" for r in rows)
+    )
+    summary = import_dataset(workspace.database, workspace.store, "imagefolder", folder, name="hf")
+    assert summary.cases == 5
+    with workspace.database.session() as s:
+        assert all(c.labels == {"finding": "x"} for c in s.scalars(select(Case)))
+
+
+def test_limit_and_reimport(workspace: Workspace, shared_data: Path) -> None:
+    kwargs = dict(name="gi", file_column="file", text_column="caption")
+    import_dataset(workspace.database, workspace.store, "csv", shared_data / "gi", limit=10, **kwargs)
+    assert count_cases(workspace, "gi") == 10
+    with pytest.raises(ConflictError, match=r"already exists.*--merge"):
+        import_dataset(workspace.database, workspace.store, "csv", shared_data / "gi", **kwargs)
+    summary = import_dataset(workspace.database, workspace.store, "csv", shared_data / "gi", merge=True, **kwargs)
+    assert (summary.cases, summary.merged_existing) == (40, 10)
+    assert count_cases(workspace, "gi") == 50
+
+
+def test_import_generated_records_model_images(gi_workspace: Workspace) -> None:
+    with gi_workspace.database.session() as s:
+        n = s.scalar(select(func.count(GeneratedImage.id)))
+    assert n == 48
