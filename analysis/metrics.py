@@ -1,0 +1,861 @@
+"""Automated image metrics: FD, KID, CMMD, diversity, MS-SSIM, text-image alignment, MEDVQA-GI scores.
+
+Pure functions take feature arrays (N, dim) from one extractor (see :mod:`analysis.features`) and return
+floats; the ``*_metric`` wrappers return :class:`MetricResult` rows stamped with the extractor, its weights
+sha256, the preprocessing and colour handling, N, the seed and library versions. A metric is always named
+with its extractor (``FD_inception``, ``KID_dinov2-base``, ``CMMD_clip-vit-large-patch14-336``), and tables
+are built per extractor, so extractors are never mixed in one table.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import scipy.stats
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy.spatial.distance import pdist
+
+from analysis.features.base import COLOUR_HANDLING, FeatureExtractor, load_images
+
+__all__ = [
+    "MS_SSIM_WEIGHTS",
+    "FrechetDistance",
+    "KIDResult",
+    "MetricResult",
+    "MetricStamp",
+    "alignment_metric",
+    "bootstrap_ci",
+    "cmmd",
+    "cmmd_metric",
+    "compare_models",
+    "diversity_by_group",
+    "equalize_n",
+    "fd_metric",
+    "fd_score",
+    "feature_stats",
+    "frechet_distance",
+    "human_metric_correlation",
+    "kid",
+    "kid_metric",
+    "load_images",
+    "mean_pairwise_distance",
+    "medvqa_gi_scores",
+    "metrics_report_section",
+    "metrics_tables",
+    "ms_ssim",
+    "ms_ssim_diversity",
+    "ssim",
+    "text_image_alignment",
+]
+
+# --------------------------------------------------------------------------------------------- stamps
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that determine metric values (python, numpy, scipy, torch, ...)."""
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "scipy", "torch", "transformers", "pillow"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+@dataclass(frozen=True)
+class MetricStamp:
+    """Everything needed to reproduce (or refuse to compare) a metric value."""
+
+    extractor: str
+    weights_sha256: str
+    preprocess: str
+    """Resize, interpolation, normalisation and colour handling (grey-scale replicated to RGB)."""
+    n_a: int
+    n_b: int | None
+    seed: int | None
+    backbone: str | None = None
+    versions: dict[str, str] = field(default_factory=library_versions)
+
+    @classmethod
+    def for_extractor(
+        cls, extractor: FeatureExtractor, n_a: int, n_b: int | None = None, seed: int | None = None
+    ) -> MetricStamp:
+        """Stamp from an extractor's ``name``, ``weights_sha256`` and ``preprocess``."""
+        describe = getattr(extractor.preprocess, "describe", None)
+        preprocess = describe() if callable(describe) else f"{extractor.preprocess}; colour: {COLOUR_HANDLING}"
+        return cls(
+            extractor=extractor.name,
+            weights_sha256=extractor.weights_sha256,
+            preprocess=preprocess,
+            n_a=n_a,
+            n_b=n_b,
+            seed=seed,
+            backbone=getattr(extractor, "backbone", extractor.name),
+        )
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """One metric value with its sample sizes, optional CI / spread, and its stamp."""
+
+    metric: str
+    value: float
+    stamp: MetricStamp
+    ci_low: float | None = None
+    ci_high: float | None = None
+    std: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Metric named with its extractor, e.g. ``FD_inception``."""
+        return f"{self.metric}_{self.stamp.extractor}"
+
+    def to_row(self) -> dict[str, Any]:
+        """Flat dict for a table row (versions flattened to ``version_<lib>`` columns)."""
+        stamp = asdict(self.stamp)
+        versions = stamp.pop("versions")
+        row = {"metric": self.name, "value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high}
+        row |= {"std": self.std, **self.extra, **stamp}
+        return row | {f"version_{k}": v for k, v in versions.items()}
+
+
+# --------------------------------------------------------------------------------------- validation
+
+
+def _as_features(feats: Any, what: str = "features", min_rows: int = 2) -> np.ndarray:
+    arr = np.asarray(feats.detach().cpu().numpy() if isinstance(feats, torch.Tensor) else feats, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array (N, dim), got shape {arr.shape}")
+    if arr.shape[0] < min_rows:
+        raise ValueError(f"{what} need at least {min_rows} rows, got {arr.shape[0]}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return arr
+
+
+def _same_dim(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"feature dimensions differ ({a.shape[1]} vs {b.shape[1]}): were they made by the same extractor?"
+        )
+
+
+def check_sample_size(n: int, dim: int, metric: str) -> None:
+    """Warn when ``n < dim``: the covariance is then singular and FD is biased and unstable."""
+    if n < dim:
+        warnings.warn(
+            f"{metric}: N={n} images is smaller than the feature dimension {dim}, so the covariance matrix is "
+            f"singular (rank <= {n - 1}) and the Fréchet distance is strongly biased and unstable; use N >= "
+            f"{dim} (several thousand for 2048-d Inception), or compare models only at the same N",
+            stacklevel=3,
+        )
+
+
+# ------------------------------------------------------------------------------------ Fréchet distance
+
+
+def feature_stats(feats: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance (ddof=1) of features, in float64."""
+    arr = _as_features(feats)
+    return arr.mean(axis=0), np.cov(arr, rowvar=False)
+
+
+def _sym(m: np.ndarray) -> np.ndarray:
+    return (m + m.T) / 2.0
+
+
+def _compute_fd(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    factor1: np.ndarray | None = None,
+) -> float:
+    """Fréchet distance between two Gaussians, float64, without ``scipy.linalg.sqrtm``.
+
+    ``tr(sqrt(S1 S2)) = sum(sqrt(eig(R^T S2 R)))`` for any factor ``S1 = R R^T``: ``R^T S2 R`` has the
+    eigenvalues of ``S1 S2`` but is symmetric positive semi-definite, so ``eigvalsh`` applies and rounding
+    noise only produces tiny negative eigenvalues, which are clipped to 0. ``factor1`` (dim, k) may give such
+    an ``R`` (the centred data / sqrt(N - 1) when N <= dim, so the eigenproblem is only N x N).
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(f"inconsistent shapes: mu1 {mu1.shape}, mu2 {mu2.shape}, sigma1 {s1.shape}, sigma2 {s2.shape}")
+    s1, s2 = _sym(s1), _sym(s2)
+    diff = mu1 - mu2
+    fd = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * _trace_sqrt_product(s1, s2, factor1))
+    return max(fd, 0.0)
+
+
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, factor1: np.ndarray | None = None) -> float:
+    """``tr(sqrt(S1 S2))`` for symmetric PSD ``S1, S2`` via a symmetric similar matrix, in float64.
+
+    The factor ``R`` (``S1 = R R^T``) is ``factor1`` if given, else the Cholesky factor when ``S1`` is
+    positive definite (fast), else the PSD square root from ``eigh`` (singular ``S1``). torch's LAPACK (MKL)
+    is used: at 2048-d its ``eigvalsh`` is an order of magnitude faster than numpy's OpenBLAS build here.
+    """
+    t1, t2 = torch.from_numpy(s1), torch.from_numpy(s2)
+    if factor1 is not None:
+        root = torch.from_numpy(np.asarray(factor1, dtype=np.float64))
+    else:
+        root, info = torch.linalg.cholesky_ex(t1)
+        if int(info) != 0:
+            w, v = torch.linalg.eigh(t1)
+            root = v * torch.sqrt(torch.clamp(w, min=0.0))
+    m = root.T @ t2 @ root
+    eig = torch.linalg.eigvalsh((m + m.T) / 2.0)
+    return float(torch.sqrt(torch.clamp(eig, min=0.0)).sum())
+
+
+def _compute_fd_sqrtm(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """The textbook formula with ``scipy.linalg.sqrtm(S1 @ S2)`` (pytorch-fid); slow, for benchmarks only."""
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(np.real(covmean)))
+
+
+def frechet_distance(feats_a: Any, feats_b: Any) -> float:
+    """Fréchet distance between two feature sets (FID when the features are FID-Inception pool features).
+
+    Parameters
+    ----------
+    feats_a, feats_b : array-like (N, dim)
+        Features from the same extractor.
+
+    Returns
+    -------
+    float
+        ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` in float64, warning when N < dim.
+    """
+    a, b = _as_features(feats_a, "feats_a"), _as_features(feats_b, "feats_b")
+    _same_dim(a, b)
+    check_sample_size(min(a.shape[0], b.shape[0]), a.shape[1], "FD")
+    if b.shape[0] < a.shape[0]:  # FD is symmetric: factor the smaller set
+        a, b = b, a
+    mu_a = a.mean(axis=0)
+    factor = (a - mu_a).T / np.sqrt(a.shape[0] - 1) if a.shape[0] <= a.shape[1] else None
+    return _compute_fd(mu_a, np.cov(a, rowvar=False), *feature_stats(b), factor1=factor)
+
+
+class FrechetDistance:
+    """Stateful FD like torchmetrics: ``update(feats, real=...)`` in batches, then ``compute()``.
+
+    Sums and outer-product sums are accumulated in float64; ``compute`` calls the pure :func:`_compute_fd`.
+    """
+
+    def __init__(self, dim: int) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.dim = dim
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all accumulated features."""
+        self._n = {True: 0, False: 0}
+        self._sum = {k: np.zeros(self.dim) for k in (True, False)}
+        self._outer = {k: np.zeros((self.dim, self.dim)) for k in (True, False)}
+
+    def update(self, feats: Any, real: bool) -> None:
+        """Add a batch of features (N, dim) to the real or generated side."""
+        arr = _as_features(feats, min_rows=1)
+        if arr.shape[1] != self.dim:
+            raise ValueError(f"expected features of dim {self.dim}, got {arr.shape[1]}")
+        self._n[real] += arr.shape[0]
+        self._sum[real] += arr.sum(axis=0)
+        self._outer[real] += arr.T @ arr
+
+    @property
+    def n(self) -> dict[str, int]:
+        """Images seen so far per side."""
+        return {"real": self._n[True], "generated": self._n[False]}
+
+    def _stats(self, real: bool) -> tuple[np.ndarray, np.ndarray]:
+        n = self._n[real]
+        if n < 2:
+            raise ValueError(f"need at least 2 {'real' if real else 'generated'} feature rows, got {n}")
+        mu = self._sum[real] / n
+        return mu, (self._outer[real] - n * np.outer(mu, mu)) / (n - 1)
+
+    def compute(self) -> float:
+        """FD between everything seen on the real and generated sides."""
+        check_sample_size(min(self._n.values()), self.dim, "FD")
+        return _compute_fd(*self._stats(True), *self._stats(False))
+
+
+# --------------------------------------------------------------------------------------------------- KID
+
+
+@dataclass(frozen=True)
+class KIDResult:
+    """Mean and standard deviation of the unbiased MMD^2 over random subsets."""
+
+    mean: float
+    std: float
+    subset_size: int
+    n_subsets: int
+
+
+def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, coef0: float = 1.0) -> np.ndarray:
+    """``(x y^T / dim + coef0) ** degree`` (the KID kernel of Binkowski et al. 2018)."""
+    return (x @ y.T / x.shape[1] + coef0) ** degree
+
+
+def _mmd2_unbiased(k_xx: np.ndarray, k_yy: np.ndarray, k_xy: np.ndarray) -> float:
+    m = k_xx.shape[0]
+    n = k_yy.shape[0]
+    term_xx = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+    term_yy = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+    return float(term_xx + term_yy - 2.0 * k_xy.mean())
+
+
+def kid(
+    feats_a: Any,
+    feats_b: Any,
+    n_subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    coef0: float = 1.0,
+    seed: int = 0,
+) -> KIDResult:
+    """Kernel Inception Distance: unbiased polynomial-kernel MMD^2 averaged over seeded random subsets.
+
+    Parameters
+    ----------
+    feats_a, feats_b : array-like (N, dim)
+    n_subsets : int
+        Number of subset pairs drawn (without replacement within a subset).
+    subset_size : int
+        Subset size; lowered (with a warning) to the smaller N when larger than it.
+    degree, coef0 : int, float
+        Kernel ``(x.y / dim + coef0) ** degree``.
+    seed : int
+        Seed of the ``numpy.random.default_rng`` that draws the subsets.
+    """
+    a, b = _as_features(feats_a, "feats_a"), _as_features(feats_b, "feats_b")
+    _same_dim(a, b)
+    if n_subsets < 1 or subset_size < 2:
+        raise ValueError(f"need n_subsets >= 1 and subset_size >= 2, got {n_subsets}, {subset_size}")
+    m = min(subset_size, a.shape[0], b.shape[0])
+    if m < subset_size:
+        warnings.warn(
+            f"KID: subset_size {subset_size} is larger than N ({a.shape[0]}, {b.shape[0]}); using {m}",
+            stacklevel=2,
+        )
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_subsets)
+    for i in range(n_subsets):
+        x = a[rng.choice(a.shape[0], m, replace=False)]
+        y = b[rng.choice(b.shape[0], m, replace=False)]
+        values[i] = _mmd2_unbiased(
+            polynomial_kernel(x, x, degree, coef0),
+            polynomial_kernel(y, y, degree, coef0),
+            polynomial_kernel(x, y, degree, coef0),
+        )
+    return KIDResult(float(values.mean()), float(values.std()), m, n_subsets)
+
+
+# -------------------------------------------------------------------------------------------------- CMMD
+
+CMMD_SIGMA = 10.0
+CMMD_SCALE = 1000.0
+
+
+def cmmd(emb_a: Any, emb_b: Any, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE) -> float:
+    """CMMD (Jayasumana et al. 2024): Gaussian-RBF MMD^2 of CLIP embeddings, times ``scale``.
+
+    Follows google-research/cmmd ``distance.mmd``: the minimum-variance (biased, V-statistic) estimator
+    ``mean k(x,x') + mean k(y,y') - 2 mean k(x,y)`` with ``k = exp(-|x-y|^2 / (2 sigma^2))``, sigma 10,
+    scale 1000, on unit-norm embeddings (our :class:`~analysis.features.CLIPExtractor` normalises them).
+    """
+    x, y = _as_features(emb_a, "emb_a", 1), _as_features(emb_b, "emb_b", 1)
+    _same_dim(x, y)
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    gamma = 1.0 / (2.0 * sigma**2)
+    x_sq, y_sq = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
+
+    def mean_kernel(p: np.ndarray, p_sq: np.ndarray, q: np.ndarray, q_sq: np.ndarray) -> float:
+        d2 = np.clip(p_sq[:, None] + q_sq[None, :] - 2.0 * (p @ q.T), 0.0, None)
+        return float(np.exp(-gamma * d2).mean())
+
+    k_xx = mean_kernel(x, x_sq, x, x_sq)
+    k_yy = mean_kernel(y, y_sq, y, y_sq)
+    k_xy = mean_kernel(x, x_sq, y, y_sq)
+    return scale * (k_xx + k_yy - 2.0 * k_xy)
+
+
+# ------------------------------------------------------------------------------------ feature diversity
+
+
+def mean_pairwise_distance(feats: Any, metric: Literal["euclidean", "cosine"] = "euclidean") -> float:
+    """Mean distance over all unordered pairs of feature rows (higher = more diverse)."""
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    return float(pdist(_as_features(feats), metric=metric).mean())
+
+
+def diversity_by_group(
+    feats: Any, groups: Sequence[str], metric: Literal["euclidean", "cosine"] = "euclidean"
+) -> pd.DataFrame:
+    """Mean pairwise feature distance within each group (e.g. prompt); groups with N < 2 give NaN."""
+    arr = _as_features(feats, min_rows=1)
+    labels = np.asarray(groups, dtype=object)
+    if labels.shape != (arr.shape[0],):
+        raise ValueError(f"groups has {labels.shape[0]} labels for {arr.shape[0]} feature rows")
+    rows = []
+    for group in pd.unique(labels):
+        members = arr[labels == group]
+        value = mean_pairwise_distance(members, metric) if members.shape[0] >= 2 else float("nan")
+        rows.append({"group": group, "n": members.shape[0], "diversity": value})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------- (MS-)SSIM
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+"""Wang, Simoncelli & Bovik (2003) exponents for scales 1..5."""
+
+
+def _image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) float64 from a PIL image, or an (H, W) / (H, W, C) array (values kept as they are)."""
+    if isinstance(image, Image.Image):
+        arr = np.asarray(image, dtype=np.float64)
+    else:
+        arr = np.asarray(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image, np.float64)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ValueError(f"images must be (H, W) or (H, W, C), got shape {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    return g / g.sum()
+
+
+def _filter(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter, 'valid' (no padding), per channel."""
+    c = x.shape[1]
+    x = F.conv2d(x, window.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, window.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _ssim_cs(
+    x: torch.Tensor, y: torch.Tensor, data_range: float, window: torch.Tensor, k1: float, k2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean SSIM and mean contrast-structure term, shape (C,)."""
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    mu_x, mu_y = _filter(x, window), _filter(y, window)
+    var_x = _filter(x * x, window) - mu_x**2
+    var_y = _filter(y * y, window) - mu_y**2
+    cov = _filter(x * y, window) - mu_x * mu_y
+    cs_map = (2.0 * cov + c2) / (var_x + var_y + c2)
+    ssim_map = (2.0 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs_map
+    return ssim_map.mean(dim=(0, 2, 3)), cs_map.mean(dim=(0, 2, 3))
+
+
+def _pair(
+    img_a: Any, img_b: Any, data_range: float, win_size: int, sigma: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not data_range or data_range <= 0:
+        raise ValueError(f"data_range must be given explicitly and positive (255 for uint8), got {data_range}")
+    if win_size % 2 != 1 or win_size < 3:
+        raise ValueError(f"win_size must be an odd number >= 3, got {win_size}")
+    x, y = _image_tensor(img_a), _image_tensor(img_b)
+    if x.shape != y.shape:
+        raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    return x, y, _gaussian_window(win_size, sigma)
+
+
+def ssim(
+    img_a: Any,
+    img_b: Any,
+    *,
+    data_range: float,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> float:
+    """Single-scale SSIM (Gaussian window 11, sigma 1.5, no padding), averaged over channels.
+
+    Equals ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=...)``.
+    """
+    x, y, window = _pair(img_a, img_b, data_range, win_size, sigma)
+    if min(x.shape[-2:]) < win_size:
+        raise ValueError(f"images of {tuple(x.shape[-2:])} px are smaller than the {win_size}-px window")
+    return float(_ssim_cs(x, y, data_range, window, k1, k2)[0].mean())
+
+
+def ms_ssim(
+    img_a: Any,
+    img_b: Any,
+    *,
+    data_range: float,
+    weights: Sequence[float] = MS_SSIM_WEIGHTS,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> float:
+    """Multi-scale SSIM (Wang et al. 2003), averaged over channels.
+
+    At each of the first ``len(weights) - 1`` scales the contrast-structure term is kept, then the image is
+    2x2 average-pooled (odd last row/column dropped); the last scale contributes full SSIM. Negative terms
+    are clipped to 0 before the powers (as in pytorch-msssim). The smaller side must be at least
+    ``win_size * 2 ** (len(weights) - 1)`` px (176 for the defaults).
+    """
+    x, y, window = _pair(img_a, img_b, data_range, win_size, sigma)
+    levels = len(weights)
+    min_side = win_size * 2 ** (levels - 1)
+    if min(x.shape[-2:]) < min_side:
+        raise ValueError(
+            f"MS-SSIM with {levels} scales needs images of at least {min_side} px, got {tuple(x.shape[-2:])}"
+        )
+    w = torch.tensor(list(weights), dtype=torch.float64)
+    terms = []
+    for level in range(levels):
+        ssim_c, cs_c = _ssim_cs(x, y, data_range, window, k1, k2)
+        if level < levels - 1:
+            terms.append(cs_c)
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+        else:
+            terms.append(ssim_c)
+    stacked = torch.clamp(torch.stack(terms), min=0.0)  # (levels, C)
+    return float(torch.prod(stacked ** w[:, None], dim=0).mean())
+
+
+def ms_ssim_diversity(
+    images: Sequence[Any], *, data_range: float, size: int | None = 256, **kwargs: Any
+) -> tuple[float, int]:
+    """Mean MS-SSIM over all pairs of images made from one prompt (lower = more diverse).
+
+    Parameters
+    ----------
+    images : sequence of PIL images or arrays
+        At least 2 images. PIL images are converted to RGB and, if ``size`` is set, resized to
+        ``size x size`` (bicubic) so that images of different sizes can be compared.
+    data_range : float
+        Explicit dynamic range of the pixel values (255 for 8-bit images).
+
+    Returns
+    -------
+    (float, int)
+        Mean pairwise MS-SSIM and the number of pairs.
+    """
+    if len(images) < 2:
+        raise ValueError(f"MS-SSIM diversity needs at least 2 images, got {len(images)}")
+    prepared = []
+    for im in images:
+        if isinstance(im, Image.Image):
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BICUBIC)
+        prepared.append(im)
+    values = [ms_ssim(a, b, data_range=data_range, **kwargs) for a, b in combinations(prepared, 2)]
+    return float(np.mean(values)), len(values)
+
+
+# --------------------------------------------------------------------------------- text-image alignment
+
+
+def text_image_alignment(image_emb: Any, text_emb: Any) -> np.ndarray:
+    """Row-wise cosine similarity of paired image and text embeddings from one dual encoder."""
+    img, txt = _as_features(image_emb, "image_emb", 1), _as_features(text_emb, "text_emb", 1)
+    if img.shape != txt.shape:
+        raise ValueError(f"image and text embeddings must pair up row by row, got {img.shape} and {txt.shape}")
+    num = np.einsum("ij,ij->i", img, txt)
+    den = np.linalg.norm(img, axis=1) * np.linalg.norm(txt, axis=1)
+    if np.any(den == 0):
+        raise ValueError("an embedding has zero norm; cosine similarity is undefined")
+    return num / den
+
+
+def alignment_metric(encoder: Any, images: Sequence[Any], prompts: Sequence[str]) -> MetricResult:
+    """Mean image-prompt cosine similarity with a dual encoder (CLIP-style); backbone in the stamp.
+
+    ``encoder`` needs ``__call__(images)``, ``embed_texts(texts)`` and the extractor attributes.
+    """
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    cos = text_image_alignment(encoder(images), encoder.embed_texts(list(prompts)))
+    stamp = MetricStamp.for_extractor(encoder, n_a=len(images))
+    return MetricResult("alignment", float(cos.mean()), stamp, std=float(cos.std(ddof=1)) if len(cos) > 1 else None)
+
+
+# ------------------------------------------------------------------------------------- MEDVQA-GI 2025
+
+
+def fd_score(fd: float) -> float:
+    """MEDVQA-GI 2025 transform of a Fréchet distance into a score: ``1000 / (1 + FD)``."""
+    if fd < 0:
+        raise ValueError(f"a Fréchet distance cannot be negative, got {fd}")
+    return 1000.0 / (1.0 + fd)
+
+
+def medvqa_gi_scores(
+    generated: Mapping[str, Any],
+    real: Mapping[str, Any] | Any,
+    paraphrase_groups: Sequence[Sequence[str]] = (),
+    metric: Literal["euclidean", "cosine"] = "euclidean",
+) -> dict[str, float]:
+    """The MEDVQA-GI 2025 trio from per-prompt feature sets of one extractor.
+
+    Parameters
+    ----------
+    generated : mapping prompt -> features (N_p, dim)
+        Generated-image features per prompt.
+    real : mapping prompt -> features, or one array
+        Real reference features, per prompt or shared by all prompts.
+    paraphrase_groups : sequence of sequences of prompts
+        Prompts that say the same thing in different words.
+
+    Returns
+    -------
+    dict
+        ``fidelity`` = mean over prompts of ``1000 / (1 + FD(generated_p, real_p))``;
+        ``agreement`` = mean over paraphrase groups of the mean over prompt pairs of
+        ``1000 / (1 + FD(generated_p, generated_q))`` (NaN without groups);
+        ``diversity`` = mean over prompts of the mean pairwise feature distance;
+        ``n_prompts`` and ``min_n`` (smallest per-prompt N).
+    """
+    if not generated:
+        raise ValueError("no generated feature sets given")
+    gen = {p: _as_features(f, f"generated[{p!r}]") for p, f in generated.items()}
+    shared = None if isinstance(real, Mapping) else _as_features(real, "real")
+    fidelity = []
+    for prompt, feats in gen.items():
+        if shared is None and prompt not in real:
+            raise ValueError(f"no real features for prompt {prompt!r}")
+        ref = shared if shared is not None else _as_features(real[prompt], f"real[{prompt!r}]")
+        fidelity.append(fd_score(frechet_distance(feats, ref)))
+    agreement = []
+    for group in paraphrase_groups:
+        missing = [p for p in group if p not in gen]
+        if missing or len(group) < 2:
+            raise ValueError(f"paraphrase group {list(group)} needs >= 2 prompts with images; missing {missing}")
+        pairs = [fd_score(frechet_distance(gen[p], gen[q])) for p, q in combinations(group, 2)]
+        agreement.append(float(np.mean(pairs)))
+    return {
+        "fidelity": float(np.mean(fidelity)),
+        "agreement": float(np.mean(agreement)) if agreement else float("nan"),
+        "diversity": float(np.mean([mean_pairwise_distance(f, metric) for f in gen.values()])),
+        "n_prompts": len(gen),
+        "min_n": min(f.shape[0] for f in gen.values()),
+    }
+
+
+# ------------------------------------------------------------------------- sample size and bootstrap
+
+
+def equalize_n(
+    sets: Mapping[str, Any], seed: int, on_unequal: Literal["subsample", "refuse"] = "subsample"
+) -> dict[str, np.ndarray]:
+    """Bring feature sets to the same N so models are compared at equal N.
+
+    ``subsample`` draws min-N rows without replacement from each larger set (seeded); ``refuse`` raises.
+    """
+    if on_unequal not in ("subsample", "refuse"):
+        raise ValueError(f"on_unequal must be 'subsample' or 'refuse', got {on_unequal!r}")
+    arrays = {k: _as_features(v, f"features of {k!r}", 1) for k, v in sets.items()}
+    if not arrays:
+        raise ValueError("no feature sets given")
+    sizes = {k: a.shape[0] for k, a in arrays.items()}
+    n = min(sizes.values())
+    if len(set(sizes.values())) > 1 and on_unequal == "refuse":
+        raise ValueError(f"feature sets have unequal N {sizes}; compare models only at equal N")
+    rng = np.random.default_rng(seed)
+    return {
+        k: a if a.shape[0] == n else a[np.sort(rng.choice(a.shape[0], n, replace=False))] for k, a in arrays.items()
+    }
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    feats_a: Any,
+    feats_b: Any,
+    n_boot: int = 100,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic(a, b)``, resampling the rows of each set with replacement."""
+    a, b = _as_features(feats_a, "feats_a"), _as_features(feats_b, "feats_b")
+    if not 0 < level < 1 or n_boot < 2:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 2, got {level}, {n_boot}")
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_boot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the N < dim warning was already raised for the point estimate
+        for i in range(n_boot):
+            values[i] = statistic(
+                a[rng.integers(0, a.shape[0], a.shape[0])], b[rng.integers(0, b.shape[0], b.shape[0])]
+            )
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def fd_metric(
+    extractor: FeatureExtractor, feats_gen: Any, feats_real: Any, seed: int = 0, n_boot: int = 100
+) -> MetricResult:
+    """``FD_<extractor>`` with a percentile bootstrap CI (``n_boot=0`` skips it) and its stamp."""
+    value = frechet_distance(feats_gen, feats_real)
+    ci = bootstrap_ci(frechet_distance, feats_gen, feats_real, n_boot, seed=seed) if n_boot else (None, None)
+    stamp = MetricStamp.for_extractor(extractor, len(feats_gen), len(feats_real), seed)
+    return MetricResult("FD", value, stamp, *ci)
+
+
+def kid_metric(
+    extractor: FeatureExtractor,
+    feats_gen: Any,
+    feats_real: Any,
+    seed: int = 0,
+    n_boot: int = 100,
+    n_subsets: int = 100,
+    subset_size: int = 1000,
+) -> MetricResult:
+    """``KID_<extractor>`` (mean and std over subsets) with a percentile bootstrap CI and its stamp."""
+    result = kid(feats_gen, feats_real, n_subsets, subset_size, seed=seed)
+
+    def stat(a: np.ndarray, b: np.ndarray) -> float:
+        return kid(a, b, max(1, n_subsets // 10), result.subset_size, seed=seed).mean
+
+    ci = bootstrap_ci(stat, feats_gen, feats_real, n_boot, seed=seed) if n_boot else (None, None)
+    stamp = MetricStamp.for_extractor(extractor, len(feats_gen), len(feats_real), seed)
+    extra = {"subset_size": result.subset_size, "n_subsets": result.n_subsets}
+    return MetricResult("KID", result.mean, stamp, *ci, std=result.std, extra=extra)
+
+
+def cmmd_metric(extractor: FeatureExtractor, emb_gen: Any, emb_real: Any) -> MetricResult:
+    """``CMMD_<extractor>`` (meant for CLIP-style unit-norm embeddings) and its stamp."""
+    stamp = MetricStamp.for_extractor(extractor, len(emb_gen), len(emb_real))
+    return MetricResult("CMMD", cmmd(emb_gen, emb_real), stamp)
+
+
+def compare_models(
+    extractor: FeatureExtractor,
+    feats_real: Any,
+    feats_by_model: Mapping[str, Any],
+    seed: int = 0,
+    on_unequal: Literal["subsample", "refuse"] = "subsample",
+    n_boot: int = 100,
+    metrics: Iterable[Literal["FD", "KID", "CMMD"]] = ("FD", "KID"),
+) -> pd.DataFrame:
+    """FD / KID / CMMD of each model against the real set, all models at the same N (see :func:`equalize_n`).
+
+    Returns one row per (model, metric) with value, CI, N and the stamp columns.
+    """
+    equal = equalize_n(feats_by_model, seed, on_unequal)
+    rows = []
+    for model, feats in equal.items():
+        for metric in metrics:
+            if metric == "FD":
+                result = fd_metric(extractor, feats, feats_real, seed, n_boot)
+            elif metric == "KID":
+                result = kid_metric(extractor, feats, feats_real, seed, n_boot)
+            elif metric == "CMMD":
+                result = cmmd_metric(extractor, feats, feats_real)
+            else:
+                raise ValueError(f"unknown metric {metric!r}; choose FD, KID or CMMD")
+            rows.append({"model": model, **result.to_row()})
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------------- human vs automated
+
+
+def human_metric_correlation(
+    ratings: pd.DataFrame,
+    metrics: pd.DataFrame,
+    level: Literal["model", "prompt"],
+    score: str = "realism_generated",
+) -> pd.DataFrame:
+    """Spearman correlation between mean human scores and each automated metric, per model or per prompt.
+
+    Parameters
+    ----------
+    ratings : DataFrame
+        The tidy ratings table (``docs/ratings-table.md``); needs ``level`` and ``score`` columns.
+    metrics : DataFrame
+        One row per ``level`` value, one numeric column per metric (e.g. ``FD_inception``).
+    level : {"model", "prompt"}
+        Unit of analysis; human scores are averaged within it.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``metric, level, rho, p_value, n`` (``scipy.stats.spearmanr``, two-sided).
+    """
+    if level not in ("model", "prompt"):
+        raise ValueError(f"level must be 'model' or 'prompt', got {level!r}")
+    for frame, name, cols in ((ratings, "ratings", (level, score)), (metrics, "metrics", (level,))):
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{name} lacks column(s) {missing}")
+    if metrics[level].duplicated().any():
+        raise ValueError(f"metrics has more than one row per {level}")
+    human = ratings.groupby(level)[score].mean().astype(float).rename("human")
+    merged = metrics.merge(human, left_on=level, right_index=True, how="inner")
+    rows = []
+    for col in metrics.columns.drop(level):
+        if not pd.api.types.is_numeric_dtype(metrics[col]):
+            continue
+        pair = merged[[col, "human"]].dropna()
+        if len(pair) < 3:
+            rho, p = float("nan"), float("nan")
+        else:
+            res = scipy.stats.spearmanr(pair["human"], pair[col])
+            rho, p = float(res.statistic), float(res.pvalue)
+        rows.append({"metric": col, "level": level, "rho": rho, "p_value": p, "n": len(pair)})
+    return pd.DataFrame(rows, columns=["metric", "level", "rho", "p_value", "n"])
+
+
+# ------------------------------------------------------------------------------------------ reporting
+
+
+def metrics_tables(results: Iterable[MetricResult]) -> dict[str, pd.DataFrame]:
+    """One table per extractor (never mixing extractors), keyed ``metrics_<extractor>``."""
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        tables.setdefault(f"metrics_{result.stamp.extractor}", []).append(result.to_row())
+    return {key: pd.DataFrame(rows) for key, rows in tables.items()}
+
+
+def metrics_report_section(results: Iterable[MetricResult], title: str = "Automated image metrics") -> Any:
+    """A report section with one table per extractor.
+
+    Returns ``analysis.report.ReportSection`` when that module provides it, else a plain dict with the same
+    fields (``title``, ``tables``, ``figures``, ``notes``).
+    """
+    results = list(results)
+    tables = metrics_tables(results)
+    notes = [
+        "Every metric is named with its feature extractor; values from different extractors are not comparable.",
+        "N is reported beside every value; compare models only at equal N.",
+        f"Colour handling: {COLOUR_HANDLING}.",
+    ]
+    try:
+        from analysis.report import ReportSection  # type: ignore[attr-defined]
+    except ImportError:
+        return {"title": title, "tables": tables, "figures": {}, "notes": notes}
+    return ReportSection(title=title, tables=tables, figures={}, notes=notes)
