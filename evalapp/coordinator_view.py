@@ -1,0 +1,599 @@
+"""The coordinator console: sign-in, studies, raters, live progress, generation jobs, exports, analysis, demo switch.
+
+Every handler here except sign-in/sign-out and the page-load check begins with ``require_coordinator(request)``:
+the server checks the caller on every event; hiding the console's components is only for the eye. Handlers are
+kept off the public API page (``api_visibility="private"``). Errors a user can fix (bad TOML, unknown names)
+are shown as messages, HTML-escaped.
+
+The work is done by plain functions (``db``, :mod:`evalapp.progress`, :mod:`generation.worker`); the handlers
+only check the caller, call them, and shape their results into tables.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from db.errors import InputError, MedSynthError
+from db.export import export_study, items_frame
+from db.models import Specialty
+from db.raters import add_rater, reissue_token, revoke_rater
+from db.studies import create_study, get_study, parse_study_config
+from evalapp import progress as prog
+from evalapp.auth import Role, coordinator_login, coordinator_logout, identify, require_coordinator
+from evalapp.demo_view import background_worker, demo_is_open, set_demo_open
+
+MAX_CONFIG_CHARS = 100_000
+MAX_PASSWORD_CHARS = 200
+REFRESH_S = 5.0
+EXPORT_FORMATS = ("csv", "parquet", "json")
+DEVICES = ("auto", "cuda", "cpu")
+GENERATE_JOB = "generate"
+REPORT_JOB = "report"
+EXAMPLE_CONFIG = """name = "my-study"
+seed = 7
+datasets = ["demo-endoscopy"]
+models = ["demo-msdm", "demo-msdm-fast"]
+cases_per_model = 6
+raters_per_item = 2
+rater_slots = 2
+attention_fraction = 0.1
+repeat_fraction = 0.1
+"""
+CSS = """
+.ms-console { max-width: 1200px; margin: 0 auto; }
+.ms-signin { max-width: 420px; margin: 48px auto; }
+.ms-note { color: var(--body-text-color-subdued); font-size: 0.92em; }
+"""
+
+
+# ----------------------------------------------------------------------------------------------- plain helpers
+
+
+@contextmanager
+def shown_errors() -> Iterator[None]:
+    """Turn errors a user can fix into a Gradio message (escaped: the text may quote their input)."""
+    try:
+        yield
+    except (MedSynthError, ValueError) as exc:
+        raise gr.Error(html.escape(str(exc)), print_exception=False) from None
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else ""
+
+
+def studies_table(ctx: Any) -> pd.DataFrame:
+    """Every study with its counts."""
+    with ctx.workspace.database.session() as session:
+        rows = prog.list_studies(session)
+    return pd.DataFrame(
+        [[r.name, r.status, r.items, r.raters, r.ratings, _when(r.created_at)] for r in rows],
+        columns=["study", "status", "items", "raters", "ratings", "created"],
+    )
+
+
+def study_names(ctx: Any) -> list[str]:
+    """Study names, newest first."""
+    with ctx.workspace.database.session() as session:
+        return [r.name for r in prog.list_studies(session)]
+
+
+def items_table(ctx: Any, study: str) -> pd.DataFrame:
+    """The study's items (coordinator view: model and true side included)."""
+    columns = ["item", "item_kind", "repeat_of", "dataset", "case", "domain", "model", "generated_side", "prompt"]
+    if not study:
+        return pd.DataFrame(columns=columns)
+    with ctx.workspace.database.session() as session:
+        return items_frame(session, get_study(session, study))[columns]
+
+
+def assignments_table(ctx: Any, study: str) -> pd.DataFrame:
+    """Each rater's list, in order."""
+    columns = ["rater", "position", "item", "item_kind", "model", "domain", "rated"]
+    if not study:
+        return pd.DataFrame(columns=columns)
+    with ctx.workspace.database.session() as session:
+        rows = prog.assignment_rows(session, study)
+    return pd.DataFrame([list(vars(r).values()) for r in rows], columns=columns)
+
+
+def raters_table(ctx: Any, study: str) -> pd.DataFrame:
+    """Per rater: progress, revoked, last activity."""
+    columns = ["rater", "name", "specialty", "rated", "assigned", "done", "revoked", "last rating"]
+    if not study:
+        return pd.DataFrame(columns=columns)
+    with ctx.workspace.database.session() as session:
+        rows = prog.rater_progress(session, study)
+    return pd.DataFrame(
+        [
+            [r.rater, r.name, r.specialty, r.rated, r.assigned, f"{r.fraction:.0%}", "yes" if r.revoked else "",
+             _when(r.last_rating_at)]
+            for r in rows
+        ],
+        columns=columns,
+    )  # fmt: skip
+
+
+def models_table(ctx: Any, study: str) -> pd.DataFrame:
+    """Per model: items, assignments, ratings."""
+    columns = ["model", "items", "rated", "assigned", "done"]
+    if not study:
+        return pd.DataFrame(columns=columns)
+    with ctx.workspace.database.session() as session:
+        rows = prog.model_progress(session, study)
+    return pd.DataFrame([[r.model, r.items, r.rated, r.assigned, f"{r.fraction:.0%}"] for r in rows], columns=columns)
+
+
+def jobs_table(ctx: Any) -> pd.DataFrame:
+    """Recent background jobs."""
+    with ctx.workspace.database.session() as session:
+        rows = prog.list_jobs(session, limit=30)
+    return pd.DataFrame(
+        [
+            [j.id, j.kind, j.status, f"{j.progress:.0%}", j.message[:200], _when(j.created_at), _when(j.finished_at)]
+            for j in rows
+        ],
+        columns=["job", "kind", "status", "progress", "message", "queued", "finished"],
+    )
+
+
+def rater_choices(ctx: Any, study: str) -> list[tuple[str, str]]:
+    """(label, public id) of the study's raters."""
+    if not study:
+        return []
+    with ctx.workspace.database.session() as session:
+        rows = prog.rater_progress(session, study)
+    return [(f"{r.name} ({'revoked' if r.revoked else r.specialty})", r.rater) for r in rows]
+
+
+def study_models(ctx: Any, study: str) -> list[str]:
+    """The models a study compares (from its config)."""
+    if not study:
+        return []
+    with ctx.workspace.database.session() as session:
+        return list(get_study(session, study).config.get("models", []))
+
+
+def create_study_from_text(ctx: Any, text: str) -> str:
+    """Create a study from TOML text; returns a one-line summary."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("paste a study config (TOML) or upload a .toml file first")
+    if len(text) > MAX_CONFIG_CHARS:
+        raise InputError(f"the config is {len(text)} characters; the limit is {MAX_CONFIG_CHARS}")
+    with ctx.workspace.database.session() as session:
+        return create_study(session, ctx.workspace.store, text, source="pasted config").describe()
+
+
+def add_study_rater(ctx: Any, study: str, name: str, specialty: str, years: float | None) -> tuple[str, str]:
+    """Add a rater; returns (message, personal link)."""
+    if not study:
+        raise InputError("choose a study first")
+    with ctx.workspace.database.session() as session:
+        new = add_rater(session, study, name, specialty, None if years in (None, "") else float(years))
+    return f"Added {new.name} with {new.assignments} pairs to rate. The link is shown once.", ctx.rater_link(new.token)
+
+
+def queue_generation(
+    ctx: Any, study: str, models: list[str], device: str, steps: float | None, guidance: float | None, seed: float
+) -> list[int]:
+    """Queue one ``generate`` job per (dataset, model) of the study; returns the job ids."""
+    if not study:
+        raise InputError("choose a study first")
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {', '.join(DEVICES)}")
+    with ctx.workspace.database.session() as session:
+        cfg = parse_study_config(get_study(session, study).config_text, source=f"study {study}")
+    chosen = [m for m in models or [] if m in cfg.models]
+    if not chosen:
+        raise InputError("tick at least one of the study's models")
+    params: dict[str, Any] = {"device": device, "seed": int(seed or 0), "per_case": 1}
+    if steps:
+        params["steps"] = int(steps)
+    if guidance not in (None, ""):
+        params["guidance"] = float(guidance)
+    worker = background_worker(ctx)
+    return [
+        worker.submit(GENERATE_JOB, {**params, "dataset": dataset, "model": model})
+        for model in chosen
+        for dataset in cfg.datasets
+    ]
+
+
+def export_files(ctx: Any, study: str, fmt: str) -> list[str]:
+    """Export the study's tidy tables into a fresh temporary folder; returns [zip of all, ratings table]."""
+    if not study:
+        raise InputError("choose a study first")
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {fmt!r}; choose csv, parquet or json")
+    folder = Path(tempfile.mkdtemp(prefix="medsynth-export-"))
+    out = folder / "tables"
+    with ctx.workspace.database.session() as session:
+        result = export_study(session, study, out, fmt)
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in study)[:80] or "study"
+    archive = folder / f"{stem}-{fmt}.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in result.files:
+            zf.write(path, arcname=f"{stem}/{path.name}")
+    ratings = folder / f"{stem}-ratings.{fmt}"
+    shutil.copyfile(out / f"ratings.{fmt}", ratings)
+    return [str(archive), str(ratings)]
+
+
+def report_writer() -> Any | None:
+    """``analysis.report.write_report`` if the analysis package provides it, else None."""
+    try:
+        module = importlib.import_module("analysis.report")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("analysis.report", "analysis"):
+            return None
+        raise
+    return getattr(module, "write_report", None)
+
+
+def report_job(params: dict[str, Any], job: Any) -> dict[str, Any]:
+    """Worker handler of ``report`` jobs: the tidy ratings table of a study through ``write_report``."""
+    from db.export import ratings_frame
+
+    write_report = report_writer()
+    if write_report is None:
+        raise ValueError("this installation has no analysis report (analysis.report.write_report)")
+    job.report(0, 2, "reading the ratings")
+    with job.workspace.database.session() as session:
+        frame = ratings_frame(session, str(params["study"]))
+    out_dir = Path(params["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job.report(1, 2, "writing the report")
+    written = write_report(frame, out_dir)
+    html_files = sorted(out_dir.glob("*.html"))
+    path = Path(written) if isinstance(written, str | Path) else (html_files[0] if html_files else out_dir)
+    return {"path": str(path), "ratings": len(frame)}
+
+
+def queue_report(ctx: Any, study: str) -> int:
+    """Queue a ``report`` job writing the analysis report of ``study`` under the data folder."""
+    if not study:
+        raise InputError("choose a study first")
+    with ctx.workspace.database.session() as session:
+        name = get_study(session, study).name
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80] or "study"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(tempfile.gettempdir()) / "medsynth-reports" / f"{stem}-{stamp}"
+    worker = background_worker(ctx)
+    worker.handlers.setdefault(REPORT_JOB, report_job)
+    return worker.submit(REPORT_JOB, {"study": name, "out_dir": str(out_dir)})
+
+
+# ----------------------------------------------------------------------------------------------- the console
+
+
+@dataclass
+class CoordinatorConsole:
+    """The console's main components (for the server and tests)."""
+
+    signin: gr.Column
+    password: gr.Textbox
+    signin_button: gr.Button
+    signin_message: gr.Markdown
+    console: gr.Column
+    study: gr.Dropdown
+    config_text: gr.Code
+    create_button: gr.Button
+    create_message: gr.Markdown
+    rater_name: gr.Textbox
+    add_button: gr.Button
+    link: gr.Textbox
+    revoke_button: gr.Button
+    export_button: gr.Button
+    export_files: gr.File
+
+
+def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
+    """Build the coordinator console inside the current ``gr.Blocks`` (the server mounts it at /coordinator)."""
+    analysis_available = report_writer() is not None
+    private: dict[str, Any] = {"api_visibility": "private", "concurrency_id": "coordinator", "concurrency_limit": 4}
+    quiet = {**private, "show_progress": "hidden"}
+    gr.HTML(f"<style>{CSS}</style>", padding=False)
+    with gr.Column(elem_classes=["ms-signin"], visible=True) as signin:
+        gr.Markdown("## MedSynth coordinator\nSign in with the coordinator password.")
+        password = gr.Textbox(label="Password", type="password", max_length=MAX_PASSWORD_CHARS)
+        signin_button = gr.Button("Sign in", variant="primary")
+        signin_message = gr.Markdown("")
+    with gr.Column(elem_classes=["ms-console"], visible=False) as console:
+        with gr.Row(equal_height=True):
+            gr.Markdown("## MedSynth coordinator")
+            study = gr.Dropdown(label="Study", choices=[], value=None, scale=2, allow_custom_value=False)
+            refresh_button = gr.Button("Refresh", scale=0, min_width=100)
+            signout_button = gr.Button("Sign out", scale=0, min_width=100, variant="secondary")
+        with gr.Tabs():
+            with gr.Tab("Studies"):
+                studies = gr.Dataframe(label="Studies", interactive=False, wrap=True)
+                with gr.Accordion("New study from a TOML config", open=False):
+                    config_text = gr.Code(value=EXAMPLE_CONFIG, language=None, label="Config (TOML: paste or edit)")
+                    with gr.Row():
+                        upload = gr.UploadButton("Load a .toml file", file_types=[".toml"], scale=0)
+                        create_button = gr.Button("Create study", variant="primary", scale=0)
+                    create_message = gr.Markdown("")
+                with gr.Accordion("Items of the chosen study", open=False):
+                    items = gr.Dataframe(interactive=False, wrap=True, max_height=360)
+                with gr.Accordion("Assignments of the chosen study", open=False):
+                    assignments = gr.Dataframe(interactive=False, max_height=360)
+            with gr.Tab("Raters"):
+                raters = gr.Dataframe(label="Raters of the chosen study", interactive=False)
+                with gr.Row(equal_height=False):
+                    with gr.Column():
+                        gr.Markdown("**Add a rater**")
+                        rater_name = gr.Textbox(label="Name", max_length=200)
+                        with gr.Row():
+                            specialty = gr.Dropdown(
+                                label="Specialty", choices=[s.value for s in Specialty], value="other"
+                            )
+                            years = gr.Number(label="Years of experience", minimum=0, maximum=80, value=None)
+                        add_button = gr.Button("Add rater", variant="primary")
+                    with gr.Column():
+                        gr.Markdown("**A rater's link**")
+                        rater_pick = gr.Dropdown(label="Rater", choices=[], value=None)
+                        with gr.Row():
+                            newlink_button = gr.Button("Issue a new link")
+                            revoke_button = gr.Button("Revoke link", variant="stop")
+                rater_message = gr.Markdown("")
+                link = gr.Textbox(
+                    label="Personal link (shown once: copy it now and send it privately)",
+                    interactive=False,
+                    buttons=["copy"],
+                )
+            with gr.Tab("Progress"):
+                progress_note = gr.Markdown("", elem_classes=["ms-note"])
+                rater_progress = gr.Dataframe(label="Per rater", interactive=False)
+                model_progress = gr.Dataframe(label="Per model", interactive=False)
+            with gr.Tab("Generation"):
+                gr.Markdown(
+                    "Make the chosen study's images on the server (GPU if present, CPU otherwise). "
+                    "Jobs run in the background; raters are not slowed down.",
+                    elem_classes=["ms-note"],
+                )
+                with gr.Row():
+                    gen_models = gr.CheckboxGroup(label="Models", choices=[])
+                    device = gr.Radio(label="Device", choices=list(DEVICES), value="auto")
+                with gr.Row():
+                    gen_steps = gr.Number(label="Steps (empty: model default)", value=None, minimum=1, maximum=1000)
+                    gen_guidance = gr.Number(label="Guidance (empty: default)", value=None, minimum=0, maximum=100)
+                    gen_seed = gr.Number(label="Base seed", value=0, precision=0, minimum=0)
+                generate_button = gr.Button("Start generation", variant="primary")
+                generate_message = gr.Markdown("")
+                jobs = gr.Dataframe(label="Background jobs", interactive=False, wrap=True)
+            with gr.Tab("Export"):
+                gr.Markdown(
+                    "The tidy tables (ratings, items, raters, models) with the study config, as one zip, "
+                    "and the ratings table on its own.",
+                    elem_classes=["ms-note"],
+                )
+                with gr.Row():
+                    export_format = gr.Radio(label="Format", choices=list(EXPORT_FORMATS), value="csv")
+                    export_button = gr.Button("Export", variant="primary", scale=0)
+                export_out = gr.File(label="Downloads", file_count="multiple", interactive=False)
+            with gr.Tab("Analysis"):
+                if analysis_available:
+                    gr.Markdown("Write the analysis report of the chosen study (runs in the background).")
+                    report_button = gr.Button("Write report", variant="primary")
+                    report_message = gr.Markdown("")
+                    report_file = gr.File(label="Report", interactive=False)
+                else:
+                    gr.Markdown("The analysis report is not available in this installation yet.")
+            with gr.Tab("Live demo"):
+                demo_switch = gr.Checkbox(
+                    label="Open the live demo to everyone",
+                    value=True,
+                    info="Only applies when the app runs with its demo (not --no-demo).",
+                )
+                demo_message = gr.Markdown("")
+    timer = gr.Timer(REFRESH_S, active=False)
+
+    # ---- handlers: each coordinator handler begins with require_coordinator(request)
+
+    def overview(chosen: str | None) -> list[Any]:
+        names = study_names(ctx)
+        value = chosen if chosen in names else (names[0] if names else None)
+        return [gr.update(choices=names, value=value), studies_table(ctx), jobs_table(ctx)]
+
+    def coordinator_page_state(request: gr.Request) -> list[Any]:
+        if identify(request).role != Role.COORDINATOR:
+            return [gr.update(visible=True), gr.update(visible=False), gr.Timer(active=False), *[gr.update()] * 4]
+        return signed_in_view()
+
+    def signed_in_view() -> list[Any]:
+        return [gr.update(visible=False), gr.update(visible=True), gr.Timer(active=True), *overview(None),
+                demo_is_open(ctx.workspace.database)]  # fmt: skip
+
+    def coordinator_signin(password_text: str, request: gr.Request) -> list[Any]:
+        text = password_text if isinstance(password_text, str) else ""
+        if len(text) > MAX_PASSWORD_CHARS or not coordinator_login(request, text):
+            return [gr.update(), gr.update(), gr.Timer(active=False), *[gr.update()] * 4,
+                    "Wrong password, or this browser has no session yet (reload the page).", ""]  # fmt: skip
+        return [*signed_in_view(), "", ""]
+
+    def coordinator_signout(request: gr.Request) -> list[Any]:
+        coordinator_logout(request)
+        return [gr.update(visible=True), gr.update(visible=False), gr.Timer(active=False)]
+
+    def coord_refresh(chosen: str | None, request: gr.Request) -> list[Any]:
+        require_coordinator(request)
+        return overview(chosen)
+
+    def coord_select_study(chosen: str | None, request: gr.Request) -> list[Any]:
+        require_coordinator(request)
+        with shown_errors():
+            models = study_models(ctx, chosen or "")
+            return [
+                items_table(ctx, chosen or ""),
+                assignments_table(ctx, chosen or ""),
+                raters_table(ctx, chosen or ""),
+                gr.update(choices=rater_choices(ctx, chosen or ""), value=None),
+                gr.update(choices=models, value=models),
+                *coord_progress_values(chosen),
+            ]
+
+    def coord_progress_values(chosen: str | None) -> list[Any]:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        return [
+            f"Updated {stamp}; refreshes every {REFRESH_S:g} s while this page is open.",
+            raters_table(ctx, chosen or ""),
+            models_table(ctx, chosen or ""),
+            jobs_table(ctx),
+        ]
+
+    def coord_tick(chosen: str | None, request: gr.Request) -> list[Any]:
+        require_coordinator(request)
+        with shown_errors():
+            return coord_progress_values(chosen)
+
+    def coord_load_config(file: Any, request: gr.Request) -> str:
+        require_coordinator(request)
+        path = Path(file if isinstance(file, str) else getattr(file, "name", ""))
+        with shown_errors():
+            if not path.is_file() or path.stat().st_size > MAX_CONFIG_CHARS * 4:
+                raise InputError("the uploaded file is missing or too large for a study config")
+            try:
+                return path.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError:
+                raise InputError("the uploaded config is not UTF-8 text") from None
+
+    def coord_create_study(text: str, chosen: str | None, request: gr.Request) -> list[Any]:
+        require_coordinator(request)
+        with shown_errors():
+            summary = create_study_from_text(ctx, text)
+            name = parse_study_config(text).name
+        return [f"Created {html.escape(summary)}", *overview(name)]
+
+    def coord_add_rater(chosen: str, name: str, spec: str, yrs: float | None, request: gr.Request) -> list[Any]:
+        require_coordinator(request)
+        with shown_errors():
+            message, url = add_study_rater(ctx, chosen, name, spec, yrs)
+        return [html.escape(message), url, raters_table(ctx, chosen), gr.update(choices=rater_choices(ctx, chosen)),
+                ""]  # fmt: skip
+
+    def coord_revoke_rater(chosen: str, rater: str, request: gr.Request) -> list[Any]:
+        require_coordinator(request)
+        with shown_errors():
+            if not chosen or not rater:
+                raise InputError("choose a study and a rater first")
+            with ctx.workspace.database.session() as session:
+                revoked = revoke_rater(session, chosen, rater).name
+        return [f"Revoked the link of {html.escape(revoked)}; their ratings are kept.", "",
+                raters_table(ctx, chosen), gr.update(choices=rater_choices(ctx, chosen))]  # fmt: skip
+
+    def coord_new_link(chosen: str, rater: str, request: gr.Request) -> list[Any]:
+        require_coordinator(request)
+        with shown_errors():
+            if not chosen or not rater:
+                raise InputError("choose a study and a rater first")
+            with ctx.workspace.database.session() as session:
+                token = reissue_token(session, chosen, rater)
+        return ["New link issued; the old one no longer works.", ctx.rater_link(token), raters_table(ctx, chosen),
+                gr.update(choices=rater_choices(ctx, chosen))]  # fmt: skip
+
+    def coord_generate(
+        chosen: str,
+        models: list[str],
+        dev: str,
+        steps: float | None,
+        guidance: float | None,
+        seed: float,
+        request: gr.Request,
+    ) -> list[Any]:
+        require_coordinator(request)
+        with shown_errors():
+            ids = queue_generation(ctx, chosen, models, dev, steps, guidance, seed)
+        return [f"Queued job(s) {', '.join(map(str, ids))}.", jobs_table(ctx)]
+
+    def coord_export(chosen: str, fmt: str, request: gr.Request) -> list[str]:
+        require_coordinator(request)
+        with shown_errors():
+            return export_files(ctx, chosen, fmt)
+
+    def coord_set_demo(is_open: bool, request: gr.Request) -> str:
+        require_coordinator(request)
+        set_demo_open(ctx.workspace.database, bool(is_open))
+        state = "open to everyone" if is_open else "switched off"
+        if not getattr(ctx, "demo_enabled", False):
+            state += " (but this server runs without the demo: --no-demo)"
+        return f"The live demo is {state}."
+
+    # ---- wiring
+
+    page_outputs = [signin, console, timer, study, studies, jobs, demo_switch]
+    root = gr.context.Context.root_block
+    if root is not None:
+        root.load(coordinator_page_state, None, page_outputs, **quiet)
+    signin_button.click(coordinator_signin, [password], [*page_outputs, signin_message, password], **private)
+    password.submit(coordinator_signin, [password], [*page_outputs, signin_message, password], **private)
+    signout_button.click(coordinator_signout, None, [signin, console, timer], **quiet)
+    refresh_button.click(coord_refresh, [study], [study, studies, jobs], **private)
+    progress_outputs = [progress_note, rater_progress, model_progress, jobs]
+    study.change(
+        coord_select_study, [study], [items, assignments, raters, rater_pick, gen_models, *progress_outputs], **quiet
+    )
+    timer.tick(coord_tick, [study], progress_outputs, **quiet)
+    upload.upload(coord_load_config, [upload], [config_text], **private)
+    create_button.click(coord_create_study, [config_text, study], [create_message, study, studies, jobs], **private)
+    add_button.click(
+        coord_add_rater, [study, rater_name, specialty, years], [rater_message, link, raters, rater_pick, rater_name],
+        **private,
+    )  # fmt: skip
+    revoke_button.click(coord_revoke_rater, [study, rater_pick], [rater_message, link, raters, rater_pick], **private)
+    newlink_button.click(coord_new_link, [study, rater_pick], [rater_message, link, raters, rater_pick], **private)
+    generate_button.click(
+        coord_generate, [study, gen_models, device, gen_steps, gen_guidance, gen_seed], [generate_message, jobs],
+        **private,
+    )  # fmt: skip
+    export_button.click(coord_export, [study, export_format], [export_out], **private)
+    demo_switch.input(coord_set_demo, [demo_switch], [demo_message], **private)
+    if analysis_available:
+
+        def coord_report(chosen: str, request: gr.Request) -> str:
+            require_coordinator(request)
+            with shown_errors():
+                job_id = queue_report(ctx, chosen)
+            return f"Queued report job {job_id}; it appears below when done (press Refresh report)."
+
+        def coord_report_file(request: gr.Request) -> Any:
+            require_coordinator(request)
+            with ctx.workspace.database.session() as session:
+                done = [j for j in prog.list_jobs(session, kinds=(REPORT_JOB,)) if j.status == "done"]
+            path = done[0].result.get("path") if done else None
+            return path if path and Path(path).is_file() else None
+
+        report_button.click(coord_report, [study], [report_message], **private).then(
+            coord_report_file, None, [report_file], **quiet
+        )
+        timer.tick(coord_report_file, None, [report_file], **quiet)
+
+    return CoordinatorConsole(
+        signin=signin,
+        password=password,
+        signin_button=signin_button,
+        signin_message=signin_message,
+        console=console,
+        study=study,
+        config_text=config_text,
+        create_button=create_button,
+        create_message=create_message,
+        rater_name=rater_name,
+        add_button=add_button,
+        link=link,
+        revoke_button=revoke_button,
+        export_button=export_button,
+        export_files=export_out,
+    )

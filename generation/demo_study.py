@@ -1,0 +1,269 @@
+"""The embedded demo: a ready blinded study built from the procedural demo data and the committed demo model.
+
+``python app.py`` on a fresh machine calls :func:`ensure_demo`, which (once) writes the procedural dataset,
+imports it (one dataset per domain, so specialty routing has something to route), registers the demo MSDM
+twice (its normal sampling and a 4-step "fast" variant, so the study compares two models), generates every
+case with both through :mod:`generation.batch`, creates the study and adds a demo rater. Every step is
+idempotent: a later start finds what exists and skips it (an interrupted build resumes where it stopped).
+Each start re-issues the demo rater's link (tokens are stored hashed, so the old one cannot be shown again)
+and generates a coordinator password if none is set.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from db.models import AppSetting, Dataset, Domain, Model, ModelKind, Rater, Specialty, Study
+from db.workspace import Workspace
+
+DEMO_STUDY = "demo"
+DEMO_RATER = "Demo rater"
+DEMO_SEED = 2024
+#: (dataset name, procedural domain, database domain)
+DEMO_DATASETS: tuple[tuple[str, str, Domain], ...] = (
+    ("demo-endoscopy", "endoscopy", Domain.GI),
+    ("demo-chest-xray", "chest_xray", Domain.RADIOLOGY),
+)
+#: (model name, sampling steps): the demo model as trained, and the same weights with far fewer steps.
+DEMO_MODELS: tuple[tuple[str, int], ...] = (("demo-msdm", 20), ("demo-msdm-fast", 4))
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoInfo:
+    """What a start of the demo produced: the study, a fresh rater token and the coordinator password."""
+
+    study: str
+    rater_name: str
+    rater_token: str
+    coordinator_password: str | None
+    password_source: str
+    built: bool
+    seconds: float
+
+    def describe(self, base_url: str) -> str:
+        """The lines printed at start-up: the demo rater link and how to sign in as coordinator."""
+        from db.raters import rater_link
+
+        lines = [
+            f"demo study {self.study!r} {'built' if self.built else 'ready'} in {self.seconds:.1f} s",
+            f"demo rater link: {rater_link(base_url, self.rater_token)}",
+        ]
+        if self.coordinator_password is not None:
+            lines.append(f"coordinator password (generated for this demo): {self.coordinator_password}")
+        else:
+            lines.append(f"coordinator password: {self.password_source}")
+        return "\n".join(lines)
+
+
+def _print(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def demo_config_text(cases_per_model: int) -> str:
+    """The TOML config of the demo study."""
+    datasets = ", ".join(f'"{name}"' for name, _, _ in DEMO_DATASETS)
+    models = ", ".join(f'"{name}"' for name, _ in DEMO_MODELS)
+    return f"""name = "{DEMO_STUDY}"
+title = "MedSynth demo study"
+instructions = "Procedural demo images: which of the two looks generated?"
+seed = {DEMO_SEED}
+datasets = [{datasets}]
+models = [{models}]
+cases_per_model = {cases_per_model}
+raters_per_item = 2
+rater_slots = 2
+attention_fraction = 0.1
+repeat_fraction = 0.1
+
+[display]
+size = 256
+fit = "square"
+"""
+
+
+def _write_domain_listings(folder: Path) -> dict[str, Path]:
+    """Split the demo ``metadata.csv`` into one listing per domain (same folder, so paths resolve)."""
+    with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = list(reader.fieldnames or [])
+        rows = list(reader)
+    listings = {}
+    for _, domain, _ in DEMO_DATASETS:
+        path = folder / f"metadata-{domain}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(r for r in rows if r.get("domain") == domain)
+        listings[domain] = path
+    return listings
+
+
+def _ensure_datasets(workspace: Workspace, n_per_domain: int, say: Progress) -> None:
+    from db.importers import import_dataset
+    from generation.demo_data import make_demo_dataset
+
+    with workspace.database.session() as session:
+        present = set(session.scalars(select(Dataset.name)))
+    if all(name in present for name, _, _ in DEMO_DATASETS):
+        return
+    folder = workspace.settings.data_dir / "demo" / "data"
+    say(f"writing {2 * n_per_domain} procedural images to {folder}")
+    make_demo_dataset(folder, n_per_domain=n_per_domain, seed=DEMO_SEED)
+    listings = _write_domain_listings(folder)
+    for name, domain, db_domain in DEMO_DATASETS:
+        if name not in present:
+            summary = import_dataset(
+                workspace.database, workspace.store, "csv", listings[domain], name=name, domain=db_domain
+            )
+            say(summary.describe())
+
+
+def _ensure_models(workspace: Workspace, model_dir: Path) -> None:
+    from db.generated import register_model
+
+    with workspace.database.session() as session:
+        for name, steps in DEMO_MODELS:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None or model.source != str(model_dir):
+                register_model(
+                    session,
+                    name,
+                    kind=ModelKind.MSDM,
+                    source=str(model_dir),
+                    parameters={"steps": steps, "demo": True},
+                    replace=model is not None,
+                )
+
+
+def _generate(workspace: Workspace, device: str, say: Progress) -> None:
+    from generation.batch import GenerationConfig, generate_for_dataset
+    from generation.pipelines import PipelineCache
+
+    cache = PipelineCache(capacity=1)  # both demo models share one folder: load it once
+    for model, steps in DEMO_MODELS:
+        for dataset, _, _ in DEMO_DATASETS:
+            started = time.perf_counter()
+            report = generate_for_dataset(
+                workspace,
+                dataset,
+                model,
+                GenerationConfig(per_case=1, seed=DEMO_SEED, steps=steps),
+                device=device,
+                progress=False,
+                cache=cache,
+            )
+            if report.generated:
+                say(
+                    f"{model}: generated {report.generated} images for {dataset} "
+                    f"({steps} steps, {time.perf_counter() - started:.1f} s)"
+                )
+
+
+def _ensure_study(workspace: Workspace, cases_per_model: int, say: Progress) -> bool:
+    from db.studies import create_study
+
+    with workspace.database.session() as session:
+        if session.scalar(select(Study).where(Study.name == DEMO_STUDY)) is not None:
+            return False
+        summary = create_study(session, workspace.store, demo_config_text(cases_per_model), source="demo study")
+    say(summary.describe())
+    return True
+
+
+def _demo_token(workspace: Workspace) -> str:
+    from db.raters import add_rater, reissue_token
+
+    with workspace.database.session() as session:
+        study_id = session.scalar(select(Study.id).where(Study.name == DEMO_STUDY))
+        exists = session.scalar(select(Rater).where(Rater.study_id == study_id, Rater.name == DEMO_RATER))
+        if exists is None:
+            return add_rater(session, DEMO_STUDY, DEMO_RATER, Specialty.OTHER, 5.0).token
+        return reissue_token(session, DEMO_STUDY, DEMO_RATER)
+
+
+def _coordinator_password(workspace: Workspace) -> tuple[str | None, str]:
+    from evalapp.auth import PASSWORD_ENV, PASSWORD_SETTING, set_coordinator_password
+
+    if os.environ.get(PASSWORD_ENV):
+        return None, f"taken from ${PASSWORD_ENV}"
+    with workspace.database.session() as session:
+        stored = session.get(AppSetting, PASSWORD_SETTING)
+    if stored is not None:
+        return None, "already set (change it with: python app.py coordinator set-password)"
+    password = secrets.token_urlsafe(12)
+    set_coordinator_password(workspace.database, password)
+    return password, "generated"
+
+
+def ensure_demo(
+    workspace: Workspace,
+    progress: Progress | None = None,
+    *,
+    model_dir: str | Path | None = None,
+    n_per_domain: int = 12,
+    device: str = "auto",
+) -> DemoInfo:
+    """Build the demo study if it is missing (or finish an interrupted build); reuse it otherwise.
+
+    Parameters
+    ----------
+    workspace
+        The opened workspace to build into.
+    progress
+        Called with one line per step (default: print).
+    model_dir
+        The demo MSDM folder (default: the committed ``generation/demo_model``).
+    n_per_domain
+        Procedural cases per domain (endoscopy, chest X-ray); the study takes half of all cases per model.
+    device
+        Where the demo images are generated (``auto``: CUDA if present, else CPU).
+
+    Returns
+    -------
+    DemoInfo
+        The study name, the demo rater's fresh token and the coordinator password (``None`` when one was
+        set before or comes from the environment).
+
+    Raises
+    ------
+    ValueError
+        If ``model_dir`` is not a saved pipeline folder, or ``n_per_domain`` is below 2.
+    """
+    from generation.msdm.pipeline import DEMO_MODEL_DIR
+
+    say = progress or _print
+    started = time.perf_counter()
+    if n_per_domain < 2:
+        raise ValueError(f"the demo needs at least 2 cases per domain, got n_per_domain={n_per_domain}")
+    folder = Path(model_dir or DEMO_MODEL_DIR).resolve()
+    with workspace.database.session() as session:
+        built = session.scalar(select(Study.id).where(Study.name == DEMO_STUDY)) is None
+    if built:
+        if not (folder / "model_index.json").is_file():
+            raise ValueError(f"the demo model is missing: {folder} has no model_index.json")
+        say("building the demo study (first start only)")
+        _ensure_datasets(workspace, n_per_domain, say)
+        _ensure_models(workspace, folder)
+        _generate(workspace, device, say)
+        _ensure_study(workspace, n_per_domain, say)
+    token = _demo_token(workspace)
+    password, source = _coordinator_password(workspace)
+    return DemoInfo(
+        study=DEMO_STUDY,
+        rater_name=DEMO_RATER,
+        rater_token=token,
+        coordinator_password=password,
+        password_source=source,
+        built=built,
+        seconds=time.perf_counter() - started,
+    )
