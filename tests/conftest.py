@@ -22,3 +22,45 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real samples not found at {SHARED_DATA}; the checkout must sit beside shared/")
     return SHARED_DATA
+
+
+PG_ADMIN_URL_ENV = "MEDSYNTH_TEST_PG_URL"
+
+
+def _fresh_postgres_url(admin_url: str, name: str) -> str:
+    """Create an empty database ``name`` on the server of ``admin_url`` and return its URL."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_postgres(admin_url: str, name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh, empty database: a SQLite file, and (where ``MEDSYNTH_TEST_PG_URL`` names a server, as in
+    CI) a new PostgreSQL database per test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'medsynth.sqlite3'}"
+        return
+    admin = os.environ.get(PG_ADMIN_URL_ENV)
+    if not admin:
+        pytest.skip(f"PostgreSQL variant: set {PG_ADMIN_URL_ENV} (.ci/run starts a server and sets it)")
+    import uuid
+
+    name = f"medsynth_test_{uuid.uuid4().hex[:12]}"
+    yield _fresh_postgres_url(admin, name)
+    _drop_postgres(admin, name)

@@ -15,14 +15,10 @@ from db.importers import import_dataset, import_generated
 from db.workspace import Workspace
 
 
-def sqlite_url(tmp_path: Path) -> str:
-    """A fresh SQLite file in the test's tmp folder."""
-    return f"sqlite:///{tmp_path / 'medsynth.sqlite3'}"
-
-
 @pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[Workspace]:
-    ws = Workspace.open(sqlite_url(tmp_path), tmp_path / "data")
+def workspace(db_url: str, tmp_path: Path) -> Iterator[Workspace]:
+    """A fresh workspace on each database backend (see ``db_url`` in tests/conftest.py)."""
+    ws = Workspace.open(db_url, tmp_path / "data")
     yield ws
     ws.close()
 

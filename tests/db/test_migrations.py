@@ -20,19 +20,23 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(cfg).get_current_head()  # type: ignore[return-value]
 
 
-def test_upgrade_from_empty_database(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
-    make_engine(url).connect().close()  # an empty file, as an old install would leave
-    database = open_database(url)
+def test_upgrade_from_empty_database(db_url: str) -> None:
+    make_engine(db_url).connect().close()  # an empty database, as an old install would leave
+    database = open_database(db_url)
     with database.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == head_revision()
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    database.dispose()
+    open_database(db_url).dispose()  # opening again is a no-op upgrade
+
+
+def test_sqlite_file_uses_wal(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    database = open_database(url)
     con = sqlite3.connect(tmp_path / "old.sqlite3")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()
     database.dispose()
-    # Opening again is a no-op upgrade.
-    open_database(url).dispose()
 
 
 def test_foreign_keys_enforced(tmp_path: Path) -> None:

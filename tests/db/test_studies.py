@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from db.errors import AccessDenied, ConflictError, InputError, NotFoundError
 from db.export import RATING_COLUMNS, export_study, ratings_frame
-from db.models import Assignment, ItemKind, Rating, StudyItem
+from db.models import Assignment, ItemKind, Rater, Rating, StudyItem
 from db.raters import add_rater, rater_by_token, revoke_rater
 from db.ratings import SubmitStatus, next_pair, submit_rating
 from db.studies import create_study, parse_study_config
@@ -35,8 +35,9 @@ def snapshot(ws: Workspace) -> list[tuple]:  # type: ignore[type-arg]
     with ws.database.session() as s:
         rows = s.execute(
             select(StudyItem.kind, StudyItem.case_id, StudyItem.model_id, StudyItem.generated_side,
-                   Assignment.rater_id, Assignment.position)
-            .join(Assignment, Assignment.item_id == StudyItem.id).order_by(Assignment.rater_id, Assignment.position)
+                   Rater.name, Assignment.position)
+            .join(Assignment, Assignment.item_id == StudyItem.id).join(Rater, Assignment.rater_id == Rater.id)
+            .order_by(Rater.name, Assignment.position)
         ).all()  # fmt: skip
     return [tuple(r) for r in rows]
 
@@ -46,7 +47,7 @@ def test_same_config_and_seed_give_the_same_study(gi_workspace: Workspace, tmp_p
     first = snapshot(gi_workspace)
     with gi_workspace.database.session() as s:
         s.execute(StudyItem.__table__.delete())  # drop and rebuild from scratch
-        from db.models import Rater, Study
+        from db.models import Study
 
         s.execute(Rater.__table__.delete())
         s.execute(Study.__table__.delete())
