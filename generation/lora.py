@@ -119,6 +119,12 @@ def apply_loras(pipe: Any, loras: Sequence[LoraSpec]) -> list[str]:
             pipe.load_lora_weights(target, **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ValueError(f"cannot load LoRA {spec.path} into {type(pipe).__name__}: {exc}") from exc
+        loaded = {adapter for names_ in pipe.get_list_adapters().values() for adapter in names_}
+        if name not in loaded:  # diffusers only warns when no key matches: a LoRA for another model
+            raise ValueError(
+                f"cannot load LoRA {spec.path} into {type(pipe).__name__}: none of its weights match this "
+                "pipeline's layers (a LoRA made for another base model?)"
+            )
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[spec.scale for spec in loras])
     return names

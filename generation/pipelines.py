@@ -374,7 +374,7 @@ class PipelineCache:
             self._items[key] = loaded
             return loaded
 
-    def keys(self) -> list[tuple[Any, ...]]:
+    def loaded_keys(self) -> list[tuple[Any, ...]]:
         """Keys from least to most recently used."""
         with self._lock:
             return list(self._items)

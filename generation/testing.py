@@ -12,6 +12,7 @@ Public builders: :func:`tiny_clip_tokenizer`, :func:`tiny_t5_tokenizer`, :func:`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -283,7 +284,7 @@ def make_random_lora(pipe, folder: Path, rank: int = 4, seed: int = 0, std: floa
 
     The adapter's ``B`` matrices are drawn with standard deviation ``std`` (peft initialises them to
     zero, which would make the adapter a no-op), so loading it visibly changes the output. The adapter
-    is removed from ``pipe`` afterwards, leaving the pipeline as it was.
+    is built on a copy of the denoiser: ``pipe`` itself is left untouched.
 
     Parameters
     ----------
@@ -303,7 +304,7 @@ def make_random_lora(pipe, folder: Path, rank: int = 4, seed: int = 0, std: floa
     from peft.utils import get_peft_model_state_dict
 
     family: TinyFamily = "flux" if hasattr(pipe, "transformer") and pipe.transformer is not None else "sd"
-    denoiser = pipe.transformer if family == "flux" else pipe.unet
+    denoiser = copy.deepcopy(pipe.transformer if family == "flux" else pipe.unet)
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(_lora_targets(family)), init_lora_weights=True)
     adapter = "medsynth_random_lora"
     denoiser.add_adapter(config, adapter_name=adapter)
@@ -317,5 +318,4 @@ def make_random_lora(pipe, folder: Path, rank: int = 4, seed: int = 0, std: floa
     folder.mkdir(parents=True, exist_ok=True)
     key = "transformer_lora_layers" if family == "flux" else "unet_lora_layers"
     type(pipe).save_lora_weights(folder, **{key: state})
-    denoiser.delete_adapters(adapter)
     return folder
