@@ -1,0 +1,131 @@
+"""Blinded image serving: ``GET /m/<token>`` returns a metadata-free PNG of one side of a rater's pair.
+
+A token is signed by the server and names only the rater, the position in that rater's own list, the side
+and a random nonce, so the same image reached through different pairs (or the same pair shown twice) has a
+different, unguessable URL; it holds no hash, file name, model, dataset or seed. The route serves the
+token's image only to the rater it was made for (their session cookie), with ``Cache-Control: no-store``,
+no file name, no ETag and no Last-Modified. The bytes come from :meth:`MediaStore.served_copy`, fitted to
+the study's display size (both sides identically); the zoom view uses a larger copy of both sides.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import Response
+
+from db.media import MediaStore
+from db.models import Assignment, Rater, Side, Study, StudyItem
+from db.session import Database
+from db.studies import DisplayConfig, parse_study_config
+from evalapp.auth import Role, config, identify, sign, unsign
+
+IMAGE_ROUTE = "/m"
+ZOOM_FACTOR = 2
+MAX_ZOOM_SIZE = 2048
+NO_STORE_HEADERS = {
+    "Cache-Control": "no-store, private",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """What an image token names."""
+
+    rater_id: int
+    position: int
+    side: Side
+    zoom: bool
+
+
+def zoom_size(display: DisplayConfig) -> int:
+    """Pixel size of the "full size" view: twice the display size, at most 2048, the same for both sides."""
+    return min(display.size * ZOOM_FACTOR, MAX_ZOOM_SIZE)
+
+
+def image_token(rater_id: int, position: int, side: Side, *, zoom: bool = False, nonce: str | None = None) -> str:
+    """A signed, per-display image name for one side of a rater's pair."""
+    payload = {"k": "img", "r": rater_id, "p": position, "s": side.value[0], "z": int(zoom)}
+    payload["n"] = nonce or secrets.token_urlsafe(9)
+    return sign(payload, config().secret_key)
+
+
+def read_image_token(token: str) -> ImageRef | None:
+    """Decode and verify an image token, or None."""
+    payload = unsign(token, config().secret_key)
+    if payload is None or payload.get("k") != "img":
+        return None
+    rater_id, position, side = payload.get("r"), payload.get("p"), payload.get("s")
+    if not isinstance(rater_id, int) or not isinstance(position, int) or side not in ("l", "r"):
+        return None
+    return ImageRef(rater_id, position, Side.LEFT if side == "l" else Side.RIGHT, bool(payload.get("z")))
+
+
+def image_url(token: str) -> str:
+    """The page-relative URL of an image token."""
+    return f"{IMAGE_ROUTE}/{token}"
+
+
+class DisplayCache:
+    """Study display settings by study id (a study's config never changes once created)."""
+
+    def __init__(self) -> None:
+        self._by_study: dict[int, DisplayConfig] = {}
+        self._lock = threading.Lock()
+
+    def get(self, study_id: int, config_text: str) -> DisplayConfig:
+        with self._lock:
+            found = self._by_study.get(study_id)
+        if found is None:
+            found = parse_study_config(config_text).display
+            with self._lock:
+                self._by_study[study_id] = found
+        return found
+
+
+def image_bytes(database: Database, store: MediaStore, displays: DisplayCache, ref: ImageRef) -> bytes | None:
+    """The served PNG for ``ref`` (None when the position is not in that rater's list)."""
+    with database.session() as session:
+        row = session.execute(
+            select(
+                StudyItem.real_sha256, StudyItem.generated_sha256, StudyItem.generated_side, Study.id, Study.config_text
+            )
+            .select_from(Assignment)
+            .join(StudyItem, Assignment.item_id == StudyItem.id)
+            .join(Rater, Assignment.rater_id == Rater.id)
+            .join(Study, Rater.study_id == Study.id)
+            .where(Assignment.rater_id == ref.rater_id, Assignment.position == ref.position)
+        ).first()
+        if row is None:
+            return None
+        real, generated, generated_side, study_id, config_text = row
+    display = displays.get(study_id, config_text)
+    sha = generated if ref.side == generated_side else real
+    size = zoom_size(display) if ref.zoom else display.size
+    return store.served_copy(sha, size=size, fit=display.fit)  # type: ignore[arg-type]
+
+
+def install_media_routes(app: FastAPI, database: Database, store: MediaStore) -> None:
+    """Add ``GET /m/{token}`` to ``app``."""
+    displays = DisplayCache()
+
+    def not_found() -> Response:
+        return Response(status_code=404, content=b"Not found", headers=NO_STORE_HEADERS, media_type="text/plain")
+
+    @app.get(IMAGE_ROUTE + "/{token}", include_in_schema=False)
+    def served_image(token: str, request: Request) -> Response:
+        ref = read_image_token(token)
+        who = identify(request)
+        if ref is None or who.role != Role.RATER or who.rater_id != ref.rater_id:
+            return not_found()
+        data = image_bytes(database, store, displays, ref)
+        if data is None:
+            return not_found()
+        return Response(content=data, media_type="image/png", headers=NO_STORE_HEADERS)

@@ -1,0 +1,520 @@
+"""The blinded rater view: one pair at a time, keyboard-first, no feedback, resumable on any device.
+
+The functional core works on plain values and is tested directly:
+
+* :func:`show_next` finds the rater's next unrated pair and makes a :class:`Screen` for it, with a signed
+  display token (rater, position, random nonce, display time) that doubles as the submission id, so a double
+  click or a retry sends the same id and is stored once;
+* :func:`submit` validates the answers (naming the missing ones), stores the rating, and shows the next pair.
+
+:func:`build_rater_blocks` wires the core to Gradio components. Every handler starts with
+:func:`evalapp.auth.require_rater`; an anonymous caller sees only a polite refusal. The page never receives a
+model name, hash, file name, dataset or seed: images come from ``/m/<per-display token>`` and the form
+knows only the display token.
+"""
+
+from __future__ import annotations
+
+import enum
+import html
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from sqlalchemy import select
+
+from db.errors import AccessDenied, InputError
+from db.models import Assignment, Rater, Side, Study, StudyItem
+from db.questions import DEFAULT_QUESTIONS, Question, QuestionKind, QuestionSet
+from db.ratings import PairView, SubmitStatus, next_pair, submit_rating
+from db.session import Database
+from evalapp.auth import REFUSAL, Identity, Role, config, identify, require_rater, sign, unsign
+from evalapp.media_routes import image_token, image_url
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+QUESTIONS: QuestionSet = DEFAULT_QUESTIONS
+RATER_CONCURRENCY = 4  # rater handlers at once: SQLite writes are serial, 2-4 threads keep both cores busy
+CHOICE_LABELS = {"left": "Left image", "right": "Right image"}
+SIDE_KEYS = {"left": "[", "right": "]"}
+KEY_HINTS = (
+    ("↑ ↓", "move between questions"),
+    ("1–5", "answer the highlighted question"),
+    ("L / R", "which image is generated"),
+    ("Enter", "submit"),
+    ("[ / ]", "enlarge left / right image"),
+    ("C", "comment"),
+    ("N", "cannot assess"),
+    ("Esc", "leave a text box / close"),
+    ("P", "pause"),
+)
+
+
+class ScreenKind(enum.StrEnum):
+    """What the rater page shows."""
+
+    REFUSED = "refused"
+    PAIR = "pair"
+    DONE = "done"
+    PAUSED = "paused"
+
+
+@dataclass(frozen=True)
+class Screen:
+    """One state of the rater page, as plain values."""
+
+    kind: ScreenKind
+    message: str = ""
+    title: str = ""
+    prompt: str = ""
+    number: int = 0
+    total: int = 0
+    done: int = 0
+    display_token: str = ""
+    left_src: str = ""
+    right_src: str = ""
+    left_zoom: str = ""
+    right_zoom: str = ""
+
+
+@dataclass(frozen=True)
+class Display:
+    """What a display token names."""
+
+    rater_id: int
+    position: int
+    nonce: str
+    shown_ms: int
+
+    @property
+    def submission_id(self) -> str:
+        return f"d-{self.nonce}"
+
+    @property
+    def shown_at(self) -> datetime:
+        return datetime.fromtimestamp(self.shown_ms / 1000, UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """The result of a submission: the next screen, or the form kept with the missing answers named."""
+
+    screen: Screen | None
+    missing: list[str] = field(default_factory=list)
+    message: str = ""
+    status: SubmitStatus | None = None
+
+
+# ----------------------------------------------------------------------------------------------- tokens
+
+
+def make_display_token(rater_id: int, position: int) -> str:
+    """A signed token for one display of a pair; its nonce is the submission id."""
+    payload = {"k": "pair", "r": rater_id, "p": position, "n": secrets.token_urlsafe(18)}
+    payload["t"] = int(time.time() * 1000)
+    return sign(payload, config().secret_key)
+
+
+def read_display_token(token: str | None) -> Display | None:
+    """Decode and verify a display token, or None."""
+    payload = unsign(token, config().secret_key)
+    if payload is None or payload.get("k") != "pair":
+        return None
+    r, p, n, t = payload.get("r"), payload.get("p"), payload.get("n"), payload.get("t")
+    if not (isinstance(r, int) and isinstance(p, int) and isinstance(n, str) and isinstance(t, int)):
+        return None
+    return Display(r, p, n, t)
+
+
+# ----------------------------------------------------------------------------------------------- core
+
+
+def _study_title(study: Study) -> str:
+    title = (study.config or {}).get("title") or ""
+    return str(title) or "Image rating"
+
+
+def pair_screen(rater_id: int, pair: PairView, title: str) -> Screen:
+    """The screen for ``pair`` with fresh per-display image names."""
+    nonce = secrets.token_urlsafe(9)
+    return Screen(
+        kind=ScreenKind.PAIR,
+        title=title,
+        prompt=pair.prompt,
+        number=pair.done + 1,
+        total=pair.total,
+        done=pair.done,
+        display_token=make_display_token(rater_id, pair.position),
+        left_src=image_url(image_token(rater_id, pair.position, Side.LEFT, nonce=nonce + "a")),
+        right_src=image_url(image_token(rater_id, pair.position, Side.RIGHT, nonce=nonce + "b")),
+        left_zoom=image_url(image_token(rater_id, pair.position, Side.LEFT, zoom=True, nonce=nonce + "c")),
+        right_zoom=image_url(image_token(rater_id, pair.position, Side.RIGHT, zoom=True, nonce=nonce + "d")),
+    )
+
+
+def show_next(database: Database, rater_id: int) -> Screen:
+    """The rater's next unrated pair, or the thank-you screen when every pair is rated."""
+    with database.session() as session:
+        rater = session.get(Rater, rater_id)
+        if rater is None:
+            return Screen(ScreenKind.REFUSED, message=REFUSAL)
+        title = _study_title(rater.study)
+        pair = next_pair(session, rater)
+        if pair is None:
+            total = session.scalar(select(Assignment.id).where(Assignment.rater_id == rater_id).limit(1))
+            return Screen(
+                ScreenKind.DONE,
+                title=title,
+                message=(
+                    "You have rated every pair. Thank you for your time and care!"
+                    if total is not None
+                    else "There are no pairs for you in this study yet. Thank you!"
+                ),
+            )
+    return pair_screen(rater_id, pair, title)
+
+
+def paused_screen(database: Database, rater_id: int) -> Screen:
+    """The pause screen: nothing is lost; the link resumes at the next unrated pair on any device."""
+    from db.ratings import progress
+
+    with database.session() as session:
+        done, total = progress(session, rater_id)
+    return Screen(
+        ScreenKind.PAUSED,
+        done=done,
+        total=total,
+        message=(
+            f"Paused after {done} of {total} pairs. Every submitted answer is saved. You can close this window: "
+            "your personal link brings you back to your next pair, on this or any other device."
+        ),
+    )
+
+
+def answers_from_inputs(values: list[Any], questions: QuestionSet = QUESTIONS) -> dict[str, Any]:
+    """Map form values (in question order) to an answer dict; empty values are left out."""
+    if len(values) != len(questions.questions):
+        raise ValueError(f"expected {len(questions.questions)} answers, got {len(values)}")
+    answers: dict[str, Any] = {}
+    for q, value in zip(questions.questions, values, strict=True):
+        if q.kind == QuestionKind.FLAG:
+            if value:
+                answers[q.key] = True
+        elif value not in (None, "") and not (isinstance(value, str) and not value.strip()):
+            answers[q.key] = value.strip() if isinstance(value, str) and q.kind == QuestionKind.TEXT else value
+    return answers
+
+
+def _client_ms(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 0 <= number < 1e9 else None
+
+
+def submit(
+    database: Database,
+    who: Identity,
+    display_token: str | None,
+    answers: dict[str, Any],
+    *,
+    client_ms: Any = None,
+    client_at: str | None = None,
+    questions: QuestionSet = QUESTIONS,
+) -> SubmitOutcome:
+    """Store one rating (idempotent by the display's submission id) and return the next screen.
+
+    Raises :class:`AccessDenied` when the token is forged or belongs to another rater.
+    """
+    if who.role != Role.RATER or who.rater_id is None:
+        raise AccessDenied("only a rater can submit")
+    display = read_display_token(display_token)
+    if display is None or display.rater_id != who.rater_id:
+        raise AccessDenied("this pair is not yours")
+    missing = questions.missing(answers)
+    if missing:
+        labels = [q.label for q in questions.questions if q.key in missing]
+        return SubmitOutcome(None, missing=missing, message="Please answer: " + "; ".join(labels) + ".")
+    with database.session() as session:
+        public_id = session.scalar(
+            select(StudyItem.public_id)
+            .join(Assignment, Assignment.item_id == StudyItem.id)
+            .where(Assignment.rater_id == who.rater_id, Assignment.position == display.position)
+        )
+    if public_id is None:
+        raise AccessDenied("this pair is not yours")
+    try:
+        result = submit_rating(
+            database,
+            who.rater_id,
+            str(public_id),
+            display.submission_id,
+            answers,
+            response_ms_client=_client_ms(client_ms),
+            client_submitted_at=(client_at or None) and str(client_at)[:40],
+            questions=questions,
+            shown_at=display.shown_at,
+        )
+    except InputError as exc:
+        return SubmitOutcome(None, message=f"Please check your answers: {exc}")
+    return SubmitOutcome(show_next(database, who.rater_id), status=result.status)
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def header_html(screen: Screen) -> str:
+    """Title, progress and the prompt."""
+    if screen.kind != ScreenKind.PAIR:
+        return ""
+    pct = 100 * screen.done / screen.total if screen.total else 0
+    return (
+        '<div class="ms-head">'
+        f'<div class="ms-top"><span class="ms-title">{_e(screen.title)}</span>'
+        f'<span class="ms-progress" id="ms-progress">Pair {screen.number} of {screen.total}</span></div>'
+        f'<div class="ms-bar"><div class="ms-bar-fill" style="width:{pct:.1f}%"></div></div>'
+        f'<div class="ms-prompt"><span class="ms-prompt-label">Prompt</span>{_e(screen.prompt)}</div>'
+        "</div>"
+    )
+
+
+def image_html(screen: Screen, side: str) -> str:
+    """One side's image with its caption and a full-size button."""
+    if screen.kind != ScreenKind.PAIR:
+        return ""
+    src, zoom = (screen.left_src, screen.left_zoom) if side == "left" else (screen.right_src, screen.right_zoom)
+    name = CHOICE_LABELS[side]
+    return (
+        f'<figure class="ms-figure ms-{side}">'
+        f'<img class="ms-img" src="{_e(src)}" alt="{name}" data-zoom="{_e(zoom)}" draggable="false">'
+        f'<figcaption><span class="ms-side">{name}</span>'
+        f'<button type="button" class="ms-zoom" data-zoom="{_e(zoom)}">Full size '
+        f"<kbd>{SIDE_KEYS[side]}</kbd></button></figcaption></figure>"
+    )
+
+
+def status_html(screen: Screen) -> str:
+    """The refusal, pause or thank-you message (empty while rating)."""
+    if screen.kind == ScreenKind.PAIR:
+        return ""
+    heading = {
+        ScreenKind.REFUSED: "Access restricted",
+        ScreenKind.DONE: "Thank you!",
+        ScreenKind.PAUSED: "Paused",
+    }[screen.kind]
+    return f'<div class="ms-status ms-status-{screen.kind.value}"><h2>{heading}</h2><p>{_e(screen.message)}</p></div>'
+
+
+def keys_html() -> str:
+    """The keyboard legend shown under the form."""
+    parts = "".join(f"<span><kbd>{_e(k)}</kbd> {_e(v)}</span>" for k, v in KEY_HINTS)
+    return f'<div class="ms-keys" id="ms-keys">{parts}</div>'
+
+
+def question_label(q: Question) -> str:
+    """A question's label with its key hint."""
+    if q.kind == QuestionKind.SCALE:
+        return f"{q.label}  ·  keys 1–{q.scale_max}"
+    if q.kind == QuestionKind.CHOICE:
+        return f"{q.label}  ·  keys L / R"
+    return q.label
+
+
+def question_component(q: Question) -> gr.components.Component:
+    """The Gradio input for one question (inside the current Blocks context)."""
+    classes = ["ms-q", f"ms-q-{q.kind.value}"]
+    elem_id = f"q-{q.key}"
+    if q.kind == QuestionKind.SCALE:
+        choices = [(f"{n} · {anchor}", n) for n, anchor in enumerate(q.anchors, start=1)]
+        return gr.Radio(choices, label=question_label(q), elem_id=elem_id, elem_classes=classes)
+    if q.kind == QuestionKind.CHOICE:
+        choices = [(CHOICE_LABELS.get(c, c.title()), c) for c in q.choices]
+        return gr.Radio(choices, label=question_label(q), elem_id=elem_id, elem_classes=classes)
+    if q.kind == QuestionKind.FLAG:
+        return gr.Checkbox(label=q.label + "  ·  key N", elem_id=elem_id, elem_classes=classes)
+    placeholder = "Optional (key C)" if q.key == "comment" else "Required when you tick “cannot assess”"
+    return gr.Textbox(
+        label=q.label, lines=1, max_lines=4, placeholder=placeholder, elem_id=elem_id, elem_classes=classes
+    )
+
+
+# ----------------------------------------------------------------------------------------------- Gradio
+
+
+@dataclass
+class RaterComponents:
+    """The components the handlers update, in output order."""
+
+    status: gr.HTML
+    form: gr.Column
+    header: gr.HTML
+    left: gr.HTML
+    right: gr.HTML
+    questions: list[gr.components.Component]
+    token: gr.Textbox
+    message: gr.HTML
+    resume: gr.Button
+
+    def outputs(self) -> list[gr.components.Component]:
+        return [
+            self.status,
+            self.form,
+            self.header,
+            self.left,
+            self.right,
+            *self.questions,
+            self.token,
+            self.message,
+            self.resume,
+        ]
+
+
+def _blank(q: Question) -> Any:
+    return False if q.kind == QuestionKind.FLAG else (None if q.kind != QuestionKind.TEXT else "")
+
+
+def screen_updates(screen: Screen, questions: QuestionSet = QUESTIONS) -> list[Any]:
+    """Gradio updates (in :meth:`RaterComponents.outputs` order) that show ``screen`` with a blank form."""
+    pair = screen.kind == ScreenKind.PAIR
+    blank = [gr.update(value=_blank(q), elem_classes=["ms-q", f"ms-q-{q.kind.value}"]) for q in questions.questions]
+    return [
+        gr.update(value=status_html(screen), visible=not pair),
+        gr.update(visible=pair),
+        header_html(screen),
+        image_html(screen, "left"),
+        image_html(screen, "right"),
+        *blank,
+        screen.display_token,
+        "",
+        gr.update(visible=screen.kind == ScreenKind.PAUSED),
+    ]
+
+
+def missing_updates(outcome: SubmitOutcome, questions: QuestionSet = QUESTIONS) -> list[Any]:
+    """Updates that keep the form as it is and highlight the missing answers."""
+    marks = []
+    for q in questions.questions:
+        classes = ["ms-q", f"ms-q-{q.kind.value}"] + (["ms-missing"] if q.key in outcome.missing else [])
+        marks.append(gr.update(elem_classes=classes))
+    n_fixed = 5
+    message = f'<div class="ms-message" role="alert">{_e(outcome.message)}</div>'
+    return [gr.update()] * n_fixed + marks + [gr.update(), message, gr.update()]
+
+
+def _refused() -> Screen:
+    return Screen(ScreenKind.REFUSED, message=REFUSAL)
+
+
+def handle_load(request: gr.Request) -> list[Any]:
+    """Page load / resume: the next pair for a rater, the refusal for anyone else."""
+    who = identify(request)
+    if who.role != Role.RATER or who.rater_id is None:
+        return screen_updates(_refused())
+    return screen_updates(show_next(config().database, who.rater_id))
+
+
+def handle_pause(request: gr.Request) -> list[Any]:
+    """Pause: hide the pair (unsubmitted answers on it are dropped; it is shown again on resume)."""
+    who = require_rater(request)
+    return screen_updates(paused_screen(config().database, who.rater_id))  # type: ignore[arg-type]
+
+
+def handle_submit(token: str, *values: Any, request: gr.Request) -> list[Any]:
+    """Submit: inputs are the display token, the answers in question order, client ms and client time."""
+    who = require_rater(request)
+    n = len(QUESTIONS.questions)
+    answers = answers_from_inputs(list(values[:n]))
+    client_ms, client_at = [*values[n:], None, None][:2]
+    try:
+        outcome = submit(config().database, who, token, answers, client_ms=client_ms, client_at=client_at)
+    except AccessDenied:
+        raise gr.Error("This pair is not available. Please reload the page.", print_exception=False) from None
+    if outcome.screen is None:
+        return missing_updates(outcome)
+    return screen_updates(outcome.screen)
+
+
+def static_text(name: str) -> str:
+    """A file from ``evalapp/static``."""
+    return (STATIC_DIR / name).read_text(encoding="utf-8")
+
+
+def build_rater_blocks(questions: QuestionSet = QUESTIONS) -> tuple[gr.Blocks, RaterComponents]:
+    """The rater page as a Gradio Blocks (mount it with the CSS/JS from :func:`page_assets`)."""
+    by_key: dict[str, gr.components.Component] = {}
+    with gr.Blocks(title="MedSynth rating", analytics_enabled=False, fill_width=True) as blocks:
+        status = gr.HTML("", elem_id="ms-status", js_on_load=None)
+        with gr.Column(visible=False, elem_id="ms-form", elem_classes=["ms-form"]) as form:
+            header = gr.HTML("", elem_id="ms-header", js_on_load=None)
+            with gr.Row(equal_height=False, elem_classes=["ms-pair"]):
+                for side in ("left", "right"):
+                    with gr.Column(elem_classes=["ms-col", f"ms-col-{side}"], min_width=300):
+                        html_side = gr.HTML("", elem_id=f"ms-img-{side}", js_on_load=None)
+                        if side == "left":
+                            left = html_side
+                        else:
+                            right = html_side
+                        for q in questions.questions:
+                            if q.side == side:
+                                by_key[q.key] = question_component(q)
+            with gr.Row(elem_classes=["ms-shared"]):
+                for q in questions.questions:
+                    if q.side is None and q.kind in (QuestionKind.SCALE, QuestionKind.CHOICE):
+                        by_key[q.key] = question_component(q)
+            with gr.Row(elem_classes=["ms-extra"]):
+                for q in questions.questions:
+                    if q.side is None and q.kind in (QuestionKind.TEXT, QuestionKind.FLAG):
+                        by_key[q.key] = question_component(q)
+            with gr.Row(elem_classes=["ms-actions"]):
+                message = gr.HTML("", elem_id="ms-message", js_on_load=None)
+                pause = gr.Button("Pause  (P)", elem_id="ms-pause", variant="secondary", scale=0, min_width=120)
+                send = gr.Button("Submit  (Enter)", elem_id="ms-submit", variant="primary", scale=0, min_width=180)
+            gr.HTML(keys_html(), js_on_load=None)
+            token = gr.Textbox(visible=False, elem_id="ms-token")
+            client_ms = gr.Textbox(visible=False)
+            client_at = gr.Textbox(visible=False)
+        resume = gr.Button("Resume", elem_id="ms-resume", variant="primary", visible=False)
+        comps = RaterComponents(
+            status=status,
+            form=form,
+            header=header,
+            left=left,
+            right=right,
+            questions=[by_key[q.key] for q in questions.questions],
+            token=token,
+            message=message,
+            resume=resume,
+        )
+        outputs = comps.outputs()
+        common: dict[str, Any] = {
+            "api_visibility": "private",
+            "concurrency_id": "rater",
+            "concurrency_limit": RATER_CONCURRENCY,
+            "show_progress": "hidden",
+        }
+        n_inputs = 1 + len(comps.questions) + 2
+        blocks.load(handle_load, None, outputs, **common)
+        resume.click(handle_load, None, outputs, **common)
+        pause.click(handle_pause, None, outputs, **common)
+        send.click(
+            handle_submit,
+            [token, *comps.questions, client_ms, client_at],
+            outputs,
+            js=f"(...a) => (window.msBeforeSubmit || ((x) => x))(a.slice(0, {n_inputs}))",
+            trigger_mode="once",
+            **common,
+        )
+    return blocks, comps
+
+
+def page_assets() -> tuple[str, str]:
+    """(css, head) for the rater page: the calm layout and the keyboard script."""
+    return static_text("rater.css"), f"<script>{static_text('rater.js')}</script>"

@@ -1,0 +1,261 @@
+"""The MedSynth web app: one FastAPI application serving the rater page, the coordinator and the demo.
+
+Layout of the URL space:
+
+* ``/`` — the blinded rater page (its own Gradio Blocks: a rater's browser never receives the coordinator's
+  components or API); ``/?rater=TOKEN`` is a rater's personal link: the middleware checks the token, sets
+  the signed session cookie and redirects to ``/`` (see :mod:`evalapp.auth`);
+* ``/m/<token>`` — blinded images (:mod:`evalapp.media_routes`);
+* ``/coordinator/`` — the coordinator's Blocks, built by ``evalapp.coordinator_view.build_coordinator_tab``;
+* ``/demo/`` — the public demo, built by ``evalapp.demo_view.build_demo_tab`` (only with ``demo=True``).
+
+``serve`` runs it with uvicorn; the access log is off and, if switched on, query strings are redacted, so
+rater tokens never reach a log.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from db.workspace import Workspace
+from evalapp import auth
+from evalapp.media_routes import install_media_routes
+from evalapp.rater_view import build_rater_blocks, page_assets
+
+log = logging.getLogger("medsynth.server")
+
+COORDINATOR_PATH = "/coordinator"
+DEMO_PATH = "/demo"
+SECURITY_HEADERS = [
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+@dataclass
+class AppContext:
+    """What every view of the app needs: the workspace, switches, the signing key and the public URL."""
+
+    workspace: Workspace
+    demo_enabled: bool = False
+    secret_key: bytes = b""
+    base_url: str = "http://127.0.0.1:7860"
+    login_failure_delay_s: float = 1.0
+    views: tuple[str, ...] = ("coordinator", "demo")  # optional views to mount (when their modules exist)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def rater_link(self, token: str) -> str:
+        """The personal link of a rater holding ``token``."""
+        from db.raters import rater_link
+
+        return rater_link(self.base_url, token)
+
+
+# ----------------------------------------------------------------------------------------------- middleware
+
+
+class SessionMiddleware:
+    """Pure-ASGI middleware: personal-link entry, a session cookie for every page, security headers.
+
+    * ``GET /?rater=TOKEN`` is answered here (cookie + redirect to ``/``): the token never reaches Gradio;
+    * a page load without a valid session cookie gets a fresh anonymous one (the coordinator's login binds
+      to it);
+    * every response gets ``Referrer-Policy: no-referrer`` and ``X-Content-Type-Options: nosniff``.
+    """
+
+    def __init__(self, app: ASGIApp, page_paths: tuple[str, ...]) -> None:
+        self.app = app
+        self.page_paths = page_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        is_get = scope.get("method") == "GET"
+        if is_get and path == "/":
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            if "rater" in query:
+                response = auth.enter_response((query.get("rater") or [""])[0])
+                await response(scope, receive, send)
+                return
+        needs_cookie = is_get and path in self.page_paths and auth.read_session(Request(scope)) is None
+        cookie_header = b""
+        if needs_cookie:
+            cookie = SimpleCookie()
+            cookie[auth.COOKIE_NAME] = auth.new_session_value()
+            morsel = cookie[auth.COOKIE_NAME]
+            morsel["path"] = "/"
+            morsel["httponly"] = True
+            morsel["samesite"] = "Lax"
+            morsel["max-age"] = str(auth.RATER_COOKIE_MAX_AGE_S)
+            if auth.config().secure_cookies:
+                morsel["secure"] = True
+            cookie_header = morsel.OutputString().encode("latin-1")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                if cookie_header:
+                    headers.append((b"set-cookie", cookie_header))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class RedactQueryFilter(logging.Filter):
+    """Strip query strings from uvicorn access-log records (personal links carry tokens there)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
+        return True
+
+
+# ----------------------------------------------------------------------------------------------- assembly
+
+
+def optional_builder(module: str, name: str) -> Callable[[AppContext], Any] | None:
+    """``module.name`` if that module exists (views by other engineers plug in here), else None."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+    return getattr(mod, name)
+
+
+def _mount(app: FastAPI, blocks: gr.Blocks, path: str, *, css: str = "", head: str = "") -> None:
+    blocks.queue(api_open=False, default_concurrency_limit=4, max_size=512)
+    gr.mount_gradio_app(
+        app,
+        blocks,
+        path=path,
+        footer_links=[],
+        ssr_mode=False,
+        show_error=True,
+        mcp_server=False,
+        pwa=False,
+        run_history=False,
+        css=css or None,
+        head=head or None,
+        theme=gr.themes.Soft(),
+    )
+
+
+def build_app(ctx: AppContext) -> FastAPI:
+    """The whole app for ``ctx``: auth configured, media routes, coordinator and demo mounts, rater page at ``/``."""
+    auth.configure(
+        ctx.workspace.database,
+        ctx.secret_key or None,
+        secure_cookies=ctx.base_url.startswith("https://"),
+        login_failure_delay_s=ctx.login_failure_delay_s,
+    )
+    if not ctx.secret_key:
+        ctx.secret_key = auth.config().secret_key
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    install_media_routes(app, ctx.workspace.database, ctx.workspace.store)
+    pages = ["/"]
+    coordinator = (
+        optional_builder("evalapp.coordinator_view", "build_coordinator_tab") if "coordinator" in ctx.views else None
+    )
+    if coordinator is not None:
+        with gr.Blocks(title="MedSynth coordinator", analytics_enabled=False) as blocks:
+            coordinator(ctx)
+        _mount(app, blocks, COORDINATOR_PATH)
+        pages += [COORDINATOR_PATH, COORDINATOR_PATH + "/"]
+    demo = optional_builder("evalapp.demo_view", "build_demo_tab") if ctx.demo_enabled and "demo" in ctx.views else None
+    if demo is not None:
+        with gr.Blocks(title="MedSynth demo", analytics_enabled=False) as blocks:
+            demo(ctx)
+        _mount(app, blocks, DEMO_PATH)
+        pages += [DEMO_PATH, DEMO_PATH + "/"]
+    rater_blocks, _ = build_rater_blocks()
+    css, head = page_assets()
+    _mount(app, rater_blocks, "/", css=css, head=head)
+    return SessionMiddleware(app, tuple(pages))  # type: ignore[return-value]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    """uvicorn settings: no access log (tokens travel in query strings), warnings only."""
+    logging.getLogger("uvicorn.access").addFilter(RedactQueryFilter())
+    return uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on")
+
+
+@dataclass
+class RunningServer:
+    """A server running in a background thread (tests, benchmarks)."""
+
+    server: uvicorn.Server
+    thread: threading.Thread
+    url: str
+    ctx: AppContext
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+
+def start_server(ctx: AppContext, host: str = "127.0.0.1", port: int | None = None) -> RunningServer:
+    """Build the app and run it in a daemon thread; returns once it accepts connections."""
+    port = port or free_port(host)
+    url = f"http://{host}:{port}"
+    if ctx.base_url == AppContext.base_url:
+        ctx.base_url = url
+    server = uvicorn.Server(uvicorn_config(build_app(ctx), host, port))
+    thread = threading.Thread(target=server.run, name="medsynth-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the MedSynth server did not start on {url}")
+        time.sleep(0.05)
+    return RunningServer(server, thread, url, ctx)
+
+
+def serve(
+    workspace: Workspace,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    demo: bool = False,
+    root_url: str | None = None,
+) -> None:
+    """Serve the app until interrupted. ``root_url`` is the public address used in rater links."""
+    base = (root_url or f"http://{host}:{port}").rstrip("/")
+    ctx = AppContext(workspace=workspace, demo_enabled=demo, base_url=base)
+    app = build_app(ctx)
+    print(f"MedSynth is serving on {base}/ (coordinator: {base}{COORDINATOR_PATH}/)", flush=True)
+    uvicorn.Server(uvicorn_config(app, host, port)).run()
