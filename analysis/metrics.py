@@ -295,8 +295,9 @@ class FrechetDistance:
 
     def compute(self) -> float:
         """FD between everything seen on the real and generated sides."""
+        real, generated = self._stats(True), self._stats(False)
         check_sample_size(min(self._n.values()), self.dim, "FD")
-        return _compute_fd(*self._stats(True), *self._stats(False))
+        return _compute_fd(*real, *generated)
 
 
 # --------------------------------------------------------------------------------------------------- KID
