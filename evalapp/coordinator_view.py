@@ -244,22 +244,29 @@ def report_writer() -> Any | None:
 
 
 def report_job(params: dict[str, Any], job: Any) -> dict[str, Any]:
-    """Worker handler of ``report`` jobs: the tidy ratings table of a study through ``write_report``."""
+    """Worker handler of ``report`` jobs: the study's tidy ratings table through ``write_report``."""
     from db.export import ratings_frame
 
     write_report = report_writer()
     if write_report is None:
         raise ValueError("this installation has no analysis report (analysis.report.write_report)")
-    job.report(0, 2, "reading the ratings")
+    study = str(params["study"])
+    job.report(0, 100, "reading the ratings")
     with job.workspace.database.session() as session:
-        frame = ratings_frame(session, str(params["study"]))
-    out_dir = Path(params["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    job.report(1, 2, "writing the report")
-    written = write_report(frame, out_dir)
-    html_files = sorted(out_dir.glob("*.html"))
-    path = Path(written) if isinstance(written, str | Path) else (html_files[0] if html_files else out_dir)
-    return {"path": str(path), "ratings": len(frame)}
+        frame = ratings_frame(session, study)
+        config_sha256 = get_study(session, study).config_sha256
+
+    def on_progress(fraction: float, desc: str = "") -> None:
+        job.report(round(100 * fraction), 100, desc)
+
+    result = write_report(
+        frame,
+        Path(params["out_dir"]),
+        title=f"MedSynth report: {study}",
+        stamp={"study": study, "study_config_sha256": config_sha256, "written_at": datetime.now().isoformat()},
+        progress=on_progress,
+    )
+    return {"path": str(result.html_path), "ratings": len(frame), "seconds": result.seconds}
 
 
 def queue_report(ctx: Any, study: str) -> int:

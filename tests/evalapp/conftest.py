@@ -8,8 +8,11 @@ Helpers for other test files:
 
 * ``app_env.add_rater(study, name=None)`` -> :class:`RaterLogin` (id, token, personal link);
 * ``app_env.cookie(token=None)`` -> the session cookie value a browser would get (anonymous without token);
-* ``fake_request(cookie)`` -> a ``gr.Request`` carrying that cookie, for calling handlers directly;
-* ``gradio_headers(cookie)`` -> headers for ``gradio_client.Client(..., headers=...)``.
+* ``app_env.request(cookie)`` -> a ``gr.Request`` carrying that cookie, for calling handlers directly;
+* ``app_env.gradio_headers(cookie)`` -> headers for ``gradio_client.Client(..., headers=...)``;
+* ``app_env.coordinator_password`` -> the stored coordinator password.
+
+(Test files cannot import this module under ``--import-mode=importlib``: use the fixture's methods.)
 """
 
 from __future__ import annotations
@@ -103,6 +106,18 @@ class AppEnv:
 
             pk = session.scalar(select(Rater.id).where(Rater.public_id == new.rater_id))
         return RaterLogin(int(pk), new.rater_id, new.token, self.ctx.rater_link(new.token))
+
+    coordinator_password: str = COORDINATOR_PASSWORD
+
+    @staticmethod
+    def request(cookie: str | None, host: str = "127.0.0.1") -> gr.Request:
+        """A ``gr.Request`` carrying ``cookie`` (see :func:`fake_request`)."""
+        return fake_request(cookie, host)
+
+    @staticmethod
+    def gradio_headers(cookie: str) -> dict[str, str]:
+        """Headers for ``gradio_client.Client(url, headers=...)`` speaking with this session."""
+        return gradio_headers(cookie)
 
     def cookie(self, token: str | None = None) -> str:
         """The session cookie the server sets for a personal link (or for a plain page load)."""
