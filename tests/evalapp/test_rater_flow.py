@@ -108,7 +108,8 @@ def test_submit_refused_until_required_answers_given(app_env: Any) -> None:
     message = updates[-2]
     assert "Accuracy of the left image to the prompt" in message and "Which image is generated?" in message
     assert "Realism of the left image" not in message
-    marks = {q.key: u.get("elem_classes", []) for q, u in zip(DEFAULT_QUESTIONS.questions, updates[N_FORM:], strict=False)}
+    questions = DEFAULT_QUESTIONS.questions
+    marks = {q.key: u.get("elem_classes", []) for q, u in zip(questions, updates[N_FORM:], strict=False)}
     assert "ms-missing" in marks["accuracy_left"] and "ms-missing" in marks["which_generated"]
     assert "ms-missing" not in marks["realism_left"]
     assert ratings_of(app_env, rater) == []
