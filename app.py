@@ -231,6 +231,60 @@ def cmd_coordinator_set_password(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ models
+
+
+def cmd_models_add(args: argparse.Namespace) -> int:
+    """Register a text-to-image model (diffusers pipeline, MSDM folder, or a folder of images)."""
+    from db.generated import register_model
+    from generation.pipelines import build_spec
+
+    spec = build_spec(args.name, args.kind, args.source, lora=args.lora or (), dtype=args.dtype, offload=args.offload)
+    ws = _workspace(args)
+    with ws.database.session() as session:
+        register_model(session, spec.name, kind=spec.kind, source=spec.source, parameters=spec.parameters(),
+                       replace=args.replace)  # fmt: skip
+    print(f"registered model {spec.name!r} ({spec.kind}: {spec.source})")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    """List registered models with their image counts."""
+    from sqlalchemy import func, select
+
+    from db.models import GeneratedImage, Model
+
+    ws = _workspace(args)
+    with ws.database.session() as session:
+        rows = session.execute(
+            select(Model, func.count(GeneratedImage.id))
+            .outerjoin(GeneratedImage)
+            .group_by(Model.id)
+            .order_by(Model.name)
+        ).all()
+    if not rows:
+        print("no models yet: python app.py models add NAME --kind diffusers --source HUB_ID_OR_FOLDER")
+    for model, images in rows:
+        print(f"{model.name}\t{model.kind.value}\t{model.source}\t{images} images")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate the missing images of a dataset with a registered model (resumable)."""
+    from generation.batch import GenerationConfig, generate_for_dataset
+
+    config = GenerationConfig(per_case=args.per_case, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                              scheduler=args.scheduler, height=args.height, width=args.width,
+                              batch_size=args.batch_size)  # fmt: skip
+    ws = _workspace(args)
+    report = generate_for_dataset(ws, args.dataset, args.model, config, device=args.device, limit=args.limit)
+    print(
+        f"generated {report.generated} images ({report.skipped} already there) in {report.seconds:.1f} s, "
+        f"{report.images_per_second:.2f} images/s, peak memory {report.peak_memory_bytes / 2**20:.0f} MiB"
+    )
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 
@@ -308,6 +362,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", default="csv", choices=["csv", "parquet", "json"])
 
+    models = add("models", lambda a: _help(a, models), "register and list text-to-image models")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION")
+    p = add("add", cmd_models_add, "register a model", models_sub)
+    p.add_argument("name")
+    p.add_argument("--kind", required=True, choices=["diffusers", "msdm", "folder"])
+    p.add_argument("--source", required=True, help="hub id or local folder (save_pretrained output)")
+    p.add_argument("--lora", action="append", metavar="PATH[@SCALE]", help="LoRA weights to load on top (repeatable)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: fp32 on CPU, the preset's on GPU")
+    p.add_argument("--offload", action="store_true", help="CPU offload of idle components (low GPU memory)")
+    p.add_argument("--replace", action="store_true", help="update a model registered under this name")
+    add("list", cmd_models_list, "list registered models", models_sub)
+
+    p = add("generate", cmd_generate, "generate images for a dataset's cases with a registered model")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--per-case", type=int, default=1, help="images per case, each with its own recorded seed")
+    p.add_argument("--seed", type=int, default=0, help="base seed; per-image seeds derive from it")
+    p.add_argument("--steps", type=int, help="default: the model family's preset")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: preset)")
+    p.add_argument("--scheduler", help="ddim, dpm++, euler, ... (default: the pipeline's)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--batch-size", type=int, help="default: sized to the device")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--limit", type=int, help="only the first N cases")
+
     coord = add("coordinator", lambda a: _help(a, coord), "coordinator account")
     coord_sub = coord.add_subparsers(dest="coordinator_command", metavar="ACTION")
     p = add("set-password", cmd_coordinator_set_password, "set the coordinator password", coord_sub)
@@ -329,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args([*(argv or sys.argv[1:]), "serve"])
     try:
         return int(args.handler(args) or 0)
-    except MedSynthError as exc:
+    except (MedSynthError, ValueError, FileNotFoundError) as exc:
+        # User mistakes (bad names, files, settings) are reported in one line; bugs still raise.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

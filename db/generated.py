@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.errors import InputError, NotFoundError
-from db.importers import _ensure_image_rows
+from db.importers import ensure_image_rows
 from db.media import MediaStore
 from db.models import Case, Dataset, GeneratedImage, Model, ModelKind
 from db.session import Database
@@ -118,7 +118,7 @@ def record_generated_image(
             )
             if prior is not None:
                 return prior.id
-            _ensure_image_rows(session, [info])
+            ensure_image_rows(session, [info])
             row = GeneratedImage(
                 case_id=case_id,
                 model_id=model_id,

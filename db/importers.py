@@ -336,7 +336,8 @@ def _load_images(records: list[CaseRecord], store: MediaStore, max_pixels: int) 
     return infos
 
 
-def _ensure_image_rows(session: Session, infos: Iterable[ImageInfo]) -> int:
+def ensure_image_rows(session: Session, infos: Iterable[ImageInfo]) -> int:
+    """Insert the media rows that are not in the database yet; returns how many were new."""
     infos = list({i.sha256: i for i in infos}.values())
     existing = set(session.scalars(select(ImageBlob.sha256).where(ImageBlob.sha256.in_([i.sha256 for i in infos]))))
     new = [i for i in infos if i.sha256 not in existing]
@@ -344,6 +345,7 @@ def _ensure_image_rows(session: Session, infos: Iterable[ImageInfo]) -> int:
         ImageBlob(sha256=i.sha256, width=i.width, height=i.height, mode=i.mode, format=i.format, n_bytes=i.n_bytes)
         for i in new
     )
+    session.flush()  # image rows first: nothing else orders them before the rows that reference them
     return len(new)
 
 
@@ -425,7 +427,7 @@ def import_dataset(
             session.flush()
         else:
             known = {c.key: c for c in session.scalars(select(Case).where(Case.dataset_id == dataset.id))}
-        new_images = _ensure_image_rows(session, infos.values())
+        new_images = ensure_image_rows(session, infos.values())
         merged = 0
         for r in records:
             sha = infos[r.image_path].sha256
@@ -567,7 +569,7 @@ def import_generated(
     present = 0
     with database.session() as session:
         m = get_or_create_model(session, model, kind=ModelKind.FOLDER, source=str(root))
-        _ensure_image_rows(session, infos.values())
+        ensure_image_rows(session, infos.values())
         existing = {
             (g.case_id, g.seed): g
             for g in session.scalars(select(GeneratedImage).where(GeneratedImage.model_id == m.id))

@@ -38,7 +38,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.errors import ConflictError, InputError, NotFoundError
-from db.importers import _ensure_image_rows
+from db.importers import ensure_image_rows
 from db.media import MediaStore
 from db.models import (
     Assignment,
@@ -295,7 +295,7 @@ def create_study(
     for j, base in enumerate(_rng(cfg.seed, "attention").sample(normal, n_attention)):
         src = store.open(base.generated_sha256)
         info = store.put_image(attention_image(src.width, src.height, cfg.seed * 1000 + j), source="attention")
-        _ensure_image_rows(session, [info])
+        ensure_image_rows(session, [info])
         attention.append(
             StudyItem(
                 study_id=study.id,

@@ -101,3 +101,29 @@ def test_help_on_every_level() -> None:
         with pytest.raises(SystemExit) as info:
             main([*args, "--help"])
         assert info.value.code == 0
+
+
+def test_models_add_and_generate_with_a_tiny_diffusers_pipeline(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, shared_data: Path
+) -> None:
+    from generation.testing import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("sd", tmp_path / "tiny-sd")
+    code, _, err = run(capsys, tmp_path, "import", "csv", str(shared_data / "gi"), "--name", "gi",
+                       "--file-column", "file", "--text-column", "caption", "--limit", "4")  # fmt: skip
+    assert code == 0, err
+    code, out, err = run(capsys, tmp_path, "models", "add", "tiny-sd", "--kind", "diffusers", "--source", str(folder))
+    assert code == 0, err
+    code, out, err = run(capsys, tmp_path, "generate", "--dataset", "gi", "--model", "tiny-sd", "--per-case", "2",
+                         "--steps", "2", "--seed", "3", "--device", "cpu")  # fmt: skip
+    assert code == 0, err
+    assert "generated 8 images (0 already there)" in out
+    code, out, err = run(capsys, tmp_path, "generate", "--dataset", "gi", "--model", "tiny-sd", "--per-case", "2",
+                         "--steps", "2", "--seed", "3", "--device", "cpu")  # fmt: skip
+    assert "generated 0 images (8 already there)" in out  # resumable: nothing redone
+    code, out, _ = run(capsys, tmp_path, "models", "list")
+    assert "tiny-sd" in out and "8 images" in out
+    code, _, err = run(capsys, tmp_path, "models", "add", "x", "--kind", "diffusers", "--source", str(tmp_path / "no"))
+    assert code == 2 and err.startswith("error:")
+    code, _, err = run(capsys, tmp_path, "generate", "--dataset", "gi", "--model", "nope")
+    assert code == 2 and "no model called 'nope'" in err
