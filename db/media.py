@@ -19,12 +19,16 @@ from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from db.errors import InputError
+from db.errors import InputError, MedSynthError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF"})
 Fit = Literal["square", "contain"]
+
+
+class StorageError(MedSynthError, OSError):
+    """The media store cannot be written (disk full, read-only folder)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,10 @@ class MediaStore:
         info = inspect_image_bytes(data, source=source, max_pixels=max_pixels)
         target = self._path(info.sha256)
         if not target.exists():
-            _atomic_write(target, data)
+            try:
+                _atomic_write(target, data)
+            except OSError as exc:
+                raise StorageError(f"cannot write to the media store at {self.root}: {exc.strerror or exc}") from None
         return info
 
     def put_image(self, image: Image.Image, *, source: object = "generated image") -> ImageInfo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 
 from db.errors import MedSynthError
@@ -27,8 +28,14 @@ class Workspace:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise MedSynthError(f"cannot create the data folder {settings.data_dir}: {exc.strerror}") from None
-        if not os.access(settings.data_dir, os.W_OK):
-            raise MedSynthError(f"the data folder {settings.data_dir} is read-only; choose another with --data-dir")
+        try:  # a real write: os.access says yes to root even on a read-only mount
+            with tempfile.NamedTemporaryFile(dir=settings.data_dir, prefix=".write-probe-"):
+                pass
+        except OSError as exc:
+            raise MedSynthError(
+                f"cannot write to the data folder {settings.data_dir} ({exc.strerror or exc}); "
+                "choose another with --data-dir"
+            ) from None
         return cls(settings=settings, database=open_database(settings.db_url), store=MediaStore(settings.media_dir))
 
     def close(self) -> None:
