@@ -7,13 +7,15 @@ vocabulary, built in memory with the ``tokenizers`` backend of transformers 5), 
 touched. The weights are random (seeded), so images are noise, but every code path is the real one.
 
 Public builders: :func:`tiny_clip_tokenizer`, :func:`tiny_t5_tokenizer`, :func:`tiny_sd_pipeline`,
-:func:`tiny_flux_pipeline`, :func:`save_tiny_pipeline` and :func:`make_random_lora`.
+:func:`tiny_flux_pipeline`, :func:`save_tiny_pipeline`, :func:`make_random_lora` and
+:func:`single_torch_thread`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -255,6 +257,18 @@ def tiny_flux_pipeline(seed: int = 0, default_sample_size: int = 8):
     pipe.default_sample_size = default_sample_size
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block (tiny models on a shared CPU: threads only
+    contend, and spin-waiting under load made them 20x slower in our measurements)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def tiny_pipeline(family: TinyFamily, seed: int = 0):

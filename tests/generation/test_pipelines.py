@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,17 @@ from generation.pipelines import (
     set_scheduler,
 )
 from generation.presets import PRESETS, Family, detect_family, native_resolution, resolve_sampling, vae_factor
-from generation.testing import save_tiny_pipeline, tiny_pipeline
+from generation.testing import save_tiny_pipeline, single_torch_thread, tiny_pipeline
 
 FAMILIES = ("sd", "flux")
 # FLUX's tiny T5 reads 16 tokens; the tiny FLUX VAE has factor 1, so 16 px images are 8x8 packed latents.
 SMALL = {"sd": {"height": 32, "width": 32}, "flux": {"height": 16, "width": 16, "max_sequence_length": 16}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    with single_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
