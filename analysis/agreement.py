@@ -739,6 +739,7 @@ class BootstrapCI:
     seed: int
     n_items: int
     distribution: FloatArray = field(repr=False, compare=False)
+    note: str = ""
 
 
 class ItemResampler:
@@ -838,14 +839,33 @@ def _interval(
     return float(low), float(high)
 
 
+def _joint_distributions(terms: Mapping[str, ItemTerms], resampler: ItemResampler) -> dict[str, FloatArray]:
+    """Bootstrap distributions of many item-term statistics from one stacked matrix product per chunk."""
+    if not terms:
+        return {}
+    stacked = np.hstack([t.terms for t in terms.values()])
+    bounds = np.cumsum([0, *(t.terms.shape[1] for t in terms.values())])
+    parts: dict[str, list[FloatArray]] = {name: [] for name in terms}
+    for chunk in resampler.multiplicity_chunks():
+        product = chunk @ stacked
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for (name, t), start, stop in zip(terms.items(), bounds[:-1], bounds[1:], strict=True):
+                parts[name].append(np.asarray(t.finish(product[:, start:stop]), dtype=np.float64))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
 def bootstrap_cis(
     statistics: Mapping[str, tuple[Callable[..., float], ArrayLike]],
     resampler: ItemResampler,
     method: BootstrapMethod = "percentile",
     *,
     confidence_level: float = 0.95,
+    on_error: Literal["raise", "record"] = "raise",
 ) -> dict[str, BootstrapCI]:
     """Bootstrap intervals of several statistics from one set of item resamples.
+
+    The item-term statistics of this module share one matrix product (multiplicities x all their
+    terms side by side); other callables are evaluated resample by resample.
 
     Parameters
     ----------
@@ -855,6 +875,9 @@ def bootstrap_cis(
         The item resamples, drawn once.
     method : {"percentile", "bca"}
     confidence_level : float
+    on_error : {"raise", "record"}
+        What to do when a statistic is undefined on the full data (``ValueError``): raise, or
+        return NaNs with the message in ``BootstrapCI.note``.
 
     Returns
     -------
@@ -865,10 +888,37 @@ def bootstrap_cis(
     if not 0 < confidence_level < 1:
         raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}")
     resampler.cache()
-    results: dict[str, BootstrapCI] = {}
+    prepared: dict[str, tuple[Callable[..., float], FloatArray, ItemTerms | None]] = {}
+    errors: dict[str, str] = {}
     for name, (statistic, ratings) in statistics.items():
         data = as_ratings(ratings)
-        estimate, values = resampler.distribution(statistic, data)
+        if data.shape[1] != resampler.n_items:
+            raise ValueError(f"{name}: ratings have {data.shape[1]} items, the resampler {resampler.n_items}")
+        try:
+            prepared[name] = (statistic, data, item_terms(statistic, data))
+        except ValueError as error:
+            if on_error == "raise":
+                raise
+            errors[name] = str(error)
+    joint = _joint_distributions({n: t for n, (_, _, t) in prepared.items() if t is not None}, resampler)
+    results: dict[str, BootstrapCI] = {}
+    for name in statistics:
+        common = {
+            "confidence_level": confidence_level,
+            "method": method,
+            "n_resamples": resampler.n_resamples,
+            "seed": resampler.seed,
+            "n_items": resampler.n_items,
+        }
+        if name in errors:
+            nan = float("nan")
+            results[name] = BootstrapCI(nan, nan, nan, nan, **common, distribution=np.full(0, nan), note=errors[name])
+            continue
+        statistic, data, terms = prepared[name]
+        if terms is not None:
+            estimate, values = terms.value(), joint[name]
+        else:
+            estimate, values = resampler.distribution(statistic, data)
         low, high = _interval(estimate, values, lambda s=statistic, d=data: _jackknife(s, d), method, confidence_level)
         finite = values[np.isfinite(values)]
         results[name] = BootstrapCI(
@@ -876,11 +926,7 @@ def bootstrap_cis(
             low=low,
             high=high,
             standard_error=float(finite.std(ddof=1)) if len(finite) > 1 else float("nan"),
-            confidence_level=confidence_level,
-            method=method,
-            n_resamples=resampler.n_resamples,
-            seed=resampler.seed,
-            n_items=resampler.n_items,
+            **common,
             distribution=values,
         )
     return results
@@ -1010,34 +1056,40 @@ def _rows_for_group(
     method: BootstrapMethod,
     confidence_level: float,
 ) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
     rater_codes, raters = pd.factorize(frame["rater"], sort=True)
     item_codes, items = pd.factorize(frame["item"], sort=True)
     if len(items) < 2:
-        return rows
-    resampler = resampler_for(len(items))
+        return []
+    statistics: dict[tuple[str, str], tuple[Callable[..., float], FloatArray]] = {}
+    bases: dict[str, dict[str, object]] = {}
     for name in questions:
         question = QUESTIONS[name]
         values = np.full((len(raters), len(items)), np.nan)
         values[rater_codes, item_codes] = question_values(frame, question)
         rated = ~np.isnan(values)
-        base = {
+        bases[name] = {
             "question": name,
             "n_raters": int(rated.any(axis=1).sum()),
             "n_items": int((rated.sum(axis=0) >= 2).sum()),
             "n_ratings": int(rated.sum()),
         }
         for statistic_name, statistic in _agreement_statistics(question).items():
-            row = {**base, "statistic": statistic_name}
-            try:
-                result = bootstrap_cis(
-                    {statistic_name: (statistic, values)}, resampler, method, confidence_level=confidence_level
-                )[statistic_name]
-            except ValueError as error:
-                rows.append({**row, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "note": str(error)})
-                continue
-            rows.append({**row, "estimate": result.estimate, "ci_low": result.low, "ci_high": result.high, "note": ""})
-    return rows
+            statistics[(name, statistic_name)] = (statistic, values)
+    keyed = {f"{q}/{s}": value for (q, s), value in statistics.items()}
+    results = bootstrap_cis(
+        keyed, resampler_for(len(items)), method, confidence_level=confidence_level, on_error="record"
+    )
+    return [
+        {
+            **bases[question],
+            "statistic": statistic_name,
+            "estimate": results[f"{question}/{statistic_name}"].estimate,
+            "ci_low": results[f"{question}/{statistic_name}"].low,
+            "ci_high": results[f"{question}/{statistic_name}"].high,
+            "note": results[f"{question}/{statistic_name}"].note,
+        }
+        for question, statistic_name in statistics
+    ]
 
 
 def agreement_table(

@@ -156,10 +156,10 @@ def model_scores(
     rows: list[dict[str, object]] = []
     alpha = (1 - confidence_level) / 2
     resamplers: dict[int, ItemResampler] = {}  # one draw per item count, shared by models and questions
+    score_rows = _score_rows(frame, item_kinds)
+    row_models = score_rows["model"].to_numpy(dtype=object)
     for question in SCORE_QUESTIONS:
-        score_rows = _score_rows(frame, item_kinds)
         per_item = item_means(score_rows, question, item_kinds=None)
-        row_models = score_rows["model"].to_numpy(dtype=object)
         groups = [(str(model), part, "generated") for model, part in per_item.groupby("model", sort=True)]
         groups.append((REAL, per_item, "real"))
         for model, part, kind in groups:
