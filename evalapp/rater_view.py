@@ -427,8 +427,11 @@ def handle_pause(request: gr.Request) -> list[Any]:
     return screen_updates(paused_screen(config().database, who.rater_id))  # type: ignore[arg-type]
 
 
-def handle_submit(token: str, *values: Any, request: gr.Request) -> list[Any]:
-    """Submit: inputs are the display token, the answers in question order, client ms and client time."""
+def handle_submit(request: gr.Request, token: str, *values: Any) -> list[Any]:
+    """Submit: inputs are the display token, the answers in question order, client ms and client time.
+
+    ``request`` comes first: Gradio injects it by position, and the answers are variadic.
+    """
     who = require_rater(request)
     n = len(QUESTIONS.questions)
     answers = answers_from_inputs(list(values[:n]))

@@ -17,10 +17,15 @@ Helpers for other test files:
 
 from __future__ import annotations
 
+import base64
+import html
 import itertools
+import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import httpx
@@ -198,3 +203,171 @@ def app_env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iter
     finally:
         server.stop()
         ws.close()
+
+
+# ----------------------------------------------------------------------------------------------- browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright (skipped, with the reason, when it is not installed)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) to run browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+# ----------------------------------------------------------------------------------------------- leak scan
+
+LEAK_WORDS = re.compile(r"real|fake|synthetic|generated|model|seed|sha|diffusion|gan\b|\.jpe?g|\.png", re.IGNORECASE)
+IMAGE_URL = re.compile(r"^/m/([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)$")
+IMAGE_PAYLOAD_KEYS = {"k", "r", "p", "s", "z", "n"}
+
+
+@dataclass
+class LeakScanner:
+    """Finds what must never reach a rater: names, hashes, file names, seeds, and side markers on images.
+
+    ``markers`` are exact strings taken from the database (model names and sources, dataset names, case
+    keys and file names, sha256 digests and their 10-character prefixes, distinctive seeds, item ids).
+    :meth:`scan_text` looks for them in any text (page, script, JSON, event stream, headers);
+    :meth:`scan_dom` also checks every image and figure of the rater form for attributes or captions that
+    say which side is real, and that image URLs carry only the opaque per-display token.
+    """
+
+    markers: set[str]
+
+    def scan_text(self, text: str, where: str = "") -> list[str]:
+        return [f"{where}: {m!r}" for m in sorted(self.markers) if m in text]
+
+    def scan_dom(self, html_text: str, where: str = "dom") -> list[str]:
+        found = self.scan_text(html_text, where)
+        for tag in re.findall(r"<(?:img|figure|figcaption|button)\b[^>]*>", html_text, flags=re.IGNORECASE):
+            for name, value in re.findall(r'([\w:-]+)\s*=\s*"([^"]*)"', tag):
+                if name in ("src", "data-zoom"):
+                    found += self.check_image_url(html.unescape(value), where)
+                elif LEAK_WORDS.search(name) or LEAK_WORDS.search(value):
+                    found.append(f"{where}: attribute {name}={value!r} on {tag[:60]!r}")
+        for caption in re.findall(r"<figcaption\b[^>]*>(.*?)</figcaption>", html_text, flags=re.S | re.I):
+            text = re.sub(r"<[^>]+>", " ", caption)
+            if LEAK_WORDS.search(text):
+                found.append(f"{where}: caption {text.strip()!r}")
+        return found
+
+    @staticmethod
+    def check_image_url(url: str, where: str = "") -> list[str]:
+        if url.startswith("data:") or "/gradio_api/" in url or url.startswith(("http://", "https://")):
+            return []
+        match = IMAGE_URL.match(url)
+        if match is None:
+            return [f"{where}: image URL {url!r} is not an opaque /m/ token"]
+        raw = match.group(1)
+        payload = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        extra = set(payload) - IMAGE_PAYLOAD_KEYS
+        return [f"{where}: image token carries {sorted(extra)}"] if extra else []
+
+
+def leak_markers(workspace: Workspace) -> set[str]:
+    """Every identifying string of the workspace's images, models, datasets and items."""
+    from sqlalchemy import select
+
+    from db.models import Dataset, GeneratedImage, ImageBlob, Model, StudyItem
+
+    markers: set[str] = set()
+    with workspace.database.session() as session:
+        for name, source in session.execute(select(Model.name, Model.source)):
+            markers |= {name, source}
+        for name, source in session.execute(select(Dataset.name, Dataset.source)):
+            markers |= {name, source, Path(source).name}
+        for key, source_file in session.execute(select(Case.key, Case.source_file)):
+            markers |= {key, Path(key).stem, source_file, Path(source_file).name}
+        for (sha,) in session.execute(select(ImageBlob.sha256)):
+            markers |= {sha, sha[:10]}
+        for seed, params in session.execute(select(GeneratedImage.seed, GeneratedImage.parameters)):
+            markers.add(str(seed))
+            markers |= {str(v) for v in (params or {}).values()}
+        markers |= set(session.scalars(select(StudyItem.public_id)))
+    return {m for m in markers if m and len(m) >= 6}
+
+
+@pytest.fixture(scope="session")
+def leak_scanner(app_env: AppEnv) -> LeakScanner:
+    """A :class:`LeakScanner` loaded with every identifying string of the test workspace."""
+    scanner = LeakScanner(leak_markers(app_env.workspace))
+    assert len(scanner.markers) > 60, "the leak scan needs the workspace's names and hashes to look for"
+    return scanner
+
+
+# ----------------------------------------------------------------------------------------------- rater page
+
+ANSWER_KEYS = ("4", "3", "2", "5", "l", "4")  # realism L, accuracy L, realism R, accuracy R, which, confidence
+
+
+@dataclass
+class RaterPage:
+    """A rater's browser tab, driven by keyboard only."""
+
+    page: Any
+
+    def progress(self) -> str:
+        return self.page.locator("#ms-progress").inner_text()
+
+    def wait_pair(self, number: int, total: int) -> None:
+        """Wait until pair ``number`` is shown and both images have loaded."""
+        self.page.wait_for_function(
+            """([label]) => {
+                const p = document.querySelector('#ms-progress');
+                const imgs = [...document.querySelectorAll('.ms-img')];
+                return p && p.textContent.trim() === label && imgs.length === 2
+                    && imgs.every(i => i.complete && i.naturalWidth > 0);
+            }""",
+            arg=[f"Pair {number} of {total}"],
+            timeout=20_000,
+        )
+
+    def answer(self, keys: tuple[str, ...] = ANSWER_KEYS) -> None:
+        for key in keys:
+            self.page.keyboard.press(key)
+            self.page.wait_for_timeout(70)
+
+    def submit(self) -> None:
+        self.page.keyboard.press("Enter")
+
+    def wait_text(self, text: str) -> None:
+        self.page.get_by_text(text).first.wait_for(timeout=20_000)
+
+
+@pytest.fixture
+def open_rater_page(browser: Any) -> Iterator[Any]:
+    """Factory: open a rater's personal link in a fresh browser context (1366x768) -> :class:`RaterPage`."""
+    contexts: list[Any] = []
+
+    def _open(link: str, width: int = 1366, height: int = 768) -> RaterPage:
+        context = browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(link)
+        return RaterPage(page)
+
+    yield _open
+    for context in contexts:
+        context.close()

@@ -93,7 +93,7 @@ def test_refused_politely_and_nothing_else(app_env: Any, case: str) -> None:
     with pytest.raises(gr.Error):
         rater_view.handle_pause(app_env.request(cookie))
     with pytest.raises(gr.Error):
-        rater_view.handle_submit("x", *form_values(FULL), "", "", request=app_env.request(cookie))
+        rater_view.handle_submit(app_env.request(cookie), "x", *form_values(FULL), "", "")
     if case == "revoked":  # the revoked link itself is refused too
         assert auth.identify(app_env.request(app_env.cookie(rater.token))).role == Role.ANONYMOUS
 
@@ -104,7 +104,7 @@ def test_submit_refused_until_required_answers_given(app_env: Any) -> None:
     first = rater_view.handle_load(request)
     token = token_of(first)
     partial = {**FULL, "accuracy_left": None, "which_generated": None}
-    updates = rater_view.handle_submit(token, *form_values(partial), "900", "", request=request)
+    updates = rater_view.handle_submit(request, token, *form_values(partial), "900", "")
     message = updates[-2]
     assert "Accuracy of the left image to the prompt" in message and "Which image is generated?" in message
     assert "Realism of the left image" not in message
@@ -115,10 +115,10 @@ def test_submit_refused_until_required_answers_given(app_env: Any) -> None:
     assert ratings_of(app_env, rater) == []
     # "cannot assess" needs only its reason
     cannot = {"cannot_assess": True}
-    updates = rater_view.handle_submit(token, *form_values(cannot), "", "", request=request)
+    updates = rater_view.handle_submit(request, token, *form_values(cannot), "", "")
     assert "Why can this pair not be assessed?" in updates[-2]
     cannot["cannot_assess_reason"] = "image too dark"
-    updates = rater_view.handle_submit(token, *form_values(cannot), "", "", request=request)
+    updates = rater_view.handle_submit(request, token, *form_values(cannot), "", "")
     assert "Pair 2 of" in header_of(updates)
     [stored] = ratings_of(app_env, rater)
     assert stored.answers["cannot_assess"] is True and stored.answers["realism_left"] is None
@@ -128,8 +128,8 @@ def test_double_submit_and_retry_store_one_rating(app_env: Any) -> None:
     rater = app_env.add_rater()
     request = app_env.request(app_env.cookie(rater.token))
     token = token_of(rater_view.handle_load(request))
-    one = rater_view.handle_submit(token, *form_values(FULL), "1234", "2026-01-01T00:00:00Z", request=request)
-    two = rater_view.handle_submit(token, *form_values(FULL), "1300", "2026-01-01T00:00:01Z", request=request)
+    one = rater_view.handle_submit(request, token, *form_values(FULL), "1234", "2026-01-01T00:00:00Z")
+    two = rater_view.handle_submit(request, token, *form_values(FULL), "1300", "2026-01-01T00:00:01Z")
     assert "Pair 2 of" in header_of(one) and "Pair 2 of" in header_of(two)
     [stored] = ratings_of(app_env, rater)
     assert stored.response_ms_client == 1234.0
@@ -138,7 +138,7 @@ def test_double_submit_and_retry_store_one_rating(app_env: Any) -> None:
     # a page refresh shows the next pair; the old token still only repeats the stored rating
     again = rater_view.handle_load(request)
     assert "Pair 2 of" in header_of(again)
-    rater_view.handle_submit(token, *form_values({**FULL, "confidence": 1}), "", "", request=request)
+    rater_view.handle_submit(request, token, *form_values({**FULL, "confidence": 1}), "", "")
     assert len(ratings_of(app_env, rater)) == 1
 
 
@@ -149,13 +149,13 @@ def test_a_rater_cannot_submit_or_view_for_another(app_env: Any) -> None:
     shown = rater_view.handle_load(alice_req)
     alice_token = token_of(shown)
     with pytest.raises(gr.Error):
-        rater_view.handle_submit(alice_token, *form_values(FULL), "", "", request=app_env.request(bob_cookie))
+        rater_view.handle_submit(app_env.request(bob_cookie), alice_token, *form_values(FULL), "", "")
     tampered = alice_token.replace(alice_token[5], "A" if alice_token[5] != "A" else "B", 1)
     with pytest.raises(gr.Error):
-        rater_view.handle_submit(tampered, *form_values(FULL), "", "", request=alice_req)
+        rater_view.handle_submit(alice_req, tampered, *form_values(FULL), "", "")
     with pytest.raises(gr.Error):  # an image token is not a display token
         image_token = re.search(r'src="/m/([^"]+)"', shown[3]).group(1)  # type: ignore[union-attr]
-        rater_view.handle_submit(image_token, *form_values(FULL), "", "", request=alice_req)
+        rater_view.handle_submit(alice_req, image_token, *form_values(FULL), "", "")
     assert ratings_of(app_env, alice) == [] and ratings_of(app_env, bob) == []
     src = re.search(r'src="([^"]+)"', shown[3]).group(1)  # type: ignore[union-attr]
     with httpx.Client(timeout=30) as client:
@@ -170,8 +170,8 @@ def test_pause_then_resume_after_a_server_restart(app_env: Any) -> None:
     cookie = app_env.cookie(rater.token)
     request = app_env.request(cookie)
     token = token_of(rater_view.handle_load(request))
-    after_one = rater_view.handle_submit(token, *form_values(FULL), "", "", request=request)
-    rater_view.handle_submit(token_of(after_one), *form_values(FULL), "", "", request=request)
+    after_one = rater_view.handle_submit(request, token, *form_values(FULL), "", "")
+    rater_view.handle_submit(request, token_of(after_one), *form_values(FULL), "", "")
     paused = rater_view.handle_pause(request)
     assert not visible(paused[1]) and "Paused after 2 of 10 pairs" in paused[0]["value"]
     assert visible(paused[-1])  # the resume button
@@ -196,7 +196,7 @@ def test_thank_you_at_the_end(app_env: Any) -> None:
     seen = []
     while visible(updates[1]):
         seen.append(re.search(r"Pair (\d+) of (\d+)", header_of(updates)).groups())  # type: ignore[union-attr]
-        updates = rater_view.handle_submit(token_of(updates), *form_values(FULL), "", "", request=request)
+        updates = rater_view.handle_submit(request, token_of(updates), *form_values(FULL), "", "")
     assert seen == [(str(n), "4") for n in range(1, 5)]
     assert "Thank you" in updates[0]["value"]
     assert len(ratings_of(app_env, rater)) == 4
