@@ -1,0 +1,276 @@
+"""Prompt adherence on the procedural demo: an attribute classifier and the benchmark core.
+
+A small CNN with one head per attribute of :mod:`generation.demo_data` is trained on procedural
+*real* frames; it then reads the attributes of generated frames, which are compared with the
+attributes their prompts asked for (:func:`generation.demo_data.parse_caption`). The same model given
+shuffled prompts (each image scored against a prompt it was not generated from) is the control: its
+accuracy must fall toward :func:`chance_accuracy`, the agreement of the prompt attributes with a
+permutation of themselves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from generation.demo_data import (
+    DOMAIN_ATTRIBUTES,
+    DOMAINS,
+    OPACITY_SIDES,
+    POLYP_POSITIONS,
+    POLYP_SIZES,
+    caption_for,
+    generate_samples,
+    parse_caption,
+    sample_attributes,
+)
+
+#: Classes of each classifier head (index = class id).
+HEAD_CLASSES: dict[str, tuple[Any, ...]] = {
+    "domain": DOMAINS,
+    "polyp_count": (0, 1, 2),
+    "polyp_size": ("none", *POLYP_SIZES),
+    "polyp_position": ("none", *POLYP_POSITIONS),
+    "ulcer": (False, True),
+    "instrument": (False, True),
+    "opacity": OPACITY_SIDES,
+    "cardiomegaly": (False, True),
+    "effusion": (False, True),
+}
+
+
+def attribute_targets(attrs: dict[str, Any]) -> dict[str, int]:
+    """Class index per head; ``-1`` where the attribute does not apply (the other domain)."""
+    return {h: (classes.index(attrs[h]) if attrs.get(h) is not None else -1) for h, classes in HEAD_CLASSES.items()}
+
+
+def images_to_tensor(images: Sequence[Image.Image], size: int = 64) -> torch.Tensor:
+    """RGB PIL images -> float tensor ``(N, 3, size, size)`` in [-1, 1]."""
+    arrs = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) for im in images]
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+class AttributeClassifier(nn.Module):
+    """A strided stem (64 -> 32 px), three conv stages (-> 4 px) and a linear head per attribute."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        chans = [width, width * 2, width * 4, width * 4]
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        for cin, cout in itertools.pairwise(chans):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers, nn.Flatten(), nn.Dropout(0.2))
+        self.heads = nn.ModuleDict({h: nn.Linear(chans[-1] * 16, len(c)) for h, c in HEAD_CLASSES.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.features(x)
+        return {h: head(z) for h, head in self.heads.items()}
+
+
+@dataclass
+class ClassifierReport:
+    """Per-attribute accuracy of the classifier on held-out real frames."""
+
+    accuracy: dict[str, float]
+    train_seconds: float
+
+
+def train_classifier(
+    images: Sequence[Image.Image],
+    attributes: Sequence[dict[str, Any]],
+    *,
+    epochs: int = 6,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> AttributeClassifier:
+    """Fit an :class:`AttributeClassifier` on real frames (cross-entropy per head, masked by domain)."""
+    if len(images) != len(attributes) or not images:
+        raise ValueError(f"need as many images as attribute dicts (got {len(images)} and {len(attributes)})")
+    torch.manual_seed(seed)
+    x = images_to_tensor(images)
+    y = {h: torch.tensor([attribute_targets(a)[h] for a in attributes]) for h in HEAD_CLASSES}
+    model = AttributeClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * max(1, len(x) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(x), (batch_size,), generator=gen)
+        logits = model(x[idx])
+        loss = sum(F.cross_entropy(logits[h], y[h][idx], ignore_index=-1) for h in HEAD_CLASSES)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_attributes(model: AttributeClassifier, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
+    """Read attributes off images (every head, both domains' attributes included)."""
+    model.eval()
+    out: list[dict[str, Any]] = []
+    x = images_to_tensor(images)
+    for i in range(0, len(x), 256):
+        logits = model(x[i : i + 256])
+        idx = {h: v.argmax(dim=1).tolist() for h, v in logits.items()}
+        out += [{h: HEAD_CLASSES[h][idx[h][k]] for h in HEAD_CLASSES} for k in range(len(x[i : i + 256]))]
+    return out
+
+
+def applicable(attrs: dict[str, Any]) -> tuple[str, ...]:
+    """The attributes scored for a prompt: its domain plus that domain's findings."""
+    return ("domain", *DOMAIN_ATTRIBUTES[attrs["domain"]])
+
+
+def attribute_accuracy(predicted: Sequence[dict[str, Any]], wanted: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy per attribute over the prompts it applies to, ``mean`` over all (prompt, attribute) pairs
+    and ``findings_mean`` over the same pairs without the domain.
+
+    A prompt of one domain is scored on that domain's attributes only; the image's predicted domain
+    counts as one more attribute.
+    """
+    if len(predicted) != len(wanted):
+        raise ValueError(f"{len(predicted)} predictions for {len(wanted)} prompts")
+    hits: dict[str, list[bool]] = {}
+    for pred, want in zip(predicted, wanted, strict=True):
+        for attr in applicable(want):
+            hits.setdefault(attr, []).append(pred.get(attr) == want[attr])
+    acc = {a: float(np.mean(v)) for a, v in hits.items()}
+    acc["mean"] = float(np.mean([x for v in hits.values() for x in v]))
+    acc["findings_mean"] = float(np.mean([x for a, v in hits.items() if a != "domain" for x in v]))
+    return acc
+
+
+def shuffle_within_domain(wanted: Sequence[dict[str, Any]], rng: np.random.Generator) -> list[int]:
+    """A permutation of prompt indices that only swaps prompts of the same domain."""
+    order = list(range(len(wanted)))
+    for domain in DOMAINS:
+        idx = [i for i, w in enumerate(wanted) if w["domain"] == domain]
+        for i, j in zip(idx, rng.permutation(idx).tolist(), strict=True):
+            order[i] = j
+    return order
+
+
+def chance_accuracy(wanted: Sequence[dict[str, Any]], seed: int = 0, rounds: int = 200) -> dict[str, float]:
+    """Expected :func:`attribute_accuracy` of attribute dicts against within-domain shuffles of themselves.
+
+    What a model that gets the domain right but ignores the findings asked for would score (with a
+    perfect classifier); the shuffled-prompt control should fall toward it.
+    """
+    rng = np.random.default_rng(seed)
+    runs = [attribute_accuracy([wanted[j] for j in shuffle_within_domain(wanted, rng)], wanted) for _ in range(rounds)]
+    return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+
+
+def benchmark_prompts(n_per_domain: int, seed: int = 0) -> tuple[list[str], list[dict[str, Any]]]:
+    """Random demo prompts (attributes drawn like the dataset's) and the attributes they ask for."""
+    prompts, wanted = [], []
+    for d_idx, domain in enumerate(DOMAINS):
+        for i in range(n_per_domain):
+            attrs = sample_attributes(domain, np.random.default_rng([seed, 100 + d_idx, i]))
+            prompts.append(caption_for(attrs))
+            wanted.append(parse_caption(prompts[-1]))
+    return prompts, wanted
+
+
+def real_classifier(n_per_domain: int = 600, seed: int = 101, epochs: int = 6) -> AttributeClassifier:
+    """Train the adherence classifier on fresh procedural real frames (seed differs from the demo data)."""
+    data = generate_samples(n_per_domain, seed=seed)
+    return train_classifier([d[0] for d in data], [d[2] for d in data], epochs=epochs, seed=seed)
+
+
+def classifier_report(model: AttributeClassifier, n_per_domain: int = 200, seed: int = 202) -> dict[str, float]:
+    """Accuracy of the classifier on held-out real frames (the ceiling of the adherence score)."""
+    data = generate_samples(n_per_domain, seed=seed)
+    return attribute_accuracy(predict_attributes(model, [d[0] for d in data]), [d[2] for d in data])
+
+
+@dataclass
+class AdherenceRow:
+    """One benchmark line: a sampling setting and its attribute accuracy."""
+
+    name: str
+    accuracy: dict[str, float]
+    seconds_per_image: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+GenerateFn = Callable[[list[str]], list[Image.Image]]
+
+
+def score_generator(
+    name: str,
+    generate_fn: GenerateFn,
+    prompts: Sequence[str],
+    wanted: Sequence[dict[str, Any]],
+    classifier: AttributeClassifier,
+    *,
+    shuffle_seed: int | None = None,
+    batch_size: int = 16,
+) -> AdherenceRow:
+    """Generate an image per prompt and score it against ``wanted``.
+
+    With ``shuffle_seed`` the generator gets the prompts shuffled within each domain (the control):
+    image ``i`` is made from prompt ``order[i]`` but scored against ``wanted[i]``.
+    """
+    order = list(range(len(prompts)))
+    if shuffle_seed is not None:
+        order = shuffle_within_domain(wanted, np.random.default_rng(shuffle_seed))
+    fed = [prompts[j] for j in order]
+    started = time.perf_counter()
+    images: list[Image.Image] = []
+    for i in range(0, len(fed), batch_size):
+        images += generate_fn(fed[i : i + batch_size])
+    seconds = (time.perf_counter() - started) / max(1, len(fed))
+    acc = attribute_accuracy(predict_attributes(classifier, images), wanted)
+    return AdherenceRow(name, acc, seconds)
+
+
+DEMO_CLASSIFIER_FILE = "adherence_classifier.safetensors"
+
+
+def save_classifier(model: AttributeClassifier, path: str | Path) -> Path:
+    """Write the classifier weights as safetensors."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def load_classifier(path: str | Path) -> AttributeClassifier:
+    """Load a classifier written by :func:`save_classifier`.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` does not exist.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no adherence classifier at {path}")
+    model = AttributeClassifier()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def load_demo_classifier() -> AttributeClassifier:
+    """The classifier committed beside the demo model (trained by :func:`real_classifier`)."""
+    from generation.msdm.pipeline import DEMO_MODEL_DIR
+
+    return load_classifier(DEMO_MODEL_DIR / DEMO_CLASSIFIER_FILE)
