@@ -321,7 +321,8 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
     with gr.Column(elem_classes=["ms-console"], visible=False) as console:
         with gr.Row(equal_height=True):
             gr.Markdown("## MedSynth coordinator")
-            study = gr.Dropdown(label="Study", choices=[], value=None, scale=2, allow_custom_value=False)
+            # Choices change per page (new studies, raters); the handlers check every name on the server.
+            study = gr.Dropdown(label="Study", choices=[], value=None, scale=2, allow_custom_value=True)
             refresh_button = gr.Button("Refresh", scale=0, min_width=100)
             signout_button = gr.Button("Sign out", scale=0, min_width=100, variant="secondary")
         with gr.Tabs():
@@ -351,7 +352,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
                         add_button = gr.Button("Add rater", variant="primary")
                     with gr.Column():
                         gr.Markdown("**A rater's link**")
-                        rater_pick = gr.Dropdown(label="Rater", choices=[], value=None)
+                        rater_pick = gr.Dropdown(label="Rater", choices=[], value=None, allow_custom_value=True)
                         with gr.Row():
                             newlink_button = gr.Button("Issue a new link")
                             revoke_button = gr.Button("Revoke link", variant="stop")
@@ -372,7 +373,9 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
                     elem_classes=["ms-note"],
                 )
                 with gr.Row():
-                    gen_models = gr.CheckboxGroup(label="Models", choices=[])
+                    gen_models = gr.Dropdown(
+                        label="Models", choices=[], value=[], multiselect=True, allow_custom_value=True
+                    )
                     device = gr.Radio(label="Device", choices=list(DEVICES), value="auto")
                 with gr.Row():
                     gen_steps = gr.Number(label="Steps (empty: model default)", value=None, minimum=1, maximum=1000)

@@ -227,7 +227,7 @@ def build_demo_tab(ctx: Any) -> DemoTab:
                     label="Prompt", value=DEFAULT_PROMPT, lines=3, max_lines=6, max_length=MAX_PROMPT_CHARS
                 )
                 model = gr.Dropdown(
-                    label="Model", choices=models, value=models[0] if models else None, allow_custom_value=False
+                    label="Model", choices=models, value=models[0] if models else None, allow_custom_value=True
                 )
                 with gr.Row():
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
