@@ -166,17 +166,6 @@ def check_model_spec(spec: ModelSpec) -> None:
         check_lora(lora)
 
 
-def pipeline_class_name(source: str) -> str:
-    """``_class_name`` from the source's ``model_index.json`` (local folder or cached hub file)."""
-    if looks_like_path(source):
-        index = Path(source).expanduser() / "model_index.json"
-    else:
-        from huggingface_hub import hf_hub_download
-
-        index = Path(hf_hub_download(source, "model_index.json"))
-    return str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
-
-
 @dataclass
 class LoadedPipeline:
     """A loaded pipeline with what produced it: spec, device, dtype, family and its preset."""
@@ -205,6 +194,21 @@ class LoadedPipeline:
         }
 
 
+def text_to_image_class(class_name: str) -> type | None:
+    """The text-to-image pipeline class for a saved pipeline class, as ``AutoPipelineForText2Image`` picks it.
+
+    Where a checkpoint's own class is not the text-to-image entry point (Kandinsky 2.2's decoder folder
+    names ``KandinskyV22Pipeline``, which needs image embeddings; the text-to-image pipeline is
+    ``KandinskyV22CombinedPipeline``, which loads the prior too), this returns the latter. ``None`` for
+    classes the auto mapping does not know (new or custom pipelines load as saved).
+    """
+    try:
+        from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING, _get_task_class
+    except ImportError:  # the auto-pipeline internals moved: load every pipeline as saved
+        return None
+    return _get_task_class(AUTO_TEXT2IMAGE_PIPELINES_MAPPING, class_name, throw_error_if_not_exist=False)
+
+
 def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
     from diffusers import DiffusionPipeline
 
@@ -218,8 +222,9 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if hub_offline():
         kwargs["local_files_only"] = True
+    pipeline_cls = text_to_image_class(str(components.get("_class_name", ""))) or DiffusionPipeline
     try:
-        return DiffusionPipeline.from_pretrained(source, **kwargs)
+        return pipeline_cls.from_pretrained(source, **kwargs)
     except OSError as exc:
         if hub_offline() and not looks_like_path(source):
             raise ValueError(f"hub model {source!r} is not fully in the local cache and the hub is offline") from exc

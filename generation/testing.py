@@ -59,13 +59,13 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in chars), strict=True))
 
 
-def tiny_clip_tokenizer(model_max_length: int = 16):
+def tiny_clip_tokenizer(model_max_length: int = 77):
     """A byte-level CLIP BPE tokenizer with a hand-written vocabulary (~530 tokens, a few merges).
 
     Parameters
     ----------
     model_max_length
-        Sequence length the tokenizer pads and truncates to (77 for real CLIP; small here for speed).
+        Sequence length the tokenizer pads and truncates to (77, as real CLIP).
 
     Returns
     -------
@@ -81,7 +81,7 @@ def tiny_clip_tokenizer(model_max_length: int = 16):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
-def tiny_t5_tokenizer(model_max_length: int = 16):
+def tiny_t5_tokenizer(model_max_length: int = 512):
     """A T5 (SentencePiece Unigram) tokenizer with a small hand-written vocabulary, no extra ids.
 
     Returns

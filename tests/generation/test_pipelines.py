@@ -21,6 +21,7 @@ from generation.pipelines import (
     check_model_spec,
     load_pipeline,
     set_scheduler,
+    text_to_image_class,
 )
 from generation.presets import PRESETS, Family, detect_family, native_resolution, resolve_sampling, vae_factor
 from generation.testing import save_tiny_pipeline, single_torch_thread, tiny_pipeline
@@ -141,6 +142,14 @@ def test_presets_detect_families_and_fill_defaults(folders: dict[str, Path]) -> 
     assert native_resolution(sd.pipe) == 32 and vae_factor(sd.pipe) == 2
     params = resolve_params(sd, GenerationConfig(steps=2))
     assert (params.height, params.width) == (32, 32)
+
+
+def test_text_to_image_entry_point_is_picked_like_autopipeline() -> None:
+    # Kandinsky 2.2's decoder folder is not text-to-image by itself: the combined pipeline (prior + decoder) is
+    assert text_to_image_class("KandinskyV22Pipeline").__name__ == "KandinskyV22CombinedPipeline"
+    assert text_to_image_class("Kandinsky3Pipeline").__name__ == "Kandinsky3Pipeline"
+    assert text_to_image_class("FluxPipeline").__name__ == "FluxPipeline"
+    assert text_to_image_class("MyOwnResearchPipeline") is None  # loads as saved
 
 
 def test_pipeline_cache_keeps_warm_pipelines_lru(folders: dict[str, Path]) -> None:
