@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -200,6 +200,14 @@ class GenerationConfig:
     batch_size: int | None = None
     negative_prompt: str | None = None
     call_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], **overrides: Any) -> GenerationConfig:
+        """A config from JSON job parameters (absent keys keep their defaults), then ``overrides``."""
+        names = {f.name for f in fields(cls)}
+        values = {key: value for key, value in params.items() if key in names and value is not None}
+        values["call_kwargs"] = dict(values.get("call_kwargs") or {})
+        return cls(**{**values, **overrides})
 
 
 @dataclass(frozen=True)
@@ -376,6 +384,11 @@ class GenerationReport:
     def images_per_second(self) -> float:
         """Generated images per wall-clock second (0 when nothing was generated)."""
         return self.generated / self.seconds if self.generated and self.seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """The figures as a JSON-able dict (a job's result, the CLI's last line)."""
+        keys = ("planned", "skipped", "generated", "seconds", "peak_memory_bytes", "stopped")
+        return {**{key: getattr(self, key) for key in keys}, "images_per_second": self.images_per_second}
 
 
 ProgressCallback = Callable[[int, int], None]

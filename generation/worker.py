@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -197,23 +198,11 @@ def _generate_handler(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]
 
     if ctx.workspace is None:
         raise ValueError("the generate job needs a workspace (database and media store)")
-    config = GenerationConfig(
-        per_case=int(params.get("per_case", 1)),
-        seed=int(params.get("seed", 0)),
-        steps=params.get("steps"),
-        guidance=params.get("guidance"),
-        scheduler=params.get("scheduler"),
-        height=params.get("height"),
-        width=params.get("width"),
-        batch_size=params.get("batch_size"),
-        negative_prompt=params.get("negative_prompt"),
-        call_kwargs=dict(params.get("call_kwargs") or {}),
-    )
     report = generate_for_dataset(
         ctx.workspace,
         str(params["dataset"]),
         str(params["model"]),
-        config,
+        GenerationConfig.from_params(params),
         device=str(params.get("device", "auto")),
         progress=False,
         on_progress=ctx.report,
@@ -221,15 +210,7 @@ def _generate_handler(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]
         cache=ctx.cache,
         limit=params.get("limit"),
     )
-    return {
-        "planned": report.planned,
-        "skipped": report.skipped,
-        "generated": report.generated,
-        "seconds": report.seconds,
-        "images_per_second": report.images_per_second,
-        "peak_memory_bytes": report.peak_memory_bytes,
-        "stopped": report.stopped,
-    }
+    return report.summary()
 
 
 def _demo_handler(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
@@ -246,17 +227,7 @@ def _demo_handler(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     else:
         spec = ModelSpec.from_record(**params["spec"])
     loaded = ctx.cache.get(spec, str(params.get("device", "auto")))
-    config = GenerationConfig(
-        seed=int(params.get("seed", 0)),
-        steps=params.get("steps"),
-        guidance=params.get("guidance"),
-        scheduler=params.get("scheduler"),
-        height=params.get("height"),
-        width=params.get("width"),
-        batch_size=1,
-        negative_prompt=params.get("negative_prompt"),
-        call_kwargs=dict(params.get("call_kwargs") or {}),
-    )
+    config = GenerationConfig.from_params(params, batch_size=1, per_case=1)
     sampling = resolve_params(loaded, config)
     (image,) = generate_images(loaded.pipe, [str(params["prompt"])], [config.seed], sampling, loaded.device)
     info = ctx.workspace.store.put_image(image, source=f"demo image (job {ctx.job_id})")
@@ -353,14 +324,14 @@ class Worker:
 
     def wait(self, job_id: int, timeout: float = 60.0, poll_s: float = 0.05) -> JobInfo:
         """Block until the job finishes (tests, CLI); raises ``TimeoutError`` after ``timeout`` seconds."""
-        deadline = datetime.now(UTC).timestamp() + timeout
+        deadline = time.monotonic() + timeout
         while True:
             job = self.store.get(job_id)
             if job.status in FINISHED:
                 return job
-            if datetime.now(UTC).timestamp() > deadline:
+            if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout:g} s")
-            threading.Event().wait(poll_s)
+            time.sleep(poll_s)
 
     def _run(self) -> None:
         while True:

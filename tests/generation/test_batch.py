@@ -188,6 +188,12 @@ def test_stop_request_ends_the_run_cleanly(loaded: dict[str, LoadedPipeline]) ->
     assert calls == [(2, 6)]
 
 
+def test_config_from_job_params() -> None:
+    params = {"per_case": 3, "steps": None, "guidance": 2.5, "dataset": "gi", "call_kwargs": None}
+    assert GenerationConfig.from_params(params) == GenerationConfig(per_case=3, guidance=2.5)
+    assert GenerationConfig.from_params(params, batch_size=1).batch_size == 1
+
+
 def test_drop_done() -> None:
     items = plan_work(CASES, 2, 0)
     assert drop_done(items, {(items[0].case_id, items[0].seed)}) == items[1:]
