@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -40,6 +40,7 @@ from generation.pipelines import LoadedPipeline, set_scheduler
 from generation.presets import resolve_resolution, resolve_sampling, vae_factor
 
 SEED_SCHEME = "medsynth-seed-v1"
+_OWN_COLUMNS = frozenset({"steps", "guidance", "call_kwargs"})  # recorded in columns / filtered separately
 MAX_SEED = 2**31 - 1
 MIN_SIDE = 8
 MAX_SIDE = 4096
@@ -439,7 +440,8 @@ def run_generation(
     label = device_label(loaded.device)
     common = {
         **loaded.describe(),
-        **{k: v for k, v in asdict(params).items() if k not in ("steps", "guidance")},
+        **{f.name: getattr(params, f.name) for f in fields(params) if f.name not in _OWN_COLUMNS},
+        "call_kwargs": {k: v for k, v in params.call_kwargs.items() if not callable(v)},  # JSON-safe
         "base_seed": config.seed,
         "per_case": config.per_case,
         "seed_scheme": SEED_SCHEME,
