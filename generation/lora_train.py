@@ -1,0 +1,1014 @@
+"""LoRA fine-tuning (peft) of FLUX, Stable Diffusion (1/2/XL, MSDM) and Kandinsky 3 pipelines.
+
+``python app.py train lora --dataset NAME --base HUB_ID_OR_FOLDER --out DIR`` calls :func:`train_lora`.
+The adapter goes on the denoiser (the UNet or the FLUX transformer) and optionally on the CLIP/T5 text
+encoders; the base weights stay frozen. The objective is the one the family was trained with:
+
+==============  ===========================  ==================================================
+family          denoiser                     objective
+==============  ===========================  ==================================================
+flux            ``transformer`` (packed)     rectified flow: ``x_t = (1-s) x0 + s n``, target ``n - x0``
+sd (1/2, MSDM)  ``unet``                     epsilon or v prediction (``scheduler.prediction_type``)
+sdxl            ``unet`` (+ pooled, time)    epsilon or v prediction
+kandinsky-3     ``unet`` (T5 + mask)         epsilon prediction (DDPM)
+==============  ===========================  ==================================================
+
+Kandinsky 2.2 is refused: its diffusers pipelines have no LoRA loader (``load_lora_weights``), so an
+adapter could not be loaded by ``models add --lora``.
+
+Training runs through accelerate (``accelerate launch app.py train lora ...`` for several GPUs: each
+process draws its own batches, gradients are averaged). Every batch, noise and timestep draw of step
+``s`` comes from a generator seeded by ``(seed, s, process)``, so a resumed run continues exactly as an
+uninterrupted one. Checkpoints hold only the trainable (LoRA) weights, optimizer, schedule and EMA state.
+Memory options for one large GPU: bf16/fp16 mixed precision (frozen weights stored in that dtype, LoRA
+weights in fp32), gradient checkpointing, 8-bit AdamW (bitsandbytes, where installed), latents and text
+embeddings computed once and cached (the text encoders then leave the GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from generation.lora import LORA_WEIGHT_NAME
+
+MixedPrecision = Literal["no", "bf16", "fp16"]
+Optimizer = Literal["adamw", "adamw8bit"]
+PredictionType = Literal["auto", "epsilon", "v_prediction"]
+WeightingScheme = Literal["none", "logit_normal", "mode", "sigma_sqrt", "cosmap"]
+TrainerKind = Literal["flux", "sd", "sdxl", "kandinsky3"]
+ImageLike = Image.Image | str | Path
+Example = tuple[ImageLike, str]
+
+TRAIN_META_FILE = "lora_train.json"
+CHECKPOINT_DIR = "checkpoints"
+VALIDATION_DIR = "validation"
+#: Samples (examples in order, cycled; fixed noise and times) of the before/after loss.
+EVAL_SAMPLES = 32
+
+#: Pipeline class name -> trainer kind.
+PIPELINE_TRAINERS: dict[str, TrainerKind] = {
+    "FluxPipeline": "flux",
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "Kandinsky3Pipeline": "kandinsky3",
+}
+
+#: Default LoRA target modules of each denoiser (attention projections; FLUX also its context stream).
+DENOISER_TARGETS: dict[TrainerKind, tuple[str, ...]] = {
+    "flux": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+    "sd": ("to_q", "to_k", "to_v", "to_out.0"),
+    "sdxl": ("to_q", "to_k", "to_v", "to_out.0"),
+    "kandinsky3": ("to_q", "to_k", "to_v", "to_out.0"),
+}
+#: Text encoders that take a LoRA with ``train_text_encoder`` (the diffusers training scripts' choice).
+TEXT_ENCODERS: dict[TrainerKind, tuple[str, ...]] = {
+    "flux": ("text_encoder",),
+    "sd": ("text_encoder",),
+    "sdxl": ("text_encoder", "text_encoder_2"),
+    "kandinsky3": ("text_encoder",),
+}
+CLIP_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+T5_TEXT_TARGETS = ("q", "k", "v", "o")
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class LoraTrainConfig:
+    """What ``train lora`` asks for.
+
+    Attributes
+    ----------
+    base
+        Hub id or folder of the base pipeline (a saved MSDM folder works too).
+    out_dir
+        Where the adapter, checkpoints, validation images and ``lora_train.json`` go.
+    dataset, split
+        Registered dataset (and optional ``split`` value) to train on when no examples are given.
+    rank, alpha
+        LoRA rank and scale numerator (``alpha=None`` means ``alpha = rank``, i.e. scale 1).
+    steps, lr, batch_size, gradient_accumulation_steps
+        Optimizer steps, learning rate, images per process per micro-batch, micro-batches per step.
+    resolution
+        Square training side in pixels; ``None`` = the pipeline's native size.
+    lr_scheduler, lr_warmup_steps, max_grad_norm
+        diffusers ``get_scheduler`` name, warm-up steps and gradient clipping.
+    train_text_encoder
+        Also put a LoRA on the text encoder(s) (turns text-embedding caching off).
+    target_modules
+        Denoiser modules to adapt; ``None`` = :data:`DENOISER_TARGETS` of the family.
+    ema_decay
+        Keep an exponential moving average of the LoRA weights (saved instead of the raw ones); ``None`` = off.
+    mixed_precision
+        ``no``, ``bf16`` or ``fp16`` (CUDA only; the CPU always trains in fp32).
+    gradient_checkpointing
+        Recompute activations in the backward pass (less memory, ~30 % more compute).
+    optimizer
+        ``adamw`` or ``adamw8bit`` (needs ``bitsandbytes``).
+    cache_latents, cache_text_embeddings
+        Encode every image / caption once before training.
+    prediction_type
+        UNet families: ``auto`` (the scheduler's), ``epsilon`` or ``v_prediction``.
+    weighting_scheme, logit_mean, logit_std, mode_scale
+        FLUX: how flow-matching times are drawn and weighted (diffusers' SD3/FLUX options).
+    flux_guidance
+        FLUX-dev: the guidance value fed to the guidance embedding during training.
+    max_sequence_length
+        FLUX T5 tokens; ``None`` = ``min(512, tokenizer_2.model_max_length)``.
+    checkpoint_every, keep_checkpoints
+        Save a resumable checkpoint every N steps; keep the last K.
+    validate_every, validation_prompts, validation_steps, validation_guidance
+        Validation images every N steps (0 = only at the end); prompts default to the first two captions.
+    seed
+        Seed of the LoRA initialisation and of every draw.
+    resume
+        Continue from the latest checkpoint in ``out_dir/checkpoints``.
+    count_flops
+        Count the FLOPs of one training step with ``torch.utils.flop_counter`` (recorded in the result).
+    device
+        ``auto``, ``cuda`` or ``cpu`` (under ``accelerate launch`` each process takes its own GPU).
+    """
+
+    base: str
+    out_dir: str | Path
+    dataset: str | None = None
+    split: str | None = None
+    rank: int = 16
+    alpha: float | None = None
+    steps: int = 1000
+    lr: float = 1e-4
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    resolution: int | None = None
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    train_text_encoder: bool = False
+    target_modules: tuple[str, ...] | None = None
+    ema_decay: float | None = None
+    mixed_precision: MixedPrecision = "bf16"
+    gradient_checkpointing: bool = False
+    optimizer: Optimizer = "adamw"
+    cache_latents: bool = True
+    cache_text_embeddings: bool = True
+    prediction_type: PredictionType = "auto"
+    weighting_scheme: WeightingScheme = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    flux_guidance: float = 1.0
+    max_sequence_length: int | None = None
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    validate_every: int = 0
+    validation_prompts: tuple[str, ...] = ()
+    validation_steps: int | None = None
+    validation_guidance: float | None = None
+    seed: int = 0
+    resume: bool = False
+    count_flops: bool = True
+    device: str = "auto"
+
+    def validate(self) -> None:
+        """Refuse impossible settings with a ``ValueError`` naming the field and the rule."""
+        positive = {
+            "rank": self.rank,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "checkpoint_every": self.checkpoint_every,
+            "keep_checkpoints": self.keep_checkpoints,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LoRA training: {name} must be a whole number >= 1, got {value!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"LoRA training: lr must be a positive number, got {self.lr!r}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ValueError(f"LoRA training: alpha must be positive, got {self.alpha!r}")
+        if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 8):
+            raise ValueError(f"LoRA training: resolution must be whole pixels >= 8, got {self.resolution!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"LoRA training: mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.optimizer not in ("adamw", "adamw8bit"):
+            raise ValueError(f"LoRA training: optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
+        if self.prediction_type not in ("auto", "epsilon", "v_prediction"):
+            raise ValueError(
+                f"LoRA training: prediction_type must be auto, epsilon or v_prediction, got {self.prediction_type!r}"
+            )
+        if self.weighting_scheme not in ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap"):
+            raise ValueError(f"LoRA training: unknown weighting_scheme {self.weighting_scheme!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"LoRA training: ema_decay must be between 0 and 1, got {self.ema_decay!r}")
+        if self.validate_every < 0 or self.lr_warmup_steps < 0:
+            raise ValueError("LoRA training: validate_every and lr_warmup_steps must not be negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (paths as text)."""
+        data = dataclasses.asdict(self)
+        data["out_dir"] = str(self.out_dir)
+        return data
+
+
+@dataclass
+class LoraTrainResult:
+    """What :func:`train_lora` did.
+
+    Attributes
+    ----------
+    out_dir, adapter_path
+        The output folder and the saved ``pytorch_lora_weights.safetensors``.
+    family, pipeline
+        Trainer kind (``flux``/``sd``/``sdxl``/``kandinsky3``) and the base pipeline class.
+    losses
+        Training loss of every step (resumed runs include the earlier steps).
+    eval_loss_before, eval_loss_after
+        Mean loss over ``EVAL_SAMPLES`` fixed draws (same examples, noise, times) before and after training.
+    trainable_parameters, base_parameters
+        LoRA parameters and the frozen parameters of the adapted modules plus the rest of the pipeline.
+    wall_time_s, device_hours, num_processes, device
+        Wall-clock time of this run, ``wall_time_s * num_processes / 3600``, processes and device label.
+    start_step
+        Step this run started from (> 0 when resumed).
+    step_flops
+        FLOPs of one optimizer step on one process (``None`` when not counted).
+    validation_images
+        Paths of the validation grids written.
+    """
+
+    out_dir: Path
+    adapter_path: Path
+    family: TrainerKind
+    pipeline: str
+    losses: list[float]
+    eval_loss_before: float
+    eval_loss_after: float
+    trainable_parameters: int
+    base_parameters: int
+    wall_time_s: float
+    device_hours: float
+    num_processes: int
+    device: str
+    start_step: int
+    step_flops: int | None
+    validation_images: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (paths as text)."""
+        data = dataclasses.asdict(self)
+        for key in ("out_dir", "adapter_path"):
+            data[key] = str(data[key])
+        data["validation_images"] = [str(p) for p in self.validation_images]
+        return data
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def dataset_examples(
+    workspace: Any, dataset: str, *, split: str | None = None, case_ids: Sequence[int] | None = None
+) -> list[tuple[Path, str]]:
+    """``(image path, prompt)`` of a registered dataset's cases, in case order.
+
+    Parameters
+    ----------
+    workspace
+        A ``db.workspace.Workspace``.
+    dataset
+        Registered dataset name.
+    split
+        Only cases whose ``split`` column has this value.
+    case_ids
+        Only these cases (the comparison's training split).
+
+    Raises
+    ------
+    db.errors.NotFoundError
+        For an unknown dataset.
+    ValueError
+        When no case is left.
+    """
+    from sqlalchemy import select
+
+    from db.generated import dataset_cases
+    from db.models import Case
+
+    with workspace.database.session() as session:
+        refs = dataset_cases(session, dataset, split=split)
+        wanted = {ref.id for ref in refs} if case_ids is None else {ref.id for ref in refs} & set(case_ids)
+        rows = session.execute(
+            select(Case.id, Case.image_sha256, Case.prompt).where(Case.id.in_(sorted(wanted))).order_by(Case.id)
+        ).all()
+    if not rows:
+        where = f" with split {split!r}" if split else ""
+        raise ValueError(f"dataset {dataset!r} has no cases{where} to train on")
+    return [(workspace.store.path(sha), prompt) for _, sha, prompt in rows]
+
+
+def load_pixels(items: Sequence[ImageLike], resolution: int) -> torch.Tensor:
+    """Images as a float tensor in ``[-1, 1]``, ``(N, 3, resolution, resolution)``, centre-cropped."""
+    from generation.msdm.train import load_image_tensor
+
+    return torch.stack([load_image_tensor(item, resolution) for item in items]).float() / 127.5 - 1.0
+
+
+def step_generator(seed: int, step: int, process: int, purpose: str = "train") -> torch.Generator:
+    """The CPU generator of one step's draws (depends only on seed, step, process and purpose)."""
+    digest = hashlib.sha256(f"medsynth-lora-v1|{seed}|{purpose}|{step}|{process}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+# ---------------------------------------------------------------------------------------------- families
+
+
+def trainer_kind(pipe: Any) -> TrainerKind:
+    """The trainer kind of a loaded pipeline (its class name).
+
+    Raises
+    ------
+    ValueError
+        For Kandinsky 2.2 (no LoRA loader in diffusers) and any other unsupported pipeline.
+    """
+    name = type(pipe).__name__
+    if name in PIPELINE_TRAINERS:
+        return PIPELINE_TRAINERS[name]
+    if name.startswith("KandinskyV22"):
+        raise ValueError(
+            f"{name}: Kandinsky 2.2 pipelines have no LoRA loader in diffusers (no load_lora_weights), so a "
+            "trained adapter could not be loaded with 'models add --lora'; use Kandinsky 3 or fine-tune fully"
+        )
+    raise ValueError(f"train lora does not support {name}; supported pipelines: {', '.join(sorted(PIPELINE_TRAINERS))}")
+
+
+@contextmanager
+def _in_fp32(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``module`` in fp32 for the block (VAEs overflow in fp16), then restore its dtype."""
+    dtype = next(module.parameters()).dtype
+    if dtype != torch.float32:
+        module.to(torch.float32)
+    try:
+        yield module
+    finally:
+        if dtype != torch.float32:
+            module.to(dtype)
+
+
+class Family:
+    """How one family encodes text and images and what its denoiser is trained to predict."""
+
+    kind: TrainerKind
+    denoiser_name: str
+
+    def __init__(self, pipe: Any, config: LoraTrainConfig) -> None:
+        self.pipe = pipe
+        self.config = config
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_name)
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.pipe.vae
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """Extra pipeline-call arguments for validation images."""
+        return {}
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Posterior mean and std, ``(N, 2, C, h, w)``, unscaled; the VAE runs in fp32."""
+        with _in_fp32(self.vae) as vae:
+            dist = vae.encode(pixels.to(device, torch.float32)).latent_dist
+            return torch.stack([dist.mean, dist.std], dim=1).float().cpu()
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Raw VAE latents to the scale the denoiser was trained on."""
+        return latents * float(self.vae.config.scaling_factor)
+
+    def encode_text(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        """Conditioning tensors of ``prompts`` (batch first)."""
+        raise NotImplementedError
+
+    def loss(
+        self, model: torch.nn.Module, x0: torch.Tensor, cond: dict[str, torch.Tensor], gen: torch.Generator
+    ) -> torch.Tensor:
+        """The training loss of one batch of scaled latents ``x0`` (draws from ``gen``)."""
+        raise NotImplementedError
+
+
+class _UNetFamily(Family):
+    """Epsilon / v prediction on a DDPM schedule (SD 1/2/XL, MSDM, Kandinsky 3)."""
+
+    denoiser_name = "unet"
+
+    def __init__(self, pipe: Any, config: LoraTrainConfig) -> None:
+        from diffusers import DDPMScheduler
+
+        super().__init__(pipe, config)
+        self.schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+        configured = self.schedule.config.get("prediction_type", "epsilon")
+        self.prediction_type = configured if config.prediction_type == "auto" else config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(
+                f"{type(pipe).__name__}: prediction type {self.prediction_type!r} cannot be trained here; "
+                "set prediction_type to epsilon or v_prediction"
+            )
+
+    def predict(self, model: torch.nn.Module, noisy: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]):
+        raise NotImplementedError
+
+    def loss(
+        self, model: torch.nn.Module, x0: torch.Tensor, cond: dict[str, torch.Tensor], gen: torch.Generator
+    ) -> torch.Tensor:
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        t = torch.randint(0, self.schedule.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
+        noisy = self.schedule.add_noise(x0, noise, t)
+        target = noise if self.prediction_type == "epsilon" else self.schedule.get_velocity(x0, noise, t)
+        pred = self.predict(model, noisy, t, cond)
+        return F.mse_loss(pred.float(), target.float())
+
+
+class SDFamily(_UNetFamily):
+    """Stable Diffusion 1/2 and MSDM: CLIP (or any) text tokens by cross-attention."""
+
+    kind: TrainerKind = "sd"
+
+    def encode_text(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        embeds, _ = self.pipe.encode_prompt(prompts, device, 1, False)
+        return {"prompt_embeds": embeds}
+
+    def predict(self, model, noisy, t, cond):  # type: ignore[no-untyped-def]
+        return model(noisy, t, encoder_hidden_states=cond["prompt_embeds"]).sample
+
+
+class SDXLFamily(_UNetFamily):
+    """SDXL: two CLIP encoders, pooled text and size/crop ids added to the time embedding."""
+
+    kind: TrainerKind = "sdxl"
+
+    def encode_text(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        return {"prompt_embeds": embeds, "pooled": pooled}
+
+    def predict(self, model, noisy, t, cond):  # type: ignore[no-untyped-def]
+        side = noisy.shape[-1] * int(self.pipe.vae_scale_factor)
+        time_ids = torch.tensor([[side, side, 0, 0, side, side]], device=noisy.device, dtype=cond["pooled"].dtype)
+        added = {"text_embeds": cond["pooled"], "time_ids": time_ids.repeat(noisy.shape[0], 1)}
+        return model(noisy, t, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=added).sample
+
+
+class Kandinsky3Family(_UNetFamily):
+    """Kandinsky 3: T5 tokens with their attention mask; MoVQ latents, no scaling."""
+
+    kind: TrainerKind = "kandinsky3"
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.pipe.movq
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        with _in_fp32(self.vae) as movq:
+            latents = movq.encode(pixels.to(device, torch.float32)).latents.float().cpu()
+        return torch.stack([latents, torch.zeros_like(latents)], dim=1)
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def encode_text(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        embeds, _, mask, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device)
+        return {"prompt_embeds": embeds, "attention_mask": mask}
+
+    def predict(self, model, noisy, t, cond):  # type: ignore[no-untyped-def]
+        return model(
+            noisy, t, encoder_hidden_states=cond["prompt_embeds"], encoder_attention_mask=cond["attention_mask"]
+        ).sample
+
+
+class FluxFamily(Family):
+    """FLUX: rectified flow on 2x2-packed latents, CLIP pooled + T5 tokens, optional guidance embedding."""
+
+    kind: TrainerKind = "flux"
+    denoiser_name = "transformer"
+
+    def __init__(self, pipe: Any, config: LoraTrainConfig) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        super().__init__(pipe, config)
+        self.schedule = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        tokenizer_max = int(getattr(pipe.tokenizer_2, "model_max_length", 512) or 512)
+        self.max_sequence_length = config.max_sequence_length or min(512, tokenizer_max)
+
+    def call_kwargs(self) -> dict[str, Any]:
+        return {"max_sequence_length": self.max_sequence_length}
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        cfg = self.vae.config
+        return (latents - float(cfg.shift_factor or 0.0)) * float(cfg.scaling_factor)
+
+    def encode_text(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        embeds, pooled, _ = self.pipe.encode_prompt(
+            prompts, prompt_2=None, device=device, max_sequence_length=self.max_sequence_length
+        )
+        return {"prompt_embeds": embeds, "pooled": pooled}
+
+    def loss(
+        self, model: torch.nn.Module, x0: torch.Tensor, cond: dict[str, torch.Tensor], gen: torch.Generator
+    ) -> torch.Tensor:
+        from diffusers import FluxPipeline
+        from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+        cfg = self.config
+        batch, channels, height, width = x0.shape
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        u = compute_density_for_timestep_sampling(
+            cfg.weighting_scheme, batch, cfg.logit_mean, cfg.logit_std, cfg.mode_scale, generator=gen
+        )
+        n_train = int(self.schedule.config.num_train_timesteps)
+        index = (u * n_train).long().clamp(0, len(self.schedule.timesteps) - 1)
+        timesteps = self.schedule.timesteps[index].to(x0.device)
+        sigmas = self.schedule.sigmas[index].to(x0.device, x0.dtype).view(-1, 1, 1, 1)
+        noisy = (1.0 - sigmas) * x0 + sigmas * noise
+        packed = FluxPipeline._pack_latents(noisy, batch, channels, height, width)
+        image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, x0.device, x0.dtype)
+        text_ids = torch.zeros(cond["prompt_embeds"].shape[1], 3, device=x0.device, dtype=x0.dtype)
+        unwrapped = getattr(model, "module", model)
+        guidance = None
+        if unwrapped.config.guidance_embeds:
+            guidance = torch.full((batch,), cfg.flux_guidance, device=x0.device, dtype=x0.dtype)
+        pred = model(
+            hidden_states=packed,
+            timestep=timesteps / 1000.0,
+            guidance=guidance,
+            pooled_projections=cond["pooled"],
+            encoder_hidden_states=cond["prompt_embeds"],
+            txt_ids=text_ids,
+            img_ids=image_ids,
+        ).sample
+        factor = int(self.pipe.vae_scale_factor)
+        pred = FluxPipeline._unpack_latents(pred, height * factor, width * factor, factor)
+        weighting = compute_loss_weighting_for_sd3(cfg.weighting_scheme, sigmas)
+        return (weighting.float() * (pred.float() - (noise - x0).float()) ** 2).mean()
+
+
+FAMILIES: dict[TrainerKind, type[Family]] = {
+    "flux": FluxFamily,
+    "sd": SDFamily,
+    "sdxl": SDXLFamily,
+    "kandinsky3": Kandinsky3Family,
+}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _load_base(config: LoraTrainConfig, device: torch.device, dtype: torch.dtype) -> Any:
+    """Load the base pipeline (diffusers or saved MSDM folder) onto ``device`` in ``dtype``."""
+    from generation.msdm.pipeline import MSDM_META_FILE
+    from generation.pipelines import ModelSpec, load_pipeline
+
+    kind = "msdm" if (Path(config.base).expanduser() / MSDM_META_FILE).is_file() else "diffusers"
+    spec = ModelSpec(name="lora-base", kind=kind, source=config.base)  # type: ignore[arg-type]
+    return load_pipeline(spec, device=device, dtype=dtype).pipe
+
+
+def _accelerator(mixed_precision: MixedPrecision, accumulation: int) -> Any:
+    """An ``Accelerator``; in a single process, a state left by an earlier run with another precision is reset."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and str(shared.get("mixed_precision")) != mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation)
+
+
+def _make_optimizer(kind: Optimizer, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW.
+
+    Raises
+    ------
+    ImportError
+        For ``adamw8bit`` when bitsandbytes is not installed (with the command that installs it).
+    """
+    if kind == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise ImportError(
+                "8-bit Adam needs bitsandbytes (CUDA only): pip install bitsandbytes, or use --optimizer adamw"
+            ) from exc
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-4)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+
+
+def _text_targets(module: torch.nn.Module) -> list[str]:
+    names = {name.rsplit(".", 1)[-1] for name, _ in module.named_modules()}
+    return list(CLIP_TEXT_TARGETS if "q_proj" in names else T5_TEXT_TARGETS)
+
+
+def _trainable(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
+    return {
+        f"{component}.{name}": param
+        for component, module in modules.items()
+        for name, param in module.named_parameters()
+        if param.requires_grad
+    }
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest ``step_*.pt`` in ``out_dir/checkpoints`` (``None`` when there is none)."""
+    found = sorted((Path(out_dir) / CHECKPOINT_DIR).glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    return found[-1] if found else None
+
+
+def _grid(images: Sequence[Image.Image]) -> Image.Image:
+    width, height = images[0].size
+    grid = Image.new("RGB", (width * len(images), height))
+    for k, image in enumerate(images):
+        grid.paste(image.convert("RGB"), (k * width, 0))
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train_lora(
+    config: LoraTrainConfig,
+    examples: Sequence[Example] | None = None,
+    *,
+    workspace: Any = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> LoraTrainResult:
+    """Train a LoRA adapter on ``(image, caption)`` pairs and save it where ``models add --lora`` finds it.
+
+    Parameters
+    ----------
+    config
+        Settings (see :class:`LoraTrainConfig`).
+    examples
+        ``(PIL image or path, caption)`` pairs; ``None`` reads ``config.dataset`` from ``workspace``.
+    workspace
+        A ``db.workspace.Workspace`` (needed only when ``examples`` is ``None``).
+    progress
+        Show a tqdm bar (main process only).
+    on_step
+        Called as ``on_step(step, loss)`` after every optimizer step.
+
+    Returns
+    -------
+    LoraTrainResult
+
+    Raises
+    ------
+    ValueError
+        For impossible settings, an unsupported pipeline, a resolution that is not a multiple of the VAE
+        factor, no training data, or a checkpoint made with other settings.
+    ImportError
+        For ``adamw8bit`` without bitsandbytes.
+    """
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel, cast_training_params
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    from generation.batch import SamplingParams, generate_images
+    from generation.devices import device_label, resolve_device
+    from generation.presets import PRESETS, detect_family, native_resolution, resolve_sampling, vae_factor
+
+    config.validate()
+    if examples is None:
+        if workspace is None or not config.dataset:
+            raise ValueError("train lora needs training examples, or a dataset name and a workspace to read it from")
+        examples = dataset_examples(workspace, config.dataset, split=config.split)
+    if not examples:
+        raise ValueError("no training examples given")
+    started = time.perf_counter()
+    out = Path(config.out_dir).expanduser()
+    on_cuda = resolve_device(config.device).type == "cuda"
+    mixed: MixedPrecision = config.mixed_precision if on_cuda else "no"
+    accelerator = _accelerator(mixed, config.gradient_accumulation_steps)
+    device = accelerator.device if on_cuda else torch.device("cpu")
+    weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[mixed]
+
+    pipe = _load_base(config, device, weight_dtype)
+    kind = trainer_kind(pipe)
+    family = FAMILIES[kind](pipe, config)
+    factor = vae_factor(pipe)
+    resolution = config.resolution or native_resolution(pipe) or 512
+    if resolution % factor:
+        raise ValueError(
+            f"resolution {resolution} px is not a multiple of {type(pipe).__name__}'s VAE factor {factor}: "
+            f"use {resolution - resolution % factor or factor} or {resolution - resolution % factor + factor}"
+        )
+
+    # ---- frozen base, LoRA adapters ---------------------------------------------------------
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(False)
+    torch.manual_seed(config.seed)  # LoRA A matrices (B starts at zero)
+    alpha = config.alpha if config.alpha is not None else config.rank
+    denoiser = family.denoiser
+    targets = list(config.target_modules or DENOISER_TARGETS[kind])
+    denoiser.add_adapter(LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets))
+    adapted: dict[str, torch.nn.Module] = {family.denoiser_name: denoiser}
+    if config.train_text_encoder:
+        for name in TEXT_ENCODERS[kind]:
+            encoder = getattr(pipe, name, None)
+            if encoder is None:
+                continue
+            # peft directly: transformers' own add_adapter wants a newer peft than the pinned one
+            text_lora = LoraConfig(r=config.rank, lora_alpha=alpha, target_modules=_text_targets(encoder))
+            inject_adapter_in_model(text_lora, encoder, adapter_name="default")
+            adapted[name] = encoder
+    for module in adapted.values():
+        module.train()
+        cast_training_params(module, dtype=torch.float32)
+        if config.gradient_checkpointing:
+            if hasattr(module, "enable_gradient_checkpointing"):
+                module.enable_gradient_checkpointing()
+            else:
+                module.gradient_checkpointing_enable()
+    params = list(_trainable(adapted).values())
+    n_trainable = sum(p.numel() for p in params)
+    n_base = sum(_count(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module)) - n_trainable
+
+    # ---- data: captions and latents (cached once, or per step) ------------------------------
+    captions = [caption for _, caption in examples]
+    unique = sorted(set(captions))
+    caption_index = torch.tensor([unique.index(c) for c in captions])
+    cache_text = config.cache_text_embeddings and not config.train_text_encoder
+
+    def embed(indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        return family.encode_text([unique[i] for i in indices.tolist()], device)
+
+    text_table: dict[str, torch.Tensor] | None = None
+    if cache_text:
+        with torch.no_grad():
+            chunks = [embed(torch.arange(i, min(i + 16, len(unique)))) for i in range(0, len(unique), 16)]
+        text_table = {key: torch.cat([c[key] for c in chunks]).cpu() for key in chunks[0]}
+    latent_table: torch.Tensor | None = None
+    if config.cache_latents:
+        parts = [
+            family.encode_images(load_pixels([img for img, _ in examples[i : i + 16]], resolution), device)
+            for i in range(0, len(examples), 16)
+        ]
+        latent_table = torch.cat(parts)
+
+    def batch_latents(indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        stats = latent_table[indices] if latent_table is not None else None
+        if stats is None:
+            pixels = load_pixels([examples[i][0] for i in indices.tolist()], resolution)
+            stats = family.encode_images(pixels, device)
+        sample = stats[:, 0] + stats[:, 1] * torch.randn(stats[:, 0].shape, generator=gen)
+        return family.scale_latents(sample).to(device, weight_dtype)
+
+    def batch_cond(indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        rows = caption_index[indices]
+        if text_table is not None:
+            return {key: value[rows].to(device, weight_dtype) for key, value in text_table.items()}
+        return {key: value.to(weight_dtype) for key, value in embed(rows).items()}
+
+    # ---- optimizer, schedule, EMA, resume ---------------------------------------------------
+    optimizer = _make_optimizer(config.optimizer, params, config.lr)
+    lr_schedule = get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.steps
+    )
+    ema = EMAModel(params, decay=config.ema_decay) if config.ema_decay is not None else None
+    fingerprint = _fingerprint(config, kind, resolution, len(examples))
+    start, losses = 0, []
+    checkpoint = latest_checkpoint(out) if config.resume else None
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"checkpoint {checkpoint} was made with other settings or data; train into another --out "
+                "or start over without --resume"
+            )
+        named = _trainable(adapted)
+        with torch.no_grad():
+            for key, value in state["trainable"].items():
+                named[key].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        start, losses = int(state["step"]), list(state["losses"])
+    prepared = accelerator.prepare(*adapted.values(), optimizer)
+    models, optimizer = dict(zip(adapted, prepared[:-1], strict=True)), prepared[-1]
+    model = models[family.denoiser_name]
+    if ema is not None:
+        ema.to(device)
+
+    def eval_loss() -> float:
+        """Mean loss over ``EVAL_SAMPLES`` fixed draws (examples in order, fixed noise and times)."""
+        gen = step_generator(config.seed, 0, 0, "eval")
+        total, n_eval = 0.0, max(EVAL_SAMPLES, config.batch_size)
+        with torch.no_grad(), accelerator.autocast():
+            for start in range(0, n_eval, config.batch_size):
+                indices = torch.arange(start, min(start + config.batch_size, n_eval)) % len(examples)
+                loss = family.loss(model, batch_latents(indices, gen), batch_cond(indices), gen)
+                total += float(loss) * len(indices)
+        return total / n_eval
+
+    eval_before = eval_loss()
+
+    def one_step(step: int) -> float:
+        gen = step_generator(config.seed, step, accelerator.process_index)
+        total = 0.0
+        for _ in range(config.gradient_accumulation_steps):
+            indices = torch.randint(len(examples), (config.batch_size,), generator=gen)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss = family.loss(model, batch_latents(indices, gen), batch_cond(indices), gen)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                lr_schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            total += float(loss.detach()) / config.gradient_accumulation_steps
+        if ema is not None:
+            ema.step(params)
+        return total
+
+    def save_checkpoint(step: int) -> None:
+        if not accelerator.is_main_process:
+            return
+        folder = out / CHECKPOINT_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": step,
+            "fingerprint": fingerprint,
+            "trainable": {k: v.detach().cpu().clone() for k, v in _trainable(adapted).items()},
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_schedule.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "losses": losses,
+        }
+        tmp = folder / f"step_{step:07d}.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(folder / f"step_{step:07d}.pt")
+        saved = sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        for old in saved[: -config.keep_checkpoints]:
+            old.unlink()
+
+    preset = PRESETS[detect_family(type(pipe).__name__, config.base)]
+    prompts = list(config.validation_prompts) or unique[:2]
+    validation: list[Path] = []
+
+    def validate(step: int) -> None:
+        if not accelerator.is_main_process:
+            return
+        steps, guidance = resolve_sampling(pipe, preset, config.validation_steps, config.validation_guidance)
+        scheduler = type(pipe.scheduler).__name__
+        sampling = SamplingParams(
+            steps, guidance, resolution, resolution, scheduler, len(prompts), None, family.call_kwargs()
+        )
+        for module in adapted.values():
+            module.eval()
+        try:
+            images = generate_images(pipe, prompts, [config.seed + k for k in range(len(prompts))], sampling, device)
+        finally:
+            for module in adapted.values():
+                module.train()
+        path = out / VALIDATION_DIR / f"step_{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _grid(images).save(path)
+        validation.append(path)
+
+    step_flops: int | None = None
+    bar = tqdm(
+        range(start, config.steps),
+        initial=start,
+        total=config.steps,
+        desc=f"lora {kind}",
+        disable=not (progress and accelerator.is_main_process),
+    )
+    for step in bar:
+        if config.count_flops and step_flops is None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                value = one_step(step)
+            step_flops = int(counter.get_total_flops())
+        else:
+            value = one_step(step)
+        losses.append(value)
+        bar.set_postfix(loss=f"{value:.4f}")
+        done = step + 1
+        if done % config.checkpoint_every == 0 and done < config.steps:
+            save_checkpoint(done)
+        if on_step is not None:
+            on_step(done, value)
+        if config.validate_every and done % config.validate_every == 0 and done < config.steps:
+            validate(done)
+    bar.close()
+
+    # ---- save the adapter -------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to(params)
+    eval_after = eval_loss()
+    adapter = out / LORA_WEIGHT_NAME
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        layers = {
+            f"{name}_lora_layers": get_peft_model_state_dict(accelerator.unwrap_model(module))
+            for name, module in models.items()
+        }
+        type(pipe).save_lora_weights(out, **layers)
+    validate(config.steps)
+    wall = time.perf_counter() - started
+    result = LoraTrainResult(
+        out_dir=out,
+        adapter_path=adapter,
+        family=kind,
+        pipeline=type(pipe).__name__,
+        losses=losses,
+        eval_loss_before=eval_before,
+        eval_loss_after=eval_after,
+        trainable_parameters=n_trainable,
+        base_parameters=n_base,
+        wall_time_s=wall,
+        device_hours=wall * accelerator.num_processes / 3600.0,
+        num_processes=accelerator.num_processes,
+        device=device_label(device),
+        start_step=start,
+        step_flops=step_flops,
+        validation_images=validation,
+    )
+    if accelerator.is_main_process:
+        meta = {"config": config.to_dict(), "resolution": resolution, "n_examples": len(examples), **result.to_dict()}
+        (out / TRAIN_META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (out / "README.md").write_text(adapter_card(config, result, resolution, len(examples)), encoding="utf-8")
+    return result
+
+
+def _fingerprint(config: LoraTrainConfig, kind: str, resolution: int, n_examples: int) -> str:
+    """What a checkpoint must agree with to be resumed (settings that change the trajectory)."""
+    keep = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in ("out_dir", "resume", "progress", "validate_every", "validation_prompts", "count_flops", "device")
+    }
+    text = json.dumps({"config": keep, "kind": kind, "resolution": resolution, "n": n_examples}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_train_meta(out_dir: str | Path) -> dict[str, Any]:
+    """The ``lora_train.json`` written beside an adapter (``{}`` when absent)."""
+    path = Path(out_dir) / TRAIN_META_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def adapter_card(config: LoraTrainConfig, result: LoraTrainResult, resolution: int, n_examples: int) -> str:
+    """The README.md written beside the adapter: base, data, settings, losses, time and how to load it."""
+    tail = result.losses[-min(20, len(result.losses)) :] or [math.nan]
+    lines = [
+        f"# LoRA on {config.base}",
+        "",
+        f"Trained by MedSynth (`generation.lora_train.train_lora`), {result.family} objective, on {n_examples} "
+        f"images ({config.dataset or 'given examples'}) at {resolution} px.",
+        "",
+        f"- rank {config.rank}, alpha {config.alpha if config.alpha is not None else config.rank}; "
+        f"{result.trainable_parameters:,} trainable parameters over {result.base_parameters:,} frozen",
+        f"- {config.steps} steps, batch {config.batch_size} x {config.gradient_accumulation_steps} accumulation "
+        f"x {result.num_processes} processes, lr {config.lr} ({config.lr_scheduler}), EMA {config.ema_decay}",
+        f"- mixed precision {config.mixed_precision}, gradient checkpointing {config.gradient_checkpointing}, "
+        f"optimizer {config.optimizer}, text encoder trained: {config.train_text_encoder}",
+        f"- loss on {EVAL_SAMPLES} fixed draws {result.eval_loss_before:.5f} -> {result.eval_loss_after:.5f}; "
+        f"mean of the last {len(tail)} training losses {sum(tail) / len(tail):.5f}",
+        f"- wall time {result.wall_time_s / 60:.1f} min on {result.device} ({result.device_hours:.3f} device hours)",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"python app.py models add NAME --kind diffusers --source {config.base} --lora {result.out_dir}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
