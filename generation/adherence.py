@@ -77,14 +77,6 @@ class AttributeClassifier(nn.Module):
         return {h: head(z) for h, head in self.heads.items()}
 
 
-@dataclass
-class ClassifierReport:
-    """Per-attribute accuracy of the classifier on held-out real frames."""
-
-    accuracy: dict[str, float]
-    train_seconds: float
-
-
 def train_classifier(
     images: Sequence[Image.Image],
     attributes: Sequence[dict[str, Any]],
