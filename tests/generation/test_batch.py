@@ -188,6 +188,20 @@ def test_stop_request_ends_the_run_cleanly(loaded: dict[str, LoadedPipeline]) ->
     assert calls == [(2, 6)]
 
 
+def test_step_callbacks_run_but_are_not_recorded(loaded: dict[str, LoadedPipeline]) -> None:
+    steps_seen: list[int] = []
+
+    def on_step(_pipe, step, _timestep, tensors):  # type: ignore[no-untyped-def]
+        steps_seen.append(step)
+        return tensors
+
+    sink = MemorySink()
+    cfg = config("sd", call_kwargs={"callback_on_step_end": on_step})
+    run_generation(loaded["sd"], CASES[:1], cfg, sink, progress=False)
+    assert steps_seen == [0, 1]
+    assert sink.records[0].parameters["call_kwargs"] == {}  # JSON-safe: the callable is left out
+
+
 def test_config_from_job_params() -> None:
     params = {"per_case": 3, "steps": None, "guidance": 2.5, "dataset": "gi", "call_kwargs": None}
     assert GenerationConfig.from_params(params) == GenerationConfig(per_case=3, guidance=2.5)
