@@ -154,13 +154,13 @@
     var qs = questions();
     var block = qs[focusIndex];
     if (key >= "1" && key <= "9") {
-      if (block && answer(block, parseInt(key, 10) - 1)) { ev.preventDefault(); setTimeout(advance, 30); }
+      if (block && answer(block, parseInt(key, 10) - 1)) { ev.preventDefault(); advance(); }
     } else if (key === "l" || key === "L" || key === "r" || key === "R") {
       var which = document.getElementById("q-which_generated");
       if (which && answer(which, key.toLowerCase() === "l" ? 0 : 1)) {
         ev.preventDefault();
         focusIndex = qs.indexOf(which);
-        setTimeout(advance, 30);
+        advance();
       }
     } else if (key === "ArrowDown") {
       setFocus(focusIndex + 1); ev.preventDefault();

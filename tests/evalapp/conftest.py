@@ -280,7 +280,12 @@ class LeakScanner:
         if match is None:
             return [f"{where}: image URL {url!r} is not an opaque /m/ token"]
         raw = match.group(1)
-        payload = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        except ValueError:
+            return [f"{where}: image URL {url!r} is not a signed /m/ token"]
+        if not isinstance(payload, dict):
+            return [f"{where}: image URL {url!r} is not a signed /m/ token"]
         extra = set(payload) - IMAGE_PAYLOAD_KEYS
         return [f"{where}: image token carries {sorted(extra)}"] if extra else []
 
@@ -344,9 +349,14 @@ class RaterPage:
         )
 
     def answer(self, keys: tuple[str, ...] = ANSWER_KEYS) -> None:
+        """Press ``keys``; with the full set, wait until all six choice questions show an answer."""
         for key in keys:
             self.page.keyboard.press(key)
-            self.page.wait_for_timeout(70)
+            self.page.wait_for_timeout(40)
+        if len(keys) == len(ANSWER_KEYS):
+            self.page.wait_for_function(
+                "document.querySelectorAll('#ms-form input[type=radio]:checked').length === 6", timeout=5_000
+            )
 
     def submit(self) -> None:
         self.page.keyboard.press("Enter")
