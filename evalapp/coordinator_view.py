@@ -319,12 +319,13 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
         signin_button = gr.Button("Sign in", variant="primary")
         signin_message = gr.Markdown("")
     with gr.Column(elem_classes=["ms-console"], visible=False) as console:
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=False):
             gr.Markdown("## MedSynth coordinator")
             # Choices change per page (new studies, raters); the handlers check every name on the server.
             study = gr.Dropdown(label="Study", choices=[], value=None, scale=2, allow_custom_value=True)
-            refresh_button = gr.Button("Refresh", scale=0, min_width=100)
-            signout_button = gr.Button("Sign out", scale=0, min_width=100, variant="secondary")
+            with gr.Column(scale=0, min_width=110):
+                refresh_button = gr.Button("Refresh", size="sm")
+                signout_button = gr.Button("Sign out", size="sm", variant="secondary")
         with gr.Tabs():
             with gr.Tab("Studies"):
                 studies = gr.Dataframe(label="Studies", interactive=False, wrap=True)
@@ -343,7 +344,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
                 with gr.Row(equal_height=False):
                     with gr.Column():
                         gr.Markdown("**Add a rater**")
-                        rater_name = gr.Textbox(label="Name", max_length=200)
+                        rater_name = gr.Textbox(label="Name", max_length=200, elem_id="ms-rater-name")
                         with gr.Row():
                             specialty = gr.Dropdown(
                                 label="Specialty", choices=[s.value for s in Specialty], value="other"
@@ -361,6 +362,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
                     label="Personal link (shown once: copy it now and send it privately)",
                     interactive=False,
                     buttons=["copy"],
+                    elem_id="ms-link",
                 )
             with gr.Tab("Progress"):
                 progress_note = gr.Markdown("", elem_classes=["ms-note"])
