@@ -285,6 +285,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the analysis report of a study (HTML + tables)."""
+    from analysis.report import ReportConfig
+    from analysis.study_report import write_study_report
+
+    metrics = [m.strip().lower() for m in args.metrics.split(",") if m.strip()] if args.metrics else []
+    ws = _workspace(args)
+    result = write_study_report(ws, args.study, Path(args.out), metrics=metrics, extractor=args.extractor,
+                                config=ReportConfig(n_resamples=args.resamples, seed=args.seed))  # fmt: skip
+    print(f"wrote {result.html_path} and {len(result.tables)} tables in {result.tables_dir} ({result.seconds:.1f} s)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 
@@ -387,6 +400,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="default: sized to the device")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--limit", type=int, help="only the first N cases")
+
+    p = add("report", cmd_report, "analyse a study's ratings (and images) into an HTML report and tables")
+    p.add_argument("--study", required=True)
+    p.add_argument("--out", required=True, help="output folder (report.html, tables/)")
+    p.add_argument("--metrics", help="automated metrics, comma-separated: fd,kid,cmmd (default: none)")
+    p.add_argument(
+        "--extractor",
+        default="inception",
+        help="feature extractor for --metrics: inception[:PATH], dinov2:HUB_ID, clip:HUB_ID, tiny-clip",
+    )
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of items (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
 
     coord = add("coordinator", lambda a: _help(a, coord), "coordinator account")
     coord_sub = coord.add_subparsers(dest="coordinator_command", metavar="ACTION")
