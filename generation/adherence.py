@@ -178,7 +178,7 @@ def benchmark_prompts(n_per_domain: int, seed: int = 0) -> tuple[list[str], list
     return prompts, wanted
 
 
-def real_classifier(n_per_domain: int = 600, seed: int = 101, epochs: int = 6) -> AttributeClassifier:
+def real_classifier(n_per_domain: int = 800, seed: int = 101, epochs: int = 10) -> AttributeClassifier:
     """Train the adherence classifier on fresh procedural real frames (seed differs from the demo data)."""
     data = generate_samples(n_per_domain, seed=seed)
     return train_classifier([d[0] for d in data], [d[2] for d in data], epochs=epochs, seed=seed)
@@ -263,6 +263,4 @@ def load_classifier(path: str | Path) -> AttributeClassifier:
 
 def load_demo_classifier() -> AttributeClassifier:
     """The classifier committed beside the demo model (trained by :func:`real_classifier`)."""
-    from generation.msdm.pipeline import DEMO_MODEL_DIR
-
-    return load_classifier(DEMO_MODEL_DIR / DEMO_CLASSIFIER_FILE)
+    return load_classifier(Path(__file__).resolve().parent / "demo_model" / DEMO_CLASSIFIER_FILE)

