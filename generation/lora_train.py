@@ -589,14 +589,26 @@ def _load_base(config: LoraTrainConfig, device: torch.device, dtype: torch.dtype
     return load_pipeline(spec, device=device, dtype=dtype).pipe
 
 
-def _accelerator(mixed_precision: MixedPrecision, accumulation: int) -> Any:
-    """An ``Accelerator``; in a single process, a state left by an earlier run with another precision is reset."""
-    from accelerate import Accelerator, PartialState
+def allow_mixed_precision(mixed_precision: str) -> None:
+    """Let a new ``Accelerator`` use ``mixed_precision`` in this process.
+
+    accelerate keeps one global state and refuses a second ``Accelerator`` with another precision; a
+    single process that trains several models in a row (``compare``) resets it here. Under several
+    processes (``accelerate launch``) the state is left alone.
+    """
+    from accelerate import PartialState
     from accelerate.state import AcceleratorState
 
     shared = AcceleratorState._shared_state
     if shared and str(shared.get("mixed_precision")) != mixed_precision and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def _accelerator(mixed_precision: MixedPrecision, accumulation: int) -> Any:
+    """An ``Accelerator`` with ``mixed_precision`` (see :func:`allow_mixed_precision`)."""
+    from accelerate import Accelerator
+
+    allow_mixed_precision(mixed_precision)
     return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation)
 
 
