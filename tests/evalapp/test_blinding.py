@@ -7,6 +7,7 @@ shown to catch planted leaks, both in handler output and live in the browser, so
 
 from __future__ import annotations
 
+import contextlib
 import re
 import struct
 from collections import Counter
@@ -126,6 +127,28 @@ def test_config_and_api_of_every_mount_carry_no_markers(app_env: Any, leak_scann
     assert found == []
 
 
+# Copies every streamed response body the page reads through fetch (Gradio's event stream), as received.
+TEE_STREAMS = """
+window.__msStreams = [];
+const realFetch = window.fetch.bind(window);
+window.fetch = async (...args) => {
+  const response = await realFetch(...args);
+  if (!response.body) return response;
+  const [mine, theirs] = response.body.tee();
+  const reader = theirs.getReader();
+  const decoder = new TextDecoder();
+  (async () => {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      window.__msStreams.push(decoder.decode(value, { stream: true }));
+    }
+  })();
+  return new Response(mine, { status: response.status, statusText: response.statusText, headers: response.headers });
+};
+"""
+
+
 def _mounted(url: str) -> bool:
     with httpx.Client(timeout=30, follow_redirects=True) as client:
         return client.get(url + "/config").status_code == 200
@@ -149,14 +172,13 @@ def test_whole_rater_session_in_the_browser_leaks_nothing(
         if "/m/" in url:
             image_headers.append(response.headers)
             return
-        try:
+        with contextlib.suppress(Exception):  # bodies of redirects are not available
             bodies.append((url, response.body().decode("utf-8", "replace")))
-        except Exception:  # bodies of redirects and aborted streams are not available
-            pass
 
     view = open_rater_page(rater.link, 1920, 1080)
     page = view.page
     page.on("requestfinished", capture)
+    page.add_init_script(TEE_STREAMS)
     page.reload()
     doms: list[str] = []
     total = 10
@@ -172,6 +194,10 @@ def test_whole_rater_session_in_the_browser_leaks_nothing(
         bodies.append((extra, response.text()))
 
     assert len(bodies) > 20 and len(image_headers) >= 2 * total
+    # the handlers' outputs themselves (Gradio's event stream) were captured, not only static files
+    streamed = page.evaluate("window.__msStreams.join('')")
+    bodies.append(("event stream", streamed))
+    assert streamed.count("ms-figure ms-left") >= total
     found = [f for url, text in bodies for f in leak_scanner.scan_text(text, url)]
     found += [f for n, dom in enumerate(doms) for f in leak_scanner.scan_dom(dom, f"dom {n + 1}")]
     assert found == []
