@@ -235,3 +235,15 @@ def reference_denoiser_flops(name: str, resolution: int) -> ReferenceCost:
         model, forward = REFERENCE_DENOISERS[name]()
         flops = count_flops(lambda: forward(model, resolution))
     return ReferenceCost(name, resolution, sum(p.numel() for p in model.parameters()), flops.total)
+
+
+def main() -> None:
+    """Print the reference denoisers' parameters and forward FLOPs (``python -m generation.cost``)."""
+    for name, side in (("msdm-paper", 256), ("sd15", 512), ("sdxl", 1024), ("flux-dev", 512), ("flux-dev", 1024)):
+        ref = reference_denoiser_flops(name, side)
+        billions, tflops = ref.parameters / 1e9, ref.forward_flops / 1e12
+        print(f"{name:<11} {side:>5} px  {billions:6.3f} B parameters  {tflops:8.3f} TFLOP per forward")
+
+
+if __name__ == "__main__":
+    main()
