@@ -28,6 +28,7 @@ import pandas as pd
 
 from db.errors import InputError, MedSynthError
 from db.export import export_study, items_frame
+from db.generated import get_model
 from db.models import Specialty
 from db.raters import add_rater, reissue_token, revoke_rater
 from db.studies import create_study, get_study, parse_study_config
@@ -200,13 +201,15 @@ def queue_generation(
     if not chosen:
         raise InputError("tick at least one of the study's models")
     params: dict[str, Any] = {"device": device, "seed": int(seed or 0), "per_case": 1}
-    if steps:
-        params["steps"] = int(steps)
     if guidance not in (None, ""):
         params["guidance"] = float(guidance)
+    with ctx.workspace.database.session() as session:  # a model may carry its own steps (the demo's fast one)
+        own_steps = {m: get_model(session, m).parameters.get("steps") for m in chosen}
     worker = background_worker(ctx)
     return [
-        worker.submit(GENERATE_JOB, {**params, "dataset": dataset, "model": model})
+        worker.submit(
+            GENERATE_JOB, {**params, "dataset": dataset, "model": model, "steps": int(steps or 0) or own_steps[model]}
+        )
         for model in chosen
         for dataset in cfg.datasets
     ]
