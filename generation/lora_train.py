@@ -1,4 +1,4 @@
-"""LoRA fine-tuning (peft) of FLUX, Stable Diffusion (1/2/XL, MSDM) and Kandinsky 3 pipelines.
+"""LoRA fine-tuning (peft) of FLUX and Stable Diffusion (1/2/XL, MSDM) pipelines.
 
 ``python app.py train lora --dataset NAME --base HUB_ID_OR_FOLDER --out DIR`` calls :func:`train_lora`.
 The adapter goes on the denoiser (the UNet or the FLUX transformer) and optionally on the CLIP/T5 text
@@ -10,11 +10,11 @@ family          denoiser                     objective
 flux            ``transformer`` (packed)     rectified flow: ``x_t = (1-s) x0 + s n``, target ``n - x0``
 sd (1/2, MSDM)  ``unet``                     epsilon or v prediction (``scheduler.prediction_type``)
 sdxl            ``unet`` (+ pooled, time)    epsilon or v prediction
-kandinsky-3     ``unet`` (T5 + mask)         epsilon prediction (DDPM)
 ==============  ===========================  ==================================================
 
-Kandinsky 2.2 is refused: its diffusers pipelines have no LoRA loader (``load_lora_weights``), so an
-adapter could not be loaded by ``models add --lora``.
+Kandinsky 2.2 and 3 are refused with a message: in diffusers 0.42 their UNets take no peft adapters
+(``Kandinsky3UNet`` has neither ``add_adapter`` nor ``load_lora_adapter``) and the 2.2 pipelines have no
+``load_lora_weights``, so an adapter could be neither trained nor loaded by ``models add --lora``.
 
 Training runs through accelerate (``accelerate launch app.py train lora ...`` for several GPUs: each
 process draws its own batches, gradients are averaged). Every batch, noise and timestep draw of step
@@ -48,7 +48,7 @@ MixedPrecision = Literal["no", "bf16", "fp16"]
 Optimizer = Literal["adamw", "adamw8bit"]
 PredictionType = Literal["auto", "epsilon", "v_prediction"]
 WeightingScheme = Literal["none", "logit_normal", "mode", "sigma_sqrt", "cosmap"]
-TrainerKind = Literal["flux", "sd", "sdxl", "kandinsky3"]
+TrainerKind = Literal["flux", "sd", "sdxl"]
 ImageLike = Image.Image | str | Path
 Example = tuple[ImageLike, str]
 
@@ -63,7 +63,6 @@ PIPELINE_TRAINERS: dict[str, TrainerKind] = {
     "FluxPipeline": "flux",
     "StableDiffusionPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
-    "Kandinsky3Pipeline": "kandinsky3",
 }
 
 #: Default LoRA target modules of each denoiser (attention projections; FLUX also its context stream).
@@ -71,17 +70,14 @@ DENOISER_TARGETS: dict[TrainerKind, tuple[str, ...]] = {
     "flux": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
     "sd": ("to_q", "to_k", "to_v", "to_out.0"),
     "sdxl": ("to_q", "to_k", "to_v", "to_out.0"),
-    "kandinsky3": ("to_q", "to_k", "to_v", "to_out.0"),
 }
 #: Text encoders that take a LoRA with ``train_text_encoder`` (the diffusers training scripts' choice).
 TEXT_ENCODERS: dict[TrainerKind, tuple[str, ...]] = {
     "flux": ("text_encoder",),
     "sd": ("text_encoder",),
     "sdxl": ("text_encoder", "text_encoder_2"),
-    "kandinsky3": ("text_encoder",),
 }
 CLIP_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-T5_TEXT_TARGETS = ("q", "k", "v", "o")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -233,7 +229,7 @@ class LoraTrainResult:
     out_dir, adapter_path
         The output folder and the saved ``pytorch_lora_weights.safetensors``.
     family, pipeline
-        Trainer kind (``flux``/``sd``/``sdxl``/``kandinsky3``) and the base pipeline class.
+        Trainer kind (``flux``/``sd``/``sdxl``) and the base pipeline class.
     losses
         Training loss of every step (resumed runs include the earlier steps).
     eval_loss_before, eval_loss_after
@@ -335,21 +331,28 @@ def step_generator(seed: int, step: int, process: int, purpose: str = "train") -
 # ---------------------------------------------------------------------------------------------- families
 
 
+def _diffusers_version() -> str:
+    import diffusers
+
+    return str(diffusers.__version__)
+
+
 def trainer_kind(pipe: Any) -> TrainerKind:
     """The trainer kind of a loaded pipeline (its class name).
 
     Raises
     ------
     ValueError
-        For Kandinsky 2.2 (no LoRA loader in diffusers) and any other unsupported pipeline.
+        For Kandinsky 2.2/3 (no peft adapters on their UNets in diffusers) and any other unsupported pipeline.
     """
     name = type(pipe).__name__
     if name in PIPELINE_TRAINERS:
         return PIPELINE_TRAINERS[name]
-    if name.startswith("KandinskyV22"):
+    if name.startswith("Kandinsky"):
         raise ValueError(
-            f"{name}: Kandinsky 2.2 pipelines have no LoRA loader in diffusers (no load_lora_weights), so a "
-            "trained adapter could not be loaded with 'models add --lora'; use Kandinsky 3 or fine-tune fully"
+            f"{name}: diffusers {_diffusers_version()} cannot put a LoRA on Kandinsky 2.2/3 (their UNets take no "
+            "peft adapters and Kandinsky 2.2 pipelines have no load_lora_weights), so an adapter could neither "
+            "be trained here nor loaded by 'models add --lora'; fine-tune it fully or compare it as a registered model"
         )
     raise ValueError(f"train lora does not support {name}; supported pipelines: {', '.join(sorted(PIPELINE_TRAINERS))}")
 
@@ -412,7 +415,7 @@ class Family:
 
 
 class _UNetFamily(Family):
-    """Epsilon / v prediction on a DDPM schedule (SD 1/2/XL, MSDM, Kandinsky 3)."""
+    """Epsilon / v prediction on a DDPM schedule (SD 1/2/XL, MSDM)."""
 
     denoiser_name = "unet"
 
@@ -472,34 +475,6 @@ class SDXLFamily(_UNetFamily):
         time_ids = torch.tensor([[side, side, 0, 0, side, side]], device=noisy.device, dtype=cond["pooled"].dtype)
         added = {"text_embeds": cond["pooled"], "time_ids": time_ids.repeat(noisy.shape[0], 1)}
         return model(noisy, t, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=added).sample
-
-
-class Kandinsky3Family(_UNetFamily):
-    """Kandinsky 3: T5 tokens with their attention mask; MoVQ latents, no scaling."""
-
-    kind: TrainerKind = "kandinsky3"
-
-    @property
-    def vae(self) -> torch.nn.Module:
-        return self.pipe.movq
-
-    @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-        with _in_fp32(self.vae) as movq:
-            latents = movq.encode(pixels.to(device, torch.float32)).latents.float().cpu()
-        return torch.stack([latents, torch.zeros_like(latents)], dim=1)
-
-    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents
-
-    def encode_text(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-        embeds, _, mask, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device)
-        return {"prompt_embeds": embeds, "attention_mask": mask}
-
-    def predict(self, model, noisy, t, cond):  # type: ignore[no-untyped-def]
-        return model(
-            noisy, t, encoder_hidden_states=cond["prompt_embeds"], encoder_attention_mask=cond["attention_mask"]
-        ).sample
 
 
 class FluxFamily(Family):
@@ -572,7 +547,6 @@ FAMILIES: dict[TrainerKind, type[Family]] = {
     "flux": FluxFamily,
     "sd": SDFamily,
     "sdxl": SDXLFamily,
-    "kandinsky3": Kandinsky3Family,
 }
 
 
@@ -629,11 +603,6 @@ def _make_optimizer(kind: Optimizer, params: list[torch.nn.Parameter], lr: float
             ) from exc
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-4)
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-
-
-def _text_targets(module: torch.nn.Module) -> list[str]:
-    names = {name.rsplit(".", 1)[-1] for name, _ in module.named_modules()}
-    return list(CLIP_TEXT_TARGETS if "q_proj" in names else T5_TEXT_TARGETS)
 
 
 def _trainable(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
@@ -753,7 +722,7 @@ def train_lora(
             if encoder is None:
                 continue
             # peft directly: transformers' own add_adapter wants a newer peft than the pinned one
-            text_lora = LoraConfig(r=config.rank, lora_alpha=alpha, target_modules=_text_targets(encoder))
+            text_lora = LoraConfig(r=config.rank, lora_alpha=alpha, target_modules=list(CLIP_TEXT_TARGETS))
             inject_adapter_in_model(text_lora, encoder, adapter_name="default")
             adapted[name] = encoder
     for module in adapted.values():

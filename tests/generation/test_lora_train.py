@@ -159,6 +159,51 @@ def test_text_encoder_lora_and_ema_are_saved(bases: dict[str, Path], examples: l
     assert np.abs(sample(bases["flux"], "flux", tmp_path / "te") - sample(bases["flux"], "flux")).max() > 0
 
 
+def tiny_sdxl(folder: Path) -> Path:
+    """A tiny SDXL pipeline (two 2-layer CLIPs, a 2-level UNet with text_time embedding), saved to ``folder``."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from generation.testing import tiny_clip_tokenizer
+
+    tokenizer = tiny_clip_tokenizer()
+    text = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, vocab_size=len(tokenizer), projection_dim=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8, cross_attention_dim=64,
+        norm_num_groups=4,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, sample_size=32,
+    )  # fmt: skip
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_sdxl_with_both_text_encoders(examples: list, tmp_path: Path) -> None:
+    base = tiny_sdxl(tmp_path / "sdxl")
+    result = train_lora(
+        config(base, tmp_path / "out", "sd", steps=8, lr=3e-2, train_text_encoder=True), examples, progress=False
+    )
+    assert result.family == "sdxl" and result.eval_loss_after < result.eval_loss_before
+    with safe_open(result.adapter_path, "pt") as handle:
+        prefixes = {key.split(".", 1)[0] for key in handle.keys()}  # noqa: SIM118
+    assert prefixes == {"unet", "text_encoder", "text_encoder_2"}
+    assert load_pipeline(build_spec("x", "diffusers", str(base), lora=[str(tmp_path / "out")]), "cpu").adapters
+
+
 def test_bad_settings_are_named(bases: dict[str, Path], examples: list, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rank must be"):
         config(bases["sd"], tmp_path, "sd", rank=0).validate()
@@ -176,11 +221,15 @@ def test_unsupported_pipelines_and_missing_bitsandbytes_are_refused(monkeypatch:
     class KandinskyV22CombinedPipeline:
         pass
 
+    class Kandinsky3Pipeline:
+        pass
+
     class PixArtAlphaPipeline:
         pass
 
-    with pytest.raises(ValueError, match="no LoRA loader"):
-        trainer_kind(KandinskyV22CombinedPipeline())
+    for pipe in (KandinskyV22CombinedPipeline(), Kandinsky3Pipeline()):
+        with pytest.raises(ValueError, match="cannot put a LoRA on Kandinsky"):
+            trainer_kind(pipe)
     with pytest.raises(ValueError, match="does not support PixArtAlphaPipeline"):
         trainer_kind(PixArtAlphaPipeline())
     monkeypatch.setitem(__import__("sys").modules, "bitsandbytes", None)
