@@ -105,6 +105,7 @@
       shownAt = performance.now();
       setFocus(0, false);
       window.scrollTo({ top: 0 });
+      window.msReadyFor = src;
     }
   }, true);
 

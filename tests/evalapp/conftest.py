@@ -342,7 +342,8 @@ class RaterPage:
                 const p = document.querySelector('#ms-progress');
                 const imgs = [...document.querySelectorAll('.ms-img')];
                 return p && p.textContent.trim() === label && imgs.length === 2
-                    && imgs.every(i => i.complete && i.naturalWidth > 0);
+                    && imgs.every(i => i.complete && i.naturalWidth > 0)
+                    && window.msReadyFor === imgs[0].getAttribute('src');
             }""",
             arg=[f"Pair {number} of {total}"],
             timeout=20_000,
