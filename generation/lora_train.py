@@ -237,7 +237,8 @@ class LoraTrainResult:
     trainable_parameters, base_parameters
         LoRA parameters and the frozen parameters of the adapted modules plus the rest of the pipeline.
     wall_time_s, device_hours, num_processes, device
-        Wall-clock time of this run, ``wall_time_s * num_processes / 3600``, processes and device label.
+        Wall-clock time (resumed runs: all runs up to their last checkpoint plus this one),
+        ``wall_time_s * num_processes / 3600``, processes and device label.
     start_step
         Step this run started from (> 0 when resumed).
     step_flops
@@ -780,7 +781,7 @@ def train_lora(
     )
     ema = EMAModel(params, decay=config.ema_decay) if config.ema_decay is not None else None
     fingerprint = _fingerprint(config, kind, resolution, len(examples))
-    start, losses = 0, []
+    start, losses, earlier_s = 0, [], 0.0  # earlier_s: wall time of the runs this one resumes
     checkpoint = latest_checkpoint(out) if config.resume else None
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -798,6 +799,7 @@ def train_lora(
         if ema is not None:
             ema.load_state_dict(state["ema"])
         start, losses = int(state["step"]), list(state["losses"])
+        earlier_s = float(state.get("elapsed_s", 0.0))
     prepared = accelerator.prepare(*adapted.values(), optimizer)
     models, optimizer = dict(zip(adapted, prepared[:-1], strict=True)), prepared[-1]
     model = models[family.denoiser_name]
@@ -849,6 +851,7 @@ def train_lora(
             "lr_scheduler": lr_schedule.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
             "losses": losses,
+            "elapsed_s": earlier_s + time.perf_counter() - started,
         }
         tmp = folder / f"step_{step:07d}.pt.tmp"
         torch.save(state, tmp)
@@ -923,7 +926,7 @@ def train_lora(
         }
         type(pipe).save_lora_weights(out, **layers)
     validate(config.steps)
-    wall = time.perf_counter() - started
+    wall = earlier_s + time.perf_counter() - started
     result = LoraTrainResult(
         out_dir=out,
         adapter_path=adapter,

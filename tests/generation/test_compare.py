@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
-from db.generated import register_model
+from db.generated import dataset_cases, register_model
 from db.importers import import_dataset
 from db.models import GeneratedImage, Job, Model, Study, StudyItem
 from db.workspace import Workspace
@@ -18,6 +18,7 @@ from generation import compare
 from generation.compare import choose_split, parse_compare_config, run_comparison, study_config_text
 from generation.cost import count_flops, gpu_hours, reference_denoiser_flops
 from generation.demo_data import make_demo_dataset
+from generation.lora_train import LoraTrainConfig, dataset_examples, train_lora
 from generation.testing import save_tiny_pipeline, single_torch_thread
 
 CONTENDERS = ("msdm", "sd-lora", "flux-lora", "sd-base")
@@ -176,6 +177,19 @@ def test_a_rerun_skips_finished_stages_and_a_change_redoes_only_what_depends_on_
     changed = run_comparison(workspace, path)
     assert changed.stages_run == ["metrics", "report"]
     assert pd.read_csv(changed.report_csv)["FD_dinov2-tiny-random_ci"].notna().all()
+
+
+def test_training_examples_come_from_the_dataset(setup: tuple[Workspace, Path]) -> None:
+    workspace, _ = setup
+    examples = dataset_examples(workspace, "demo")
+    assert len(examples) == 10 and all(path.is_file() and prompt for path, prompt in examples)
+    with workspace.database.session() as session:
+        ids = [c.id for c in dataset_cases(session, "demo")][:3]
+    assert [p for _, p in dataset_examples(workspace, "demo", case_ids=ids)] == [p for _, p in examples[:3]]
+    with pytest.raises(ValueError, match="no cases with split 'test'"):
+        dataset_examples(workspace, "demo", split="test")
+    with pytest.raises(ValueError, match="needs training examples"):
+        train_lora(LoraTrainConfig(base="x", out_dir="y"), progress=False)
 
 
 def test_study_config_and_split() -> None:

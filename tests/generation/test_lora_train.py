@@ -115,8 +115,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(
     with pytest.raises(Stop):
         train_lora(config(bases["sd"], tmp_path / "b", "sd"), examples, progress=False, on_step=stop_after_two)
     assert latest_checkpoint(tmp_path / "b").name == "step_0000002.pt"
+    interrupted_s = torch.load(latest_checkpoint(tmp_path / "b"), weights_only=False)["elapsed_s"]
     resumed = train_lora(config(bases["sd"], tmp_path / "b", "sd", resume=True), examples, progress=False)
     assert resumed.start_step == 2
+    assert resumed.wall_time_s > interrupted_s > 0  # the training time counts the interrupted run too
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-5, atol=1e-6)
     with safe_open(straight.adapter_path, "pt") as a, safe_open(resumed.adapter_path, "pt") as b:
         assert set(a.keys()) == set(b.keys())
