@@ -163,20 +163,23 @@ def test_whole_rater_session_in_the_browser_leaks_nothing(
     bodies: list[tuple[str, str]] = []
     image_headers: list[dict[str, str]] = []
 
+    def capture_headers(response: Any) -> None:
+        # Every response's headers as they arrive (a finished-request event can be missed for an image
+        # whose request the page replaced, so images are counted here).
+        bodies.append((response.url, response.url + " " + str(response.headers)))
+        if "/m/" in response.url:
+            image_headers.append(response.headers)
+
     def capture(request: Any) -> None:
         response = request.response()
-        if response is None:
-            return
-        url = request.url
-        bodies.append((url, url + " " + str(response.headers)))
-        if "/m/" in url:
-            image_headers.append(response.headers)
+        if response is None or "/m/" in request.url:
             return
         with contextlib.suppress(Exception):  # bodies of redirects are not available
-            bodies.append((url, response.body().decode("utf-8", "replace")))
+            bodies.append((request.url, response.body().decode("utf-8", "replace")))
 
     view = open_rater_page(rater.link, 1920, 1080)
     page = view.page
+    page.on("response", capture_headers)
     page.on("requestfinished", capture)
     page.add_init_script(TEE_STREAMS)
     page.reload()

@@ -9,10 +9,10 @@ saves a screenshot of the console.
 from __future__ import annotations
 
 import io
-import os
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -206,54 +206,53 @@ def test_demo_inputs_are_checked() -> None:
 
 
 @pytest.mark.browser
-def test_console_in_chromium(app_env: AppEnv) -> None:
+def test_console_in_chromium(app_env: AppEnv, browser: Any) -> None:
     """Sign in, paste a config, create the study, add a rater (link shown), export; screenshot the console."""
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium is missing at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     name = "browser-created-study"
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 768})
-            page.goto(f"{app_env.url}/coordinator/")
-            page.get_by_label("Password").fill(COORDINATOR_PASSWORD)
-            page.get_by_role("button", name="Sign in").click()
-            expect(page.get_by_role("tab", name="Raters")).to_be_visible(timeout=30_000)
-            page.get_by_text("New study from a TOML config").click()
-            editor = page.locator(".cm-content").first
-            editor.click()
-            page.keyboard.press("Control+A")
-            page.keyboard.press("Delete")
-            editor.fill(study_toml(name, 2))
-            page.get_by_role("button", name="Create study").click()
-            expect(page.get_by_text(f"Created study '{name}'")).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(SHOTS / "coordinator-studies.png"))
+    # The session's one Playwright driver (tests/evalapp/conftest.py): a second sync_playwright() in the
+    # same process would fail while the first is open.
+    context = browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True)
+    try:
+        page = context.new_page()
+        page.goto(f"{app_env.url}/coordinator/")
+        page.get_by_label("Password").fill(COORDINATOR_PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("tab", name="Raters")).to_be_visible(timeout=30_000)
+        page.get_by_text("New study from a TOML config").click()
+        editor = page.locator(".cm-content").first
+        editor.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.press("Delete")
+        editor.fill(study_toml(name, 2))
+        page.get_by_role("button", name="Create study").click()
+        expect(page.get_by_text(f"Created study '{name}'")).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(SHOTS / "coordinator-studies.png"))
 
-            page.get_by_role("tab", name="Raters").click()
-            page.locator("#ms-rater-name textarea, #ms-rater-name input").first.fill("Dr Browser")
-            page.get_by_role("button", name="Add rater").click()
-            link = page.locator("#ms-link textarea, #ms-link input").first
-            expect(link).to_have_value(re.compile(r"/\?rater="), timeout=30_000)
-            page.screenshot(path=str(SHOTS / "coordinator-raters.png"))
+        page.get_by_role("tab", name="Raters").click()
+        page.locator("#ms-rater-name textarea, #ms-rater-name input").first.fill("Dr Browser")
+        page.get_by_role("button", name="Add rater").click()
+        link = page.locator("#ms-link textarea, #ms-link input").first
+        expect(link).to_have_value(re.compile(r"/\?rater="), timeout=30_000)
+        page.screenshot(path=str(SHOTS / "coordinator-raters.png"))
 
-            page.get_by_role("tab", name="Export").click()
-            page.get_by_role("button", name="Export", exact=True).click()
-            download_link = page.locator('a[href*=".zip"]').first
-            expect(download_link).to_be_visible(timeout=30_000)
-            with page.expect_download() as info:
-                download_link.click()
-            saved = SHOTS / "export.zip"
-            info.value.save_as(saved)
-            with zipfile.ZipFile(saved) as zf:
-                assert any(n.endswith("ratings.csv") for n in zf.namelist())
-                assert any(n.endswith("study_config.toml") for n in zf.namelist())
-            page.get_by_role("tab", name="Progress").click()
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(SHOTS / "coordinator-console.png"))
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Export").click()
+        page.get_by_role("button", name="Export", exact=True).click()
+        download_link = page.locator('a[href*=".zip"]').first
+        expect(download_link).to_be_visible(timeout=30_000)
+        with page.expect_download() as info:
+            download_link.click()
+        saved = SHOTS / "export.zip"
+        info.value.save_as(saved)
+        with zipfile.ZipFile(saved) as zf:
+            assert any(n.endswith("ratings.csv") for n in zf.namelist())
+            assert any(n.endswith("study_config.toml") for n in zf.namelist())
+        page.get_by_role("tab", name="Progress").click()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(SHOTS / "coordinator-console.png"))
+    finally:
+        context.close()
     with app_env.workspace.database.session() as session:
         assert any(r.name == "Dr Browser" for r in rater_progress(session, name))
