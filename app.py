@@ -285,6 +285,62 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ training
+
+
+def cmd_train_msdm(args: argparse.Namespace) -> int:
+    """Train MSDM (VAE, then UNet) on a dataset and save a loadable pipeline folder."""
+    from generation.lora_train import dataset_examples
+    from generation.msdm.config import get_config
+    from generation.msdm.train import train_msdm
+
+    ws = _workspace(args)
+    examples = dataset_examples(ws, args.dataset, split=args.split)
+    config = get_config(args.config)
+    result = train_msdm(config, examples, Path(args.out), vae=args.vae, steps=args.steps, vae_steps=args.vae_steps,
+                        batch_size=args.batch_size, lr=args.lr, resume=args.resume,
+                        data_description=f"dataset {args.dataset!r} ({len(examples)} cases)",
+                        command="python app.py " + " ".join(sys.argv[1:]))  # fmt: skip
+    print(f"saved MSDM ({args.config}) to {result.out_dir} in {result.wall_time_s:.0f} s; "
+          f"register it with: python app.py models add NAME --kind msdm --source {result.out_dir}")  # fmt: skip
+    return 0
+
+
+def cmd_train_lora(args: argparse.Namespace) -> int:
+    """Fine-tune a LoRA adapter on a pretrained pipeline (FLUX, Stable Diffusion families)."""
+    from generation.lora_train import LoraTrainConfig, train_lora
+
+    config = LoraTrainConfig(
+        base=args.base, out_dir=args.out, dataset=args.dataset, split=args.split, rank=args.rank, alpha=args.alpha,
+        steps=args.steps, lr=args.lr, resolution=args.resolution, batch_size=args.batch_size,
+        gradient_checkpointing=args.gradient_checkpointing, mixed_precision=args.mixed_precision, resume=args.resume,
+        train_text_encoder=args.train_text_encoder, ema_decay=args.ema_decay, optimizer=args.optimizer,
+        device=args.device,
+    )  # fmt: skip
+    ws = _workspace(args)
+    result = train_lora(config, workspace=ws)
+    print(f"saved the LoRA adapter to {result.adapter_path} (eval loss {result.eval_loss_before:.4f} -> "
+          f"{result.eval_loss_after:.4f}, {result.wall_time_s:.0f} s, {result.device_hours:.3f} device hours); "
+          "load it with: python app.py models add NAME --kind diffusers "
+          f"--source {args.base} --lora {result.adapter_path}")  # fmt: skip
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run a comparison: train, generate, measure quality and cost, report side by side (resumable)."""
+    from generation.compare import run_comparison
+
+    ws = _workspace(args)
+    result = run_comparison(ws, Path(args.config), progress=print)
+    print(f"report: {result.report_html} and {result.report_csv}")
+    print(
+        f"stages run: {', '.join(result.stages_run) or 'none'}; skipped: {', '.join(result.stages_skipped) or 'none'}"
+    )
+    if result.study:
+        print(f"blinded study created: {result.study}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the analysis report of a study (HTML + tables)."""
     from analysis.report import ReportConfig
@@ -401,6 +457,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--limit", type=int, help="only the first N cases")
 
+    train = add("train", lambda a: _help(a, train), "train MSDM or a LoRA adapter")
+    train_sub = train.add_subparsers(dest="train_command", metavar="MODEL")
+    p = add("msdm", cmd_train_msdm, "train MSDM (VAE, then UNet) on a dataset", train_sub)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--config", default="tiny", choices=["tiny", "paper"], help="named config (default tiny)")
+    p.add_argument("--out", required=True, help="pipeline folder to write")
+    p.add_argument("--split", help="train on this split only")
+    p.add_argument("--steps", type=int, help="UNet steps (default: the config's)")
+    p.add_argument("--vae-steps", type=int, help="VAE steps (default: the config's)")
+    p.add_argument("--vae", help="an existing AutoencoderKL folder: skip the VAE stage")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p = add("lora", cmd_train_lora, "fine-tune a LoRA adapter on a pretrained pipeline", train_sub)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--base", required=True, help="hub id or folder of the base pipeline")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
+    p.add_argument("--train-text-encoder", action="store_true")
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit"])
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--resume", action="store_true")
+
+    p = add("compare", cmd_compare, "run a comparison of contenders from a TOML config (see docs/compare.md)")
+    p.add_argument("config")
+
     p = add("report", cmd_report, "analyse a study's ratings (and images) into an HTML report and tables")
     p.add_argument("--study", required=True)
     p.add_argument("--out", required=True, help="output folder (report.html, tables/)")
@@ -434,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args([*(argv or sys.argv[1:]), "serve"])
     try:
         return int(args.handler(args) or 0)
-    except (MedSynthError, ValueError, FileNotFoundError) as exc:
+    except (MedSynthError, ValueError, FileNotFoundError, ImportError) as exc:
         # User mistakes (bad names, files, settings) are reported in one line; bugs still raise.
         print(f"error: {exc}", file=sys.stderr)
         return 2

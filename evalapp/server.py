@@ -253,9 +253,23 @@ def serve(
     demo: bool = False,
     root_url: str | None = None,
 ) -> None:
-    """Serve the app until interrupted. ``root_url`` is the public address used in rater links."""
+    """Serve the app until interrupted. ``root_url`` is the public address used in rater links.
+
+    With ``demo`` the built-in demo study is built on first start (or reused) and its rater link and the
+    coordinator password are printed. The background worker (generation, reports, live demo) starts with
+    the server, so jobs queued before a restart run again.
+    """
     base = (root_url or f"http://{host}:{port}").rstrip("/")
     ctx = AppContext(workspace=workspace, demo_enabled=demo, base_url=base)
+    if demo:
+        from generation.demo_study import ensure_demo
+
+        info = ensure_demo(workspace)
     app = build_app(ctx)
+    from evalapp.demo_view import background_worker
+
+    background_worker(ctx)
     print(f"MedSynth is serving on {base}/ (coordinator: {base}{COORDINATOR_PATH}/)", flush=True)
+    if demo:
+        print(info.describe(base), flush=True)
     uvicorn.Server(uvicorn_config(app, host, port)).run()
