@@ -17,6 +17,8 @@ Example config::
     attention_fraction = 0.05
     repeat_fraction = 0.05
     specialty_routing = false  # true: radiologists get radiology items, gastroenterologists GI items
+    split = "test"             # optional: only cases of this split
+    cases = ["a.jpg", "b.jpg"] # optional: only these case keys (e.g. a comparison's held-out prompts)
 
     [display]
     size = 512
@@ -83,6 +85,8 @@ class StudyConfig:
     display: DisplayConfig = field(default_factory=DisplayConfig)
     title: str = ""
     instructions: str = ""
+    cases: list[str] = field(default_factory=list)
+    split: str = ""
 
     @property
     def slots(self) -> int:
@@ -155,8 +159,12 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
         raise InputError("display.fit must be 'square' or 'contain'", path=source)
     title = raw.get("title", "")
     instructions = raw.get("instructions", "")
-    if not isinstance(title, str) or not isinstance(instructions, str):
-        raise InputError("'title' and 'instructions' must be text", path=source)
+    split = raw.get("split", "")
+    if not isinstance(title, str) or not isinstance(instructions, str) or not isinstance(split, str):
+        raise InputError("'title', 'instructions' and 'split' must be text", path=source)
+    cases = raw.get("cases", [])
+    if not isinstance(cases, list) or not all(isinstance(c, str) and c for c in cases):
+        raise InputError("'cases' must be a list of case keys", path=source)
     return StudyConfig(
         name=name,
         seed=seed,
@@ -171,6 +179,8 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
         display=DisplayConfig(size=size, fit=fit),
         title=title,
         instructions=instructions,
+        cases=list(cases),
+        split=split,
     )
 
 

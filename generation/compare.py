@@ -883,15 +883,17 @@ def _report(
     return {"csv": str(csv_path), "html": str(html_path), "rows": rows}
 
 
-def study_config_text(config: CompareConfig, n_held_out: int) -> str:
-    """The TOML of the blinded study of the comparison's images (``db.studies`` format)."""
+def study_config_text(config: CompareConfig, held_out_keys: Sequence[str]) -> str:
+    """The TOML of the blinded study of the comparison's images (``db.studies`` format), drawn only from
+    the held-out cases (models may also hold images of training cases)."""
     study = dict(config.study or {})
     values: dict[str, Any] = {
         "name": study.pop("name", f"{config.name}-study"),
         "seed": study.pop("seed", config.split.seed),
         "datasets": [config.dataset],
         "models": [config.model_name(c) for c in config.contenders],
-        "cases_per_model": study.pop("cases_per_model", n_held_out),
+        "cases_per_model": study.pop("cases_per_model", len(held_out_keys)),
+        "cases": sorted(held_out_keys),
     }
     display = study.pop("display", None)
     values |= study
@@ -901,13 +903,13 @@ def study_config_text(config: CompareConfig, n_held_out: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _study(workspace: Any, config: CompareConfig, n_held_out: int) -> dict[str, Any]:
+def _study(workspace: Any, config: CompareConfig, held_out_keys: Sequence[str]) -> dict[str, Any]:
     from sqlalchemy import select
 
     from db.models import Study
     from db.studies import create_study
 
-    text = study_config_text(config, n_held_out)
+    text = study_config_text(config, held_out_keys)
     name = tomllib.loads(text)["name"]
     with workspace.database.session() as session:
         if session.scalar(select(Study).where(Study.name == name)) is not None:
@@ -1024,7 +1026,7 @@ def run_comparison(workspace: Any, config_path: str | Path, *, progress: Progres
     report = stage("report", [prints["metrics"], costs], lambda: _report(workspace, config, outputs, cases, out))
     study_name = None
     if config.study is not None:
-        made = stage("study", [generated, config.study], lambda: _study(workspace, config, len(chosen["held_out"])))
+        made = stage("study", [generated, config.study], lambda: _study(workspace, config, [c.key for c in cases]))
         study_name = made["study"]
     return ComparisonResult(
         name=config.name,

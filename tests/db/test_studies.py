@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from db.errors import AccessDenied, ConflictError, InputError, NotFoundError
 from db.export import RATING_COLUMNS, export_study, ratings_frame
-from db.models import Assignment, ItemKind, Rater, Rating, StudyItem
+from db.models import Assignment, Case, GeneratedImage, ItemKind, Rater, Rating, StudyItem
 from db.raters import add_rater, rater_by_token, revoke_rater
 from db.ratings import SubmitStatus, next_pair, submit_rating
 from db.studies import create_study, parse_study_config
@@ -241,3 +241,13 @@ def test_export_opens_in_pandas(gi_workspace: Workspace, tmp_path: Path, fmt: st
     for table in ("items", "raters", "models"):
         assert len(reader(tmp_path / "out" / f"{table}.{fmt}")) > 0
     assert (tmp_path / "out" / "study_config.toml").read_text() == STUDY_TOML
+
+
+def test_study_restricted_to_listed_cases(gi_workspace: Workspace) -> None:
+    with gi_workspace.database.session() as s:
+        keys = sorted(set(s.scalars(select(Case.key).join(GeneratedImage, GeneratedImage.case_id == Case.id))))[:8]
+    toml = STUDY_TOML.replace("cases_per_model = 12", "cases_per_model = 4") + f"cases = {keys!r}\n".replace("'", '"')
+    with gi_workspace.database.session() as s:
+        create_study(s, gi_workspace.store, toml)
+        used = {i.case.key for i in s.scalars(select(StudyItem))}
+    assert used <= set(keys) and len(used) >= 4

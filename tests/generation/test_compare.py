@@ -197,8 +197,12 @@ def test_study_config_and_split() -> None:
         'name = "x"\ndataset = "d"\n[[contenders]]\nname = "a"\nkind = "registered"\nmodel = "m"\n'
         "[study]\nraters_per_item = 2\ndisplay = { size = 256 }\n"
     )
-    text = study_config_text(config, 7)
+    keys = [f"case-{i}" for i in range(7)]
+    text = study_config_text(config, keys)
     assert 'name = "x-study"' in text and "cases_per_model = 7" in text and '"m"' in text and "size = 256" in text
+    from db.studies import parse_study_config
+
+    assert parse_study_config(text).cases == sorted(keys)  # the study draws only held-out cases
     split = choose_split(range(1, 11), None, config.split.__class__(held_out=3, seed=5))
     assert len(split["held_out"]) == 3 and len(split["train"]) == 7
     assert split == choose_split(range(1, 11), None, config.split.__class__(held_out=3, seed=5))
