@@ -242,12 +242,17 @@ def create_study(
 
     per_model_items: list[list[tuple[Case, GeneratedImage]]] = []
     for m in models:
-        rows = session.execute(
+        query = (
             select(GeneratedImage, Case)
             .join(Case, GeneratedImage.case_id == Case.id)
             .where(GeneratedImage.model_id == m.id, Case.dataset_id.in_(dataset_ids))
             .order_by(Case.id, GeneratedImage.seed)
-        ).all()
+        )
+        if cfg.cases:
+            query = query.where(Case.key.in_(cfg.cases))
+        if cfg.split:
+            query = query.where(Case.split == cfg.split)
+        rows = session.execute(query).all()
         by_case: dict[int, tuple[Case, GeneratedImage]] = {}
         for gen, case in rows:
             by_case.setdefault(case.id, (case, gen))
