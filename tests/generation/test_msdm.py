@@ -1,0 +1,186 @@
+"""MSDM: save/load round-trip, training lowers the loss and resumes exactly, CFG and text dropout, inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from generation.demo_data import generate_samples
+from generation.msdm.config import ModelConfig, UNetConfig, VAEConfig, get_config
+from generation.msdm.losses import apply_text_dropout, text_dropout_mask
+from generation.msdm.pipeline import (
+    DEMO_MODEL_DIR,
+    build_pipeline,
+    generate,
+    load_demo_pipeline,
+    load_msdm_pipeline,
+    save_msdm_pipeline,
+)
+from generation.msdm.train import train_msdm
+from generation.text_encoders import load_text_encoder
+
+PROMPT = "Generate an endoscopy image containing a large polyp in the upper left."
+
+
+def micro_config():
+    """A few-hundred-thousand-parameter MSDM at 32 px, for fast tests."""
+    cfg = get_config("tiny")
+    cfg.model = dataclasses.replace(
+        cfg.model,
+        resolution=32,
+        max_text_length=16,
+        vae=VAEConfig(block_out_channels=(8, 16), latent_channels=4, layers_per_block=1, norm_num_groups=8),
+        unet=UNetConfig(
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            cross_attention=(False, True),
+            attention_heads=2,
+            norm_num_groups=8,
+            pooled_text_heads=4,
+        ),
+    )
+    cfg.vae_crop = None
+    cfg.vae_batch_size = cfg.batch_size = 8
+    cfg.checkpoint_every = cfg.validate_every = 10_000
+    return cfg
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def micro_pipe():
+    return build_pipeline(micro_config().model, seed=0)
+
+
+def _latents(pipe, prompt, guidance, steps=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="latent")
+    return out.images
+
+
+def test_save_and_from_pretrained_give_identical_images(micro_pipe, tmp_path):
+    save_msdm_pipeline(micro_pipe, tmp_path / "m", micro_config().model)
+    assert (tmp_path / "m" / "model_index.json").is_file()
+    assert (tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "m")
+    assert isinstance(loaded, StableDiffusionPipeline)
+    a = generate(micro_pipe, [PROMPT, ""], num_inference_steps=3, seed=5)
+    b = generate(loaded, [PROMPT, ""], num_inference_steps=3, seed=5)
+    for x, y in zip(a, b, strict=True):
+        assert x.size == (32, 32)
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_folder_without_text_encoder_loads_the_referenced_one(micro_pipe, tmp_path):
+    save_msdm_pipeline(micro_pipe, tmp_path / "m", micro_config().model, include_text_encoder=False)
+    assert not (tmp_path / "m" / "text_encoder").exists()
+    loaded = load_msdm_pipeline(tmp_path / "m")
+    assert torch.equal(_latents(micro_pipe, PROMPT, 2.0), _latents(loaded, PROMPT, 2.0))
+
+
+def test_guidance_one_is_the_conditional_prediction_and_scale_mixes_as_stated(micro_pipe):
+    pipe = micro_pipe
+    cond = pipe.encode_prompt([PROMPT], "cpu", 1, False)[0]
+    uncond = pipe.encode_prompt([""], "cpu", 1, False)[0]
+
+    def manual(scale):
+        gen = torch.Generator().manual_seed(0)
+        shape = (1, pipe.unet.config.in_channels, 16, 16)
+        lat = randn_tensor(shape, generator=gen, dtype=cond.dtype) * pipe.scheduler.init_noise_sigma
+        pipe.scheduler.set_timesteps(3)
+        for t in pipe.scheduler.timesteps:
+            eps_c = pipe.unet(lat, t, cond).sample
+            eps = eps_c if scale == 1 else (u := pipe.unet(lat, t, uncond).sample) + scale * (eps_c - u)
+            lat = pipe.scheduler.step(eps, t, lat).prev_sample
+        return lat
+
+    with torch.no_grad():
+        assert torch.equal(_latents(pipe, PROMPT, 1.0), manual(1.0))
+        torch.testing.assert_close(_latents(pipe, PROMPT, 3.5), manual(3.5), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(_latents(pipe, PROMPT, 1.0), _latents(pipe, PROMPT, 3.5))
+
+
+def test_text_dropout_replaces_the_seeded_fraction_with_the_empty_prompt():
+    n, p = 20_000, 0.2
+    mask = text_dropout_mask(n, p, torch.Generator().manual_seed(3))
+    reference = torch.rand(n, generator=torch.Generator().manual_seed(3)) < p
+    assert torch.equal(mask, reference)
+    assert abs(mask.float().mean().item() - p) < 3 * (p * (1 - p) / n) ** 0.5
+    captions = [f"caption {i}" for i in range(n)]
+    dropped = apply_text_dropout(captions, p, torch.Generator().manual_seed(3))
+    assert [d == "" for d in dropped] == mask.tolist()
+    assert all(d in ("", c) for d, c in zip(dropped, captions, strict=True))
+    assert apply_text_dropout(captions[:5], 0.0) == captions[:5]
+    assert apply_text_dropout(captions[:5], 1.0) == [""] * 5
+    with pytest.raises(ValueError, match="dropout"):
+        text_dropout_mask(3, 1.5)
+
+
+@pytest.fixture(scope="module")
+def micro_training(tmp_path_factory):
+    data = [(img, cap) for img, cap, _ in generate_samples(8, seed=0, size=32)]
+    out = tmp_path_factory.mktemp("train")
+    cfg = micro_config()
+    cfg.checkpoint_every = 8
+    result = train_msdm(cfg, data, out / "full", steps=16, vae_steps=20, progress=False)
+    return cfg, data, out, result
+
+
+def test_training_lowers_both_losses_and_writes_a_loadable_folder(micro_training):
+    _, _, out, result = micro_training
+    assert np.mean(result.vae_losses[-5:]) < np.mean(result.vae_losses[:5])
+    assert np.mean(result.unet_losses[-4:]) < np.mean(result.unet_losses[:4])
+    card = (out / "full" / "README.md").read_text()
+    assert "UNet steps: 16" in card and "parameters:" in card and "wall time" in card
+    pipe = DiffusionPipeline.from_pretrained(out / "full")
+    assert pipe.vae.config.scaling_factor != 1.0
+    assert generate(pipe, [PROMPT], num_inference_steps=2)[0].size == (32, 32)
+
+
+def test_resume_continues_exactly(micro_training):
+    cfg, data, out, result = micro_training
+    # a run stopped at the step-8 checkpoint, resumed to 16 steps, ends where the straight run did
+    shutil.copytree(out / "full" / "checkpoints", out / "resumed" / "checkpoints")
+    assert (out / "resumed" / "checkpoints" / "unet" / "step_0000008.pt").is_file()
+    resumed = train_msdm(cfg, data, out / "resumed", steps=16, vae_steps=20, progress=False, resume=True)
+    assert resumed.unet_losses == pytest.approx(result.unet_losses, rel=1e-5)
+    a = DiffusionPipeline.from_pretrained(out / "full").unet.state_dict()
+    b = DiffusionPipeline.from_pretrained(out / "resumed").unet.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_committed_demo_model_loads_offline_and_makes_64px_images():
+    assert not (DEMO_MODEL_DIR / "text_encoder").exists()
+    weights = sum(p.stat().st_size for p in DEMO_MODEL_DIR.rglob("*.safetensors"))
+    assert weights <= 25 * 2**20
+    pipe = load_demo_pipeline()
+    images = generate(pipe, [PROMPT, "Generate a chest X-ray with no findings."], num_inference_steps=4)
+    assert [im.size for im in images] == [(64, 64), (64, 64)]
+
+
+def test_bad_inputs_raise_clear_errors(micro_pipe, tmp_path):
+    with pytest.raises(ValueError, match="multiple of"):
+        generate(micro_pipe, [PROMPT], height=33, width=32)
+    with pytest.raises(ValueError, match="missing folder or model_index.json"):
+        load_msdm_pipeline(tmp_path / "nope")
+    with pytest.raises(ValueError, match="multiple of"):
+        ModelConfig(resolution=100).validate()
+    with pytest.raises(ValueError, match="does not exist"):
+        load_text_encoder("/nonexistent/encoder")
+    with pytest.raises(ValueError, match="unknown MSDM config"):
+        get_config("huge")
+    with pytest.raises(ValueError, match="does not exist"):
+        train_msdm(micro_config(), [(tmp_path / "missing.png", "x")], tmp_path / "o", steps=1, progress=False)
