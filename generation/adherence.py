@@ -77,6 +77,19 @@ class AttributeClassifier(nn.Module):
         return {h: head(z) for h, head in self.heads.items()}
 
 
+def degrade(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Blur half the batch (down- then up-sampling by a random factor) and add random Gaussian noise."""
+    n, _, h, w = x.shape
+    out = x.clone()
+    pick = torch.rand(n, generator=generator) < 0.5
+    if pick.any():
+        side = int(torch.randint(12, 40, (1,), generator=generator))
+        small = F.interpolate(x[pick], size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        out[pick] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    sigma = torch.rand(n, 1, 1, 1, generator=generator) * 0.1
+    return (out + sigma * torch.randn(out.shape, generator=generator)).clamp(-1, 1)
+
+
 def train_classifier(
     images: Sequence[Image.Image],
     attributes: Sequence[dict[str, Any]],
@@ -85,8 +98,13 @@ def train_classifier(
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
+    augment: bool = True,
 ) -> AttributeClassifier:
-    """Fit an :class:`AttributeClassifier` on real frames (cross-entropy per head, masked by domain)."""
+    """Fit an :class:`AttributeClassifier` on real frames (cross-entropy per head, masked by domain).
+
+    With ``augment`` half of each batch is blurred and noised (:func:`degrade`), so the classifier reads
+    findings rather than sharpness: generated frames are softer than the real ones they are scored against.
+    """
     if len(images) != len(attributes) or not images:
         raise ValueError(f"need as many images as attribute dicts (got {len(images)} and {len(attributes)})")
     torch.manual_seed(seed)
@@ -100,7 +118,7 @@ def train_classifier(
     model.train()
     for _ in range(steps):
         idx = torch.randint(len(x), (batch_size,), generator=gen)
-        logits = model(x[idx])
+        logits = model(degrade(x[idx], gen) if augment else x[idx])
         loss = sum(F.cross_entropy(logits[h], y[h][idx], ignore_index=-1) for h in HEAD_CLASSES)
         opt.zero_grad(set_to_none=True)
         loss.backward()
