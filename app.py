@@ -377,11 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = add("serve", cmd_serve, "serve the evaluation app")
-    p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1: local only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--no-demo", action="store_true", help="do not build or show the built-in demo study")
-    p.add_argument("--root-url", default=None, help="public URL when behind a reverse proxy (HTTPS)")
+    # serve's options are accepted before the subcommand too, so `python app.py --port 8000` works.
+    for target, default in ((parser, True), (add("serve", cmd_serve, "serve the evaluation app"), False)):
+        keep = {} if default else {"default": argparse.SUPPRESS}
+        target.add_argument(
+            "--host", **({"default": DEFAULT_HOST} | keep), help="address to bind (default 127.0.0.1: local only)"
+        )
+        target.add_argument("--port", type=int, **({"default": DEFAULT_PORT} | keep), help="default 7860")
+        target.add_argument("--no-demo", action="store_true", **keep, help="do not build or show the demo study")
+        target.add_argument(
+            "--root-url", **({"default": None} | keep), help="public URL when behind a reverse proxy (HTTPS)"
+        )
 
     p = add("import", cmd_import, "import a dataset (real images + prompts) or generated images")
     p.add_argument("format", choices=["medvqa-gi", "rocov2", "roco", "csv", "imagefolder", "generated"])

@@ -108,7 +108,8 @@ def suggest_batch_size(
     bytes_per_pixel: int = 60_000,
     max_batch: int = 16,
 ) -> int:
-    """A batch size that fits the device: 1 on CPU; on CUDA, free memory over a per-image estimate.
+    """A batch size that fits the device: on CPU by image area (16 at 64 px, 1 from 256 px); on CUDA,
+    free memory over a per-image estimate.
 
     The per-image estimate is ``bytes_per_pixel * height * width / 64`` (activations scale with the
     latent area, ``(h/8) * (w/8)``); the default (60 kB per latent pixel, about 1 GB for a 1024 px
@@ -134,7 +135,9 @@ def suggest_batch_size(
         At least 1.
     """
     if device.type != "cuda":
-        return 1
+        # CPU: memory is rarely the limit; batching small images amortises per-call overhead
+        # (the 64 px demo model runs several times faster at batch 16 than at batch 1).
+        return max(1, min(max_batch, (256 * 256) // max(height * width, 1)))
     free = free_memory_bytes(device) if free_bytes is None else free_bytes
     if not free:
         return 1
