@@ -331,8 +331,8 @@ SCRIPTS: tuple[Script, ...] = (
     ),
     Script("mrmc.py", ("--readers", "10", "--cases", "200", "--tests", "2", "--repeats", "1"), (), r"or_analysis"),
     Script("metrics.py", ("--n", "1000", "--dim", "256"), (), r"speed-up|KID|CMMD"),
-    Script("generation_speed.py", ("--images", "4", "--batch-sizes", "1,4"), (), r"^\s+\d+\s"),
-    Script("generation_cost.py", ("--skip-timing",), (), r"TFLOPs/image|images/s"),
+    Script("generation_speed.py", ("--images", "4", "--batch-sizes", "1,4"), (), r"^\s*batch|^\s+\d+\s+\d"),
+    Script("generation_cost.py", ("--skip-timing",), (), r"== MSDM|TFLOPs/image|images/s"),
     Script("adherence.py", ("--n-per-domain", "4", "--no-ddim"), (), r"findings|DPM|classifier|shuffled|DDIM"),
 )
 
