@@ -29,20 +29,10 @@ from generation.adherence import (
     real_classifier,
     score_generator,
 )
+from generation.demo_data import ATTRIBUTE_COLUMNS
 from generation.msdm.pipeline import generate, load_demo_pipeline, load_msdm_pipeline
 
-COLUMNS = (
-    "findings_mean",
-    "domain",
-    "polyp_count",
-    "polyp_size",
-    "polyp_position",
-    "ulcer",
-    "instrument",
-    "opacity",
-    "cardiomegaly",
-    "effusion",
-)
+COLUMNS = ("findings_mean", *ATTRIBUTE_COLUMNS)
 
 
 def _line(name: str, acc: dict[str, float], extra: str = "") -> str:

@@ -27,17 +27,6 @@ from evalapp.progress import assignment_rows, model_progress, rater_progress
 from tests.evalapp.conftest import COORDINATOR_PASSWORD, STUDY, AppEnv, study_toml
 from tests.evalapp.test_rights import App, Browser, enumerate_app
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SHOTS = Path("/tmp/medsynth-shots")
 
 
