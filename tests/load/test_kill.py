@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -29,7 +30,6 @@ from db.models import GeneratedImage, ImageBlob
 from db.session import open_database
 from tests.load.client import (
     REPO,
-    AppServer,
     Behaviour,
     RaterLog,
     RaterSession,
@@ -38,7 +38,6 @@ from tests.load.client import (
     first_unrated,
     integrity_check,
     run_raters,
-    seed_load_study,
 )
 
 ROUNDS = 5
@@ -68,13 +67,10 @@ def assert_resumes_where_it_was(url: str, db_url: str, logs: list[RaterLog]) -> 
 
 
 @pytest.mark.slow
-def test_sigkill_under_load_loses_no_acknowledged_rating(
-    db_url: str, tmp_path: Path, shared_data: Path, app_server: Callable[..., AppServer]
-) -> None:
-    data_dir = tmp_path / "data"
-    tokens = seed_load_study(data_dir, shared_data, raters=RATERS, per_rater=PER_RATER, db_url=db_url)
-    server = app_server(data_dir, db_url)
-    logs = [RaterLog(t) for t in tokens]
+def test_sigkill_under_load_loses_no_acknowledged_rating(load_study: Callable[[int, int], Any]) -> None:
+    study = load_study(RATERS, PER_RATER)
+    db_url, server = study.db_url, study.server
+    logs = [RaterLog(t) for t in study.tokens]
     rng = random.Random(20260)
     for round_ in range(ROUNDS):
         server.start()

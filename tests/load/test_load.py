@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, select, update
 
 from db.models import Rating
 from db.session import open_database
-from tests.load.client import AppServer, Behaviour, RaterLog, check_exactly_once, run_raters, seed_load_study
+from tests.load.client import Behaviour, RaterLog, check_exactly_once, run_raters
 
 RATERS = 8
 PER_RATER = 20
@@ -25,14 +25,11 @@ MISBEHAVE = Behaviour(double_submit=0.15, retry=0.1, refresh=0.1, stale_tab=0.3,
 
 
 @pytest.mark.slow
-def test_every_acknowledged_rating_is_stored_exactly_once(
-    db_url: str, tmp_path: Path, shared_data: Path, app_server: Callable[..., AppServer]
-) -> None:
-    data_dir = tmp_path / "data"
-    tokens = seed_load_study(data_dir, shared_data, raters=RATERS, per_rater=PER_RATER, db_url=db_url)
-    server = app_server(data_dir, db_url)
-    server.start()
-    logs = run_raters(server.url, [RaterLog(t) for t in tokens], seed=7, behaviour=MISBEHAVE)
+def test_every_acknowledged_rating_is_stored_exactly_once(load_study: Callable[[int, int], Any]) -> None:
+    study = load_study(RATERS, PER_RATER)
+    db_url = study.db_url
+    study.server.start()
+    logs = run_raters(study.server.url, [RaterLog(t) for t in study.tokens], seed=7, behaviour=MISBEHAVE)
 
     assert check_exactly_once(db_url, logs, complete=True) == []
     # The misbehaviours really happened, so the check above covers them.
