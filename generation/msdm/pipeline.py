@@ -114,7 +114,10 @@ def build_sampler(cfg: ModelConfig, sampler: Sampler | None = None) -> DDIMSched
 def set_sampler(pipe: StableDiffusionPipeline, sampler: Sampler) -> StableDiffusionPipeline:
     """Swap the pipeline's scheduler for ``sampler`` on the same noise schedule (in place; returns it)."""
     if sampler == "ddim":
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        # explicit: DDIM's defaults clip the predicted x0 to [-1, 1], which wrecks unit-variance latents
+        pipe.scheduler = DDIMScheduler.from_config(
+            pipe.scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        )
     elif sampler == "dpmpp":
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(
             pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2

@@ -171,6 +171,16 @@ def test_committed_demo_model_loads_offline_and_makes_64px_images():
     assert [im.size for im in images] == [(64, 64), (64, 64)]
 
 
+def test_sampler_switch_keeps_the_training_schedule(micro_pipe):
+    from generation.msdm.pipeline import set_sampler
+
+    for name in ("ddim", "dpmpp", "ddim"):
+        sched = set_sampler(micro_pipe, name).scheduler
+        assert sched.config.beta_schedule == "scaled_linear" and sched.config.num_train_timesteps == 1000
+        assert not sched.config.get("clip_sample", False)
+    assert type(micro_pipe.scheduler).__name__ == "DDIMScheduler"
+
+
 def test_bad_inputs_raise_clear_errors(micro_pipe, tmp_path):
     with pytest.raises(ValueError, match="multiple of"):
         generate(micro_pipe, [PROMPT], height=33, width=32)
