@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,16 +29,8 @@ from generation.batch import (
     split_work,
 )
 from generation.pipelines import LoadedPipeline, PipelineCache, build_spec, load_pipeline
-from generation.testing import save_tiny_pipeline, single_torch_thread
 from generation.worker import DbJobStore, JobState, MemoryJobStore, Worker
-
-SIZES = {"sd": 32, "flux": 16}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_torch_thread():
-        yield
+from tests.generation.conftest import SIZES
 
 
 @dataclass(frozen=True)
@@ -53,9 +44,8 @@ CASES = [Case(1, "gi/001", "a small polyp"), Case(2, "gi/002", "normal colon"), 
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-batch")
-    return {family: save_tiny_pipeline(family, root / family) for family in SIZES}  # type: ignore[arg-type]
+def folders(tiny_pipeline_folders: dict[str, Path]) -> dict[str, Path]:
+    return tiny_pipeline_folders
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +18,7 @@ from generation.compare import choose_split, parse_compare_config, run_compariso
 from generation.cost import count_flops, gpu_hours, reference_denoiser_flops
 from generation.demo_data import make_demo_dataset
 from generation.lora_train import LoraTrainConfig, dataset_examples, train_lora
-from generation.testing import save_tiny_pipeline, single_torch_thread
+from generation.testing import save_tiny_pipeline
 
 CONTENDERS = ("msdm", "sd-lora", "flux-lora", "sd-base")
 
@@ -75,12 +74,6 @@ generation = {{ height = 32, width = 32 }}
 cases_per_model = 3
 raters_per_item = 1
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,8 @@ import torch
 from generation.batch import GenerationConfig, generate_images, resolve_params
 from generation.lora import LORA_WEIGHT_NAME, LoraSpec, apply_loras, check_lora, parse_lora
 from generation.pipelines import build_spec, load_pipeline
-from generation.testing import make_random_lora, save_tiny_pipeline, single_torch_thread, tiny_pipeline
-
-SIZES = {"sd": 32, "flux": 16}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_torch_thread():
-        yield
+from generation.testing import make_random_lora, save_tiny_pipeline, tiny_pipeline
+from tests.generation.conftest import SIZES
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +22,12 @@ from generation.lora_train import (
     trainer_kind,
 )
 from generation.pipelines import build_spec, load_pipeline
-from generation.testing import save_tiny_pipeline, single_torch_thread
-
-SIZES = {"sd": 32, "flux": 16}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_torch_thread():
-        yield
+from tests.generation.conftest import SIZES
 
 
 @pytest.fixture(scope="module")
-def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bases")
-    return {family: save_tiny_pipeline(family, root / family) for family in SIZES}  # type: ignore[arg-type]
+def bases(tiny_pipeline_folders: dict[str, Path]) -> dict[str, Path]:
+    return tiny_pipeline_folders
 
 
 @pytest.fixture(scope="module")
