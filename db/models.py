@@ -299,3 +299,6 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    #: the worker that claimed the job (host, pid, random part) and when it last reported
+    owner: Mapped[str | None] = mapped_column(String(120))
+    heartbeat_at: Mapped[datetime | None]

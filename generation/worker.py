@@ -15,10 +15,13 @@ process left ``running`` are marked failed and ``queued`` ones are run.
 from __future__ import annotations
 
 import enum
+import os
 import queue
+import socket
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -75,6 +78,24 @@ class JobStore(Protocol):
         """Jobs in ``status``, oldest first."""
         ...
 
+    def claim(self, job_id: int, owner: str) -> bool:
+        """Atomically move a queued job to running for ``owner``; False if another worker got it first."""
+        ...
+
+    def fail_abandoned(self, stale_after_s: float) -> list[int]:
+        """Fail running jobs whose worker has not reported for ``stale_after_s`` (it stopped); their ids."""
+        ...
+
+
+INTERRUPTED = "interrupted (the app stopped)"
+#: a running job whose worker has not reported for this long is taken as interrupted
+STALE_AFTER_S = 600.0
+
+
+def _now_naive() -> datetime:
+    """UTC now without tzinfo, as the database stores it."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -107,6 +128,22 @@ class MemoryJobStore:
     def with_status(self, status: JobState) -> list[JobInfo]:
         with self._lock:
             return [job for job in self._jobs.values() if job.status == status]
+
+    def claim(self, job_id: int, owner: str) -> bool:
+        with self._lock:
+            job = self._jobs[job_id]
+            if job.status != JobState.QUEUED:
+                return False
+            self._jobs[job_id] = replace(job, status=JobState.RUNNING, started_at=_now(), message="started")
+            return True
+
+    def fail_abandoned(self, stale_after_s: float) -> list[int]:
+        # One process holds a memory store: every running job at start-up was interrupted.
+        with self._lock:
+            ids = [j.id for j in self._jobs.values() if j.status == JobState.RUNNING]
+            for job_id in ids:
+                self._jobs[job_id] = replace(self._jobs[job_id], status=JobState.FAILED, message=INTERRUPTED)
+            return ids
 
 
 class DbJobStore:
@@ -157,6 +194,7 @@ class DbJobStore:
                 raise KeyError(f"no job with id {job_id}")
             for key, value in changes.items():
                 setattr(row, key, JobStatus(value.value) if key == "status" else value)
+            row.heartbeat_at = _now_naive()
             session.flush()
             return self._info(row)
 
@@ -168,6 +206,40 @@ class DbJobStore:
         with self.database.session() as session:
             query = select(Job).where(Job.status == JobStatus(status.value)).order_by(Job.created_at, Job.id)
             return [self._info(row) for row in session.scalars(query)]
+
+    def claim(self, job_id: int, owner: str) -> bool:
+        from sqlalchemy import update
+
+        from db.models import Job, JobStatus
+
+        now = _now_naive()
+        with self.database.session() as session:
+            done = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.RUNNING, owner=owner, started_at=now, heartbeat_at=now, message="started")
+            )
+            return done.rowcount == 1
+
+    def fail_abandoned(self, stale_after_s: float) -> list[int]:
+        from datetime import timedelta
+
+        from sqlalchemy import or_, select
+
+        from db.models import Job, JobStatus
+
+        cutoff = _now_naive() - timedelta(seconds=stale_after_s)
+        with self.database.session() as session:
+            rows = list(
+                session.scalars(
+                    select(Job).where(
+                        Job.status == JobStatus.RUNNING, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+                    )
+                )
+            )
+            for row in rows:
+                row.status, row.message, row.finished_at = JobStatus.FAILED, INTERRUPTED, _now_naive()
+            return [row.id for row in rows]
 
 
 @dataclass
@@ -260,8 +332,11 @@ class Worker:
         handlers: dict[str, Handler] | None = None,
         cache: PipelineCache | None = None,
         workspace: Any = None,
+        stale_after_s: float = STALE_AFTER_S,
     ) -> None:
         self.store: JobStore = store if store is not None else MemoryJobStore()
+        self.stale_after_s = stale_after_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.handlers = dict(handlers) if handlers is not None else default_handlers()
         self.cache = cache if cache is not None else PipelineCache(capacity=2)
         self.workspace = workspace
@@ -275,8 +350,9 @@ class Worker:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return self
-            for job in self.store.with_status(JobState.RUNNING):
-                self.store.update(job.id, status=JobState.FAILED, message="interrupted (the app stopped)")
+            # Only jobs whose worker stopped reporting are failed: on a database shared by several
+            # servers, another server's running job keeps its heartbeat fresh and is left alone.
+            self.store.fail_abandoned(self.stale_after_s)
             for job in self.store.with_status(JobState.QUEUED):
                 self._enqueue(job.id)
             self._thread = threading.Thread(target=self._run, name="medsynth-worker", daemon=True)
@@ -345,7 +421,8 @@ class Worker:
         cancel = self._cancel.setdefault(job_id, threading.Event())
         if job.status != JobState.QUEUED or cancel.is_set():
             return
-        self.store.update(job_id, status=JobState.RUNNING, started_at=_now(), message="started")
+        if not self.store.claim(job_id, self.owner):  # another worker on the same database took it
+            return
         ctx = JobContext(job_id, self.store, self.cache, self.workspace, cancel)
         try:
             result = self.handlers[job.kind](job.params, ctx)

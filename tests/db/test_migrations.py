@@ -44,3 +44,22 @@ def test_foreign_keys_enforced(tmp_path: Path) -> None:
     with database.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+
+
+def test_database_at_an_older_revision_is_upgraded_on_open(db_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = make_engine(db_url)
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0001")  # what an install of the first release left
+    assert "owner" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    engine.dispose()
+    database = open_database(db_url)
+    with database.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == head_revision()
+    assert {"owner", "heartbeat_at"} <= {c["name"] for c in inspect(database.engine).get_columns("jobs")}
+    database.dispose()

@@ -323,3 +323,43 @@ def test_worker_restart_fails_interrupted_jobs_and_runs_queued(tmp_path: Path) -
         assert store.get(interrupted.id).status == JobState.FAILED
     finally:
         worker.stop(timeout=10)
+
+
+def test_two_workers_on_one_database_share_jobs_without_duplicates(tmp_path: Path) -> None:
+    """Several servers on one database: each job runs once, and a live server's running job survives
+    another server's restart (only stale jobs are failed)."""
+    import threading
+    from datetime import timedelta
+
+    from db.models import Job
+    from db.workspace import Workspace
+    from generation.worker import DbJobStore
+
+    ws = Workspace.open(f"sqlite:///{tmp_path / 'jobs.sqlite3'}", tmp_path / "data")
+    runs: list[int] = []
+    lock = threading.Lock()
+
+    def count(params: dict, ctx: object) -> dict:
+        with lock:
+            runs.append(params["n"])
+        return {}
+
+    store = DbJobStore(ws.database)
+    alive = store.create("count", {"n": -1})
+    assert store.claim(alive.id, "other-server") and not store.claim(alive.id, "third-server")
+    stale = store.create("count", {"n": -2})
+    assert store.claim(stale.id, "dead-server")
+    with ws.database.session() as session:
+        session.get(Job, stale.id).heartbeat_at -= timedelta(hours=1)
+    ids = [store.create("count", {"n": n}).id for n in range(12)]
+    workers = [Worker(DbJobStore(ws.database), handlers={"count": count}).start() for _ in range(2)]
+    try:
+        for job_id in ids:
+            assert workers[0].wait(job_id, timeout=30).status == JobState.DONE
+        assert sorted(runs) == list(range(12))  # each job ran exactly once
+        assert store.get(alive.id).status == JobState.RUNNING  # the live server's job is untouched
+        assert store.get(stale.id).status == JobState.FAILED
+    finally:
+        for worker in workers:
+            worker.stop(timeout=10)
+        ws.close()
