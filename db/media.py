@@ -167,6 +167,24 @@ class MediaStore:
         image.save(buf, format="PNG")
         return self.put_bytes(buf.getvalue(), source=source)
 
+    def sweep_temporary(self, older_than_s: float = 3600.0) -> int:
+        """Remove temporary files a killed process left behind (never read; old ones only, so a
+        concurrent writer's file is safe). Returns how many were removed."""
+        import time
+
+        if not self.root.exists():
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.root.rglob(".tmp-*"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
     def open(self, sha256: str) -> Image.Image:
         """Open a stored image (fully loaded)."""
         with Image.open(self.path(sha256)) as img:

@@ -36,7 +36,9 @@ class Workspace:
                 f"cannot write to the data folder {settings.data_dir} ({exc.strerror or exc}); "
                 "choose another with --data-dir"
             ) from None
-        return cls(settings=settings, database=open_database(settings.db_url), store=MediaStore(settings.media_dir))
+        store = MediaStore(settings.media_dir)
+        store.sweep_temporary()
+        return cls(settings=settings, database=open_database(settings.db_url), store=store)
 
     def close(self) -> None:
         self.database.dispose()

@@ -47,3 +47,16 @@ def test_read_only_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
     with pytest.raises(MedSynthError, match="cannot write to the data folder.*Read-only file system.*--data-dir"):
         Workspace.open(f"sqlite:///{tmp_path / 'x.sqlite3'}", tmp_path / "data")
+
+
+def test_leftover_temporary_files_are_swept(tmp_path: Path) -> None:
+    ws = Workspace.open(f"sqlite:///{tmp_path / 'a.sqlite3'}", tmp_path / "data")
+    folder = ws.store.root / "objects" / "ab"
+    folder.mkdir(parents=True)
+    old, fresh = folder / ".tmp-old", folder / ".tmp-fresh"
+    old.write_bytes(b"half an image")
+    fresh.write_bytes(b"being written now")
+    os.utime(old, (0, 0))
+    ws.close()
+    Workspace.open(f"sqlite:///{tmp_path / 'a.sqlite3'}", tmp_path / "data").close()
+    assert not old.exists() and fresh.exists()
