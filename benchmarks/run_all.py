@@ -117,14 +117,14 @@ def backend_url(backend: str, workdir: Path, pg_admin: str | None) -> Iterator[s
     if not pg_admin:
         yield None
         return
-    from tests.conftest import _drop_postgres, _fresh_postgres_url  # the tests' own helpers
+    from tests.pg import drop_postgres, fresh_postgres_url  # the tests' own helpers
 
     name = f"medsynth_bench_{uuid.uuid4().hex[:12]}"
-    url = _fresh_postgres_url(pg_admin, name)
+    url = fresh_postgres_url(pg_admin, name)
     try:
         yield url
     finally:
-        _drop_postgres(pg_admin, name)
+        drop_postgres(pg_admin, name)
 
 
 # ----------------------------------------------------------------------------------------------- echo

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import PG_ADMIN_URL_ENV, drop_postgres, fresh_postgres_url
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -24,31 +26,6 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-PG_ADMIN_URL_ENV = "MEDSYNTH_TEST_PG_URL"
-
-
-def _fresh_postgres_url(admin_url: str, name: str) -> str:
-    """Create an empty database ``name`` on the server of ``admin_url`` and return its URL."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_postgres(admin_url: str, name: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
     """A fresh, empty database: a SQLite file, and (where ``MEDSYNTH_TEST_PG_URL`` names a server, as in
@@ -62,5 +39,5 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-u
     import uuid
 
     name = f"medsynth_test_{uuid.uuid4().hex[:12]}"
-    yield _fresh_postgres_url(admin, name)
-    _drop_postgres(admin, name)
+    yield fresh_postgres_url(admin, name)
+    drop_postgres(admin, name)

@@ -155,8 +155,8 @@ def gradio_headers(cookie: str) -> dict[str, str]:
     return {"Cookie": f"{COOKIE_NAME}={cookie}"}
 
 
-def _build_workspace(root: Path, shared_data: Path) -> tuple[Workspace, list[str]]:
-    ws = Workspace.open(None, root / "data")
+def _build_workspace(root: Path, shared_data: Path, db_url: str | None = None) -> tuple[Workspace, list[str]]:
+    ws = Workspace.open(db_url, root / "data")
     gi = shared_data / "gi"
     import_dataset(
         ws.database,
@@ -188,11 +188,25 @@ def _build_workspace(root: Path, shared_data: Path) -> tuple[Workspace, list[str
     return ws, [c.key for c in cases]
 
 
-@pytest.fixture(scope="session")
-def app_env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[AppEnv]:
-    """A workspace with real samples, two models, two studies, and the app serving it."""
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def app_env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, shared_data: Path
+) -> Iterator[AppEnv]:
+    """A workspace with real samples, two models, two studies, and the app serving it: on SQLite, and on
+    a fresh PostgreSQL database where ``MEDSYNTH_TEST_PG_URL`` names a server (as in CI)."""
+    import os
+    import uuid
+
+    from tests.pg import PG_ADMIN_URL_ENV, drop_postgres, fresh_postgres_url
+
     root = tmp_path_factory.mktemp("medsynth-app")
-    ws, keys = _build_workspace(root, shared_data)
+    db_url, pg_name, admin = None, None, os.environ.get(PG_ADMIN_URL_ENV)
+    if request.param == "postgresql":
+        if not admin:
+            pytest.skip(f"PostgreSQL variant: set {PG_ADMIN_URL_ENV} (.ci/run starts a server and sets it)")
+        pg_name = f"medsynth_app_{uuid.uuid4().hex[:12]}"
+        db_url = fresh_postgres_url(admin, pg_name)
+    ws, keys = _build_workspace(root, shared_data, db_url)
     from evalapp.auth import set_coordinator_password
 
     set_coordinator_password(ws.database, COORDINATOR_PASSWORD)
@@ -203,6 +217,8 @@ def app_env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iter
     finally:
         server.stop()
         ws.close()
+        if pg_name and admin:
+            drop_postgres(admin, pg_name)
 
 
 # ----------------------------------------------------------------------------------------------- browser
