@@ -121,6 +121,7 @@ class AppServer:
             raise RuntimeError("the server is already running")
         self.port = self.port or free_port()
         log_path = self.log_path or self.data_dir.parent / f"server-{self.port}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         if self._log is not None:
             self._log.close()
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
