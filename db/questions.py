@@ -80,8 +80,10 @@ class QuestionSet:
                 continue
             if q.kind == QuestionKind.SCALE:
                 try:
+                    if isinstance(value, bool):
+                        raise TypeError("a flag is not a scale answer")
                     number = int(value)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):  # OverflowError: inf
                     problems.append(f"{q.key}: {value!r} is not a whole number")
                     continue
                 if (isinstance(value, float) and value != number) or not 1 <= number <= q.scale_max:

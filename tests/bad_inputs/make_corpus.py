@@ -1,7 +1,10 @@
-"""Write the bad-input corpus (run once; the files are committed): ``python tests/bad_inputs/make_corpus.py``.
+"""Write the bad-input corpus: ``python tests/bad_inputs/make_corpus.py [TARGET]``.
 
 Each case is a small dataset folder (``metadata.csv`` or another listing plus images) or a study config,
 named after what is wrong with it. ``corpus.toml`` says which importer reads it and the error expected.
+The tests write the corpus into a temporary folder once per session (the files are made, byte for byte
+the same every time, rather than committed: several are images, and real-looking image files do not
+belong in the repository).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def jpeg(size: tuple[int, int] = (64, 64)) -> bytes:
 
 
 def folder(name: str, metadata: str | bytes, files: dict[str, bytes], listing: str = "metadata.csv") -> None:
-    root = CASES / name
+    root = _target / name
     root.mkdir(parents=True)
     (root / listing).write_bytes(metadata.encode() if isinstance(metadata, str) else metadata)
     for fname, data in files.items():
@@ -47,10 +50,16 @@ def with_bad_image(name: str, filename: str, data: bytes) -> None:
     folder(name, "file_name,text\n" + rows + f"{filename},the bad one\n", {**files, filename: data})
 
 
-def main() -> None:
-    if CASES.exists():
-        shutil.rmtree(CASES)
-    CASES.mkdir()
+_target = CASES
+
+
+def main(target: Path = CASES) -> Path:
+    """Write every case under ``target`` (replaced if it exists); returns ``target``."""
+    global _target
+    _target = target
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
     # --- images
     with_bad_image("image_corrupt", "bad.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF garbage that is not a jpeg")
     real = jpeg((256, 256))
@@ -128,9 +137,12 @@ def main() -> None:
         "study_empty_name": base.replace('name = "s"', 'name = ""'),
     }
     for name, text in configs.items():
-        (CASES / name).mkdir()
-        (CASES / name / "study.toml").write_text(text)
+        (target / name).mkdir()
+        (target / name / "study.toml").write_text(text)
+    return target
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else CASES)

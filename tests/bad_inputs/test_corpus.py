@@ -29,9 +29,17 @@ HERE = Path(__file__).resolve().parent
 CORPUS = tomllib.loads((HERE / "corpus.toml").read_text())
 
 
-def test_corpus_is_complete() -> None:
-    on_disk = {p.name for p in (HERE / "cases").iterdir() if p.is_dir()}
-    assert on_disk == set(CORPUS), "corpus.toml and cases/ disagree: rerun make_corpus.py"
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus written by make_corpus.py into a temporary folder."""
+    from tests.bad_inputs.make_corpus import main as make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("bad-inputs") / "cases")
+
+
+def test_corpus_is_complete(corpus: Path) -> None:
+    on_disk = {p.name for p in corpus.iterdir() if p.is_dir()}
+    assert on_disk == set(CORPUS), "corpus.toml and make_corpus.py disagree"
     assert len(CORPUS) >= 30
 
 
@@ -64,10 +72,10 @@ def prepare_dataset(ws: Workspace, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
-def test_bad_input(name: str, ws: Workspace, tmp_path: Path) -> None:
+def test_bad_input(name: str, corpus: Path, ws: Workspace, tmp_path: Path) -> None:
     spec = CORPUS[name]
     case_dir = tmp_path / name
-    shutil.copytree(HERE / "cases" / name, case_dir)
+    shutil.copytree(corpus / name, case_dir)
     fmt = spec["format"]
     if fmt in ("generated", "study"):
         prepare_dataset(ws, tmp_path)

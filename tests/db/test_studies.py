@@ -251,3 +251,11 @@ def test_study_restricted_to_listed_cases(gi_workspace: Workspace) -> None:
         create_study(s, gi_workspace.store, toml)
         used = {i.case.key for i in s.scalars(select(StudyItem))}
     assert used <= set(keys) and len(used) >= 4
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), True, "3.5", 2.5, "", [3]])
+def test_scale_answers_refuse_non_integers(bad: object) -> None:
+    from db.questions import DEFAULT_QUESTIONS
+
+    with pytest.raises(InputError, match="realism_left"):
+        DEFAULT_QUESTIONS.validate({**ANSWERS, "realism_left": bad})
