@@ -14,6 +14,7 @@ flags, and medical images (skin, anatomy) are flagged often, which would silentl
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -405,13 +406,22 @@ def build_spec(
     ValueError
         As :func:`check_model_spec`.
     """
+    if source and Path(source).expanduser().exists():
+        # A local folder is stored absolute, so the model loads from any working directory later.
+        source = str(Path(source).expanduser().resolve())
     spec = ModelSpec(
         name=name,
         kind=_check_kind(kind),
         source=source,
-        loras=tuple(parse_lora(text) for text in lora),
+        loras=tuple(_absolute_lora(parse_lora(text)) for text in lora),
         dtype=dtype,
         offload=offload,
     )
     check_model_spec(spec)
     return spec
+
+
+def _absolute_lora(spec: LoraSpec) -> LoraSpec:
+    """A LoRA given as a local path, made absolute (hub ids are left as they are)."""
+    path = Path(spec.path).expanduser()
+    return dataclasses.replace(spec, path=str(path.resolve())) if path.exists() else spec

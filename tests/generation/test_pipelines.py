@@ -259,3 +259,14 @@ def test_impossible_resolution_refused_before_generating(folders: dict[str, Path
     loaded = load_pipeline(build_spec("f", "diffusers", str(folders["flux"])), device="cpu")
     with pytest.raises(ValueError, match="not a multiple of this model's VAE factor 2"):
         resolve_params(loaded, small_config("flux", height=15))
+
+
+def test_local_sources_and_loras_are_stored_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from generation.testing import make_random_lora, save_tiny_pipeline, tiny_pipeline
+
+    save_tiny_pipeline("sd", tmp_path / "pipe")
+    make_random_lora(tiny_pipeline("sd"), tmp_path / "lora", seed=1)
+    monkeypatch.chdir(tmp_path)
+    spec = build_spec("m", "diffusers", "pipe", lora=["lora@0.5"])
+    assert spec.source == str((tmp_path / "pipe").resolve())
+    assert spec.loras[0].path == str((tmp_path / "lora").resolve()) and spec.loras[0].scale == 0.5
