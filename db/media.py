@@ -25,6 +25,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF"})
 Fit = Literal["square", "contain"]
+#: bumped when the served encoding changes, so stale cached copies are never sent
+SERVED_VERSION = "rgb1"
 
 
 class StorageError(MedSynthError, OSError):
@@ -109,22 +111,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _is_greyscale(img: Image.Image) -> bool:
-    if img.mode in ("L", "LA", "I", "I;16", "F", "1"):
-        return True
-    rgb = img.convert("RGB")
-    small = rgb.resize((64, 64))
-    r, g, b = small.split()
-    from PIL import ImageChops
-
-    return max(ImageChops.difference(r, g).getextrema()[1], ImageChops.difference(g, b).getextrema()[1]) <= 3
-
-
 def fit_for_display(img: Image.Image, size: int, fit: Fit) -> Image.Image:
-    """Resize to the display size: ``square`` centre-crops to a square, ``contain`` keeps the aspect."""
-    img = ImageOps.exif_transpose(img)
-    target_mode = "L" if _is_greyscale(img) else "RGB"
-    img = img.convert(target_mode)
+    """Resize to the display size: ``square`` centre-crops to a square, ``contain`` keeps the aspect.
+
+    Every served image is RGB: a grey-scale radiograph stays grey (R = G = B), and the PNG colour type
+    cannot tell a rater which side came from a grey-scale source (real) and which from a generator.
+    """
+    img = ImageOps.exif_transpose(img).convert("RGB")
     if fit == "square":
         return ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
     img = img.copy()
@@ -193,7 +186,7 @@ class MediaStore:
 
     def served_copy(self, sha256: str, *, size: int = 512, fit: Fit = "square") -> bytes:
         """A metadata-free PNG of the image fitted to ``size``; cached on disk."""
-        cache = self.root / "served" / f"{size}-{fit}" / sha256[:2] / f"{sha256}.png"
+        cache = self.root / "served" / f"{SERVED_VERSION}-{size}-{fit}" / sha256[:2] / f"{sha256}.png"
         if cache.exists():
             return cache.read_bytes()
         img = fit_for_display(self.open(sha256), size, fit)

@@ -90,6 +90,7 @@ def test_served_images_follow_the_study_sides_without_metadata(app_env: Any) -> 
                 assert "no-store" in response.headers["cache-control"]
                 assert response.content == store.served_copy(expected[side], size=384, fit="square")
                 assert set(png_chunks(response.content)) <= PNG_ALLOWED_CHUNKS
+                assert response.content[25] == 2  # PNG colour type RGB for every image: no grey/colour tell
                 big = client.get(app_env.url + zoom)
                 assert big.status_code == 200 and big.content[16:24] == struct.pack(">II", 768, 768)
                 assert set(png_chunks(big.content)) <= PNG_ALLOWED_CHUNKS
