@@ -20,6 +20,7 @@ from typing import Literal
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from db.errors import InputError, MedSynthError
+from db.imaging import to_display_rgb
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -117,7 +118,7 @@ def fit_for_display(img: Image.Image, size: int, fit: Fit) -> Image.Image:
     Every served image is RGB: a grey-scale radiograph stays grey (R = G = B), and the PNG colour type
     cannot tell a rater which side came from a grey-scale source (real) and which from a generator.
     """
-    img = ImageOps.exif_transpose(img).convert("RGB")
+    img = to_display_rgb(img)
     if fit == "square":
         return ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
     img = img.copy()
