@@ -309,6 +309,7 @@ def cmd_train_msdm(args: argparse.Namespace) -> int:
 def cmd_train_lora(args: argparse.Namespace) -> int:
     """Fine-tune a LoRA adapter on a pretrained pipeline (FLUX, Stable Diffusion families)."""
     from generation.lora_train import LoraTrainConfig, train_lora
+    from generation.msdm.pipeline import model_kind_for
 
     config = LoraTrainConfig(
         base=args.base, out_dir=args.out, dataset=args.dataset, split=args.split, rank=args.rank, alpha=args.alpha,
@@ -321,7 +322,7 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
     result = train_lora(config, workspace=ws)
     print(f"saved the LoRA adapter to {result.adapter_path} (eval loss {result.eval_loss_before:.4f} -> "
           f"{result.eval_loss_after:.4f}, {result.wall_time_s:.0f} s, {result.device_hours:.3f} device hours); "
-          "load it with: python app.py models add NAME --kind diffusers "
+          f"load it with: python app.py models add NAME --kind {model_kind_for(args.base)} "
           f"--source {args.base} --lora {result.adapter_path}")  # fmt: skip
     return 0
 

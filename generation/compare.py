@@ -585,6 +585,7 @@ def _train(
 ) -> dict[str, Any]:
     """Train one contender into ``out/models/<name>`` (resuming) and register it; the stage's outputs."""
     from generation.lora_train import LoraTrainConfig, allow_mixed_precision, dataset_examples, train_lora
+    from generation.msdm.pipeline import model_kind_for
     from generation.pipelines import build_spec
 
     examples = dataset_examples(workspace, config.dataset, case_ids=train_ids)
@@ -596,8 +597,9 @@ def _train(
             base=contender.base, out_dir=folder, dataset=config.dataset, resume=True, device=device, **contender.train
         )
         result = train_lora(settings, examples, progress=False)
-        spec = build_spec(name, "diffusers", contender.base, lora=[str(folder)])
-        _register(workspace, name, "diffusers", contender.base, spec.parameters())
+        kind = model_kind_for(contender.base)  # an MSDM base keeps its own sampler, steps and guidance
+        spec = build_spec(name, kind, contender.base, lora=[str(folder)])
+        _register(workspace, name, kind, contender.base, spec.parameters())
         steps = settings.steps
         return {
             "model": name,
@@ -618,7 +620,8 @@ def _train(
     msdm = dataclasses.replace(get_config(contender.config), **contender.train)
     on_cuda = device != "cpu" and _cuda_available()
     allow_mixed_precision(msdm.mixed_precision if on_cuda else "no")
-    result = train_msdm(msdm, examples, folder, resume=True, include_text_encoder=False, progress=False)
+    # The folder carries its text encoder (with its attention-mask setting), so plain diffusers loads it as is.
+    result = train_msdm(msdm, examples, folder, resume=True, include_text_encoder=True, progress=False)
     meta = json.loads((folder / "msdm.json").read_text(encoding="utf-8"))
     counts = meta.get("parameters", {})
     _register(workspace, name, "msdm", str(folder), {})

