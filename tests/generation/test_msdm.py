@@ -161,6 +161,47 @@ def test_resume_continues_exactly(micro_training):
     b = DiffusionPipeline.from_pretrained(out / "resumed").unet.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # the resumed run's card reports the whole run: the VAE stage done earlier, cumulative time
+    card = (out / "resumed" / "README.md").read_text()
+    assert "VAE steps: 20" in card and "final loss nan" not in card
+    assert resumed.wall_time_s >= result.wall_time_s * 0.5
+
+
+def test_resume_with_other_settings_is_refused_naming_them(micro_training):
+    cfg, data, out, _ = micro_training
+    shutil.copytree(out / "full" / "checkpoints", out / "changed" / "checkpoints")
+    other = dataclasses.replace(cfg, lr=cfg.lr * 2)
+    with pytest.raises(ValueError, match=r"other settings \(lr: "):
+        train_msdm(other, data, out / "changed", steps=16, vae_steps=20, progress=False, resume=True)
+    with pytest.raises(ValueError, match="checkpoints of an earlier run"):
+        train_msdm(cfg, data, out / "changed", steps=16, vae_steps=20, progress=False)
+
+
+def test_a_second_writer_into_the_same_out_is_refused(tmp_path):
+    from generation.run_guard import out_dir_lock
+
+    with (
+        out_dir_lock(tmp_path / "run"),
+        pytest.raises(ValueError, match="is being written by process"),
+        out_dir_lock(tmp_path / "run"),
+    ):
+        pass
+    with out_dir_lock(tmp_path / "run"):  # released when the first holder finished
+        pass
+
+
+def test_unloadable_text_encoder_fails_before_any_training_step(tmp_path, monkeypatch):
+    """Offline, `train msdm --config paper` must fail in seconds, not after the VAE stage."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = micro_config()
+    cfg.model = dataclasses.replace(cfg.model, text_encoder="no-such-org/no-such-clinical-bert")
+    steps: list[int] = []
+    data = [(img, cap) for img, cap, _ in generate_samples(2, seed=0, size=32)]
+    with pytest.raises(ValueError, match="could not load text encoder"):
+        train_msdm(
+            cfg, data, tmp_path / "run", steps=2, vae_steps=2, progress=False, on_step=lambda s, _: steps.append(s)
+        )
+    assert steps == [] and not (tmp_path / "run" / "checkpoints" / "vae").exists()
 
 
 def test_committed_demo_model_loads_offline_and_makes_64px_images():
