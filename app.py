@@ -8,6 +8,7 @@ A user mistake prints one ``error:`` line and exits with status 2, never a trace
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import os
 import sys
@@ -297,8 +298,13 @@ def cmd_train_msdm(args: argparse.Namespace) -> int:
     ws = _workspace(args)
     examples = dataset_examples(ws, args.dataset, split=args.split)
     config = get_config(args.config)
+    if args.text_encoder:
+        config.model = dataclasses.replace(config.model, text_encoder=args.text_encoder)
+    overrides = {"mixed_precision": args.mixed_precision, "gradient_accumulation_steps": args.gradient_accumulation,
+                 "checkpoint_every": args.checkpoint_every, "validate_every": args.validate_every}  # fmt: skip
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     result = train_msdm(config, examples, Path(args.out), vae=args.vae, steps=args.steps, vae_steps=args.vae_steps,
-                        batch_size=args.batch_size, lr=args.lr, resume=args.resume,
+                        batch_size=args.batch_size, lr=args.lr, resume=args.resume, device=args.device,
                         data_description=f"dataset {args.dataset!r} ({len(examples)} cases)",
                         command="python app.py " + " ".join(sys.argv[1:]))  # fmt: skip
     print(f"saved MSDM ({args.config}) to {result.out_dir} in {result.wall_time_s:.0f} s; "
@@ -309,6 +315,7 @@ def cmd_train_msdm(args: argparse.Namespace) -> int:
 def cmd_train_lora(args: argparse.Namespace) -> int:
     """Fine-tune a LoRA adapter on a pretrained pipeline (FLUX, Stable Diffusion families)."""
     from generation.lora_train import LoraTrainConfig, train_lora
+    from generation.msdm.pipeline import model_kind_for
 
     config = LoraTrainConfig(
         base=args.base, out_dir=args.out, dataset=args.dataset, split=args.split, rank=args.rank, alpha=args.alpha,
@@ -321,7 +328,7 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
     result = train_lora(config, workspace=ws)
     print(f"saved the LoRA adapter to {result.adapter_path} (eval loss {result.eval_loss_before:.4f} -> "
           f"{result.eval_loss_after:.4f}, {result.wall_time_s:.0f} s, {result.device_hours:.3f} device hours); "
-          "load it with: python app.py models add NAME --kind diffusers "
+          f"load it with: python app.py models add NAME --kind {model_kind_for(args.base)} "
           f"--source {args.base} --lora {result.adapter_path}")  # fmt: skip
     return 0
 
@@ -476,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--text-encoder", help="minilm, clip-vit-l14, bio-clinicalbert, biomedbert, a folder or hub id")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="on CUDA (default: the config's)")
+    p.add_argument("--gradient-accumulation", type=int, help="micro-batches per optimizer step")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: the config's)")
+    p.add_argument("--validate-every", type=int, help="steps between validation grids (default: the config's)")
     p = add("lora", cmd_train_lora, "fine-tune a LoRA adapter on a pretrained pipeline", train_sub)
     p.add_argument("--dataset", required=True)
     p.add_argument("--base", required=True, help="hub id or folder of the base pipeline")

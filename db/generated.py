@@ -7,6 +7,7 @@ nothing or a complete record, and a rerun skips what exists.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,34 @@ def dataset_cases(
     if limit is not None:
         query = query.limit(limit)
     return [CaseRef(c.id, c.key, c.prompt) for c in session.scalars(query)]
+
+
+#: case labels that name the patient or source a case's image came from, in order of preference
+GROUP_LABELS = ("patient_id", "patient", "source_id", "study_id")
+
+
+def case_groups(session: Session, dataset: str) -> dict[int, str]:
+    """Each case's leakage group: its patient/source id where a label names one, else its real image.
+
+    Cases that share a group (the ~10 prompts MEDVQA-GI writes for one image; one patient's images) must
+    fall on the same side of a train/held-out split, or the held-out images were seen in training.
+    """
+    ds = session.scalar(select(Dataset).where(Dataset.name == dataset))
+    if ds is None:
+        raise NotFoundError(f"no dataset called {dataset!r} (python app.py datasets)")
+    groups: dict[int, str] = {}
+    for case_id, sha, labels in session.execute(
+        select(Case.id, Case.image_sha256, Case.labels).where(Case.dataset_id == ds.id)
+    ):
+        found = next((str(labels[k]) for k in GROUP_LABELS if isinstance(labels, dict) and labels.get(k)), None)
+        groups[case_id] = f"label:{found}" if found else f"image:{sha}"
+    return groups
+
+
+def case_image_shas(session: Session, case_ids: Sequence[int]) -> dict[int, str]:
+    """The real image (sha256) of each case."""
+    rows = session.execute(select(Case.id, Case.image_sha256).where(Case.id.in_(list(case_ids))))
+    return {case_id: sha for case_id, sha in rows}
 
 
 def get_model(session: Session, name: str) -> Model:

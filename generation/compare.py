@@ -32,11 +32,13 @@ import random
 import time
 import tomllib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from db.errors import InputError
 
 ContenderKind = Literal["msdm", "lora", "registered"]
 CONTENDER_KINDS: tuple[str, ...] = ("msdm", "lora", "registered")
@@ -504,31 +506,61 @@ class ComparisonResult:
 # ---------------------------------------------------------------------------------------------- stages
 
 
-def choose_split(case_ids: Sequence[int], split_ids: Sequence[int] | None, config: SplitConfig) -> dict[str, list[int]]:
-    """Held-out and training case ids: the split's cases, or ``held_out`` drawn with the seed.
+def choose_split(
+    case_groups: Mapping[int, str], split_ids: Sequence[int] | None, config: SplitConfig
+) -> dict[str, Any]:
+    """Held-out and training case ids, split by leakage group (image, or patient where known).
+
+    ``case_groups`` maps each case id to its group (:func:`db.generated.case_groups`): MEDVQA-GI writes 7-14
+    prompts for one image, so a split of prompts would put the held-out images in training. Whole groups are
+    drawn (with the seed) until ``held_out`` cases are held out; with a split value, training cases that share
+    a group with a held-out case are dropped. The returned ``audit`` counts the overlap (always 0), the
+    held-out groups and the training cases dropped for sharing a group.
 
     Raises
     ------
-    ValueError
+    InputError
         When too few cases remain on either side.
     """
-    ids = sorted(case_ids)
+    ids = sorted(case_groups)
+    members: dict[str, list[int]] = {}
+    for case_id in ids:
+        members.setdefault(case_groups[case_id], []).append(case_id)
     if split_ids is not None:
         held = sorted(split_ids)
     else:
         assert config.held_out is not None
         if config.held_out >= len(ids):
-            raise ValueError(f"held_out = {config.held_out} leaves no training case among {len(ids)} cases")
-        held = sorted(random.Random(f"medsynth-compare-split|{config.seed}").sample(ids, config.held_out))
+            raise InputError(f"held_out = {config.held_out} leaves no training case among {len(ids)} cases")
+        order = sorted(members)
+        random.Random(f"medsynth-compare-split|{config.seed}").shuffle(order)
+        held = []
+        for group in order:
+            if len(held) >= config.held_out:
+                break
+            held.extend(members[group])
+        held.sort()
     chosen = set(held)
-    train = [i for i in ids if i not in chosen]
+    held_groups = {case_groups[i] for i in held}
+    not_held = [i for i in ids if i not in chosen]
+    train = [i for i in not_held if case_groups[i] not in held_groups]
+    dropped = len(not_held) - len(train)
     if config.train_limit is not None:
         train = train[: config.train_limit]
     if len(held) < 2:
-        raise ValueError(f"only {len(held)} held-out case(s): the metrics need at least 2")
+        raise InputError(f"only {len(held)} held-out case(s): the metrics need at least 2")
     if not train:
-        raise ValueError("no training cases left after the held-out split")
-    return {"held_out": held, "train": train}
+        raise InputError("no training cases left after the held-out split (every group is held out)")
+    overlap = len(held_groups & {case_groups[i] for i in train})
+    audit = {
+        "held_out_cases": len(held),
+        "held_out_groups": len(held_groups),
+        "train_cases": len(train),
+        "train_groups": len({case_groups[i] for i in train}),
+        "train_cases_dropped_sharing_a_group": dropped,
+        "overlap_groups": overlap,
+    }
+    return {"held_out": held, "train": train, "audit": audit}
 
 
 def _generation_config(settings: dict[str, Any]) -> Any:
@@ -553,6 +585,7 @@ def _train(
 ) -> dict[str, Any]:
     """Train one contender into ``out/models/<name>`` (resuming) and register it; the stage's outputs."""
     from generation.lora_train import LoraTrainConfig, allow_mixed_precision, dataset_examples, train_lora
+    from generation.msdm.pipeline import model_kind_for
     from generation.pipelines import build_spec
 
     examples = dataset_examples(workspace, config.dataset, case_ids=train_ids)
@@ -564,8 +597,9 @@ def _train(
             base=contender.base, out_dir=folder, dataset=config.dataset, resume=True, device=device, **contender.train
         )
         result = train_lora(settings, examples, progress=False)
-        spec = build_spec(name, "diffusers", contender.base, lora=[str(folder)])
-        _register(workspace, name, "diffusers", contender.base, spec.parameters())
+        kind = model_kind_for(contender.base)  # an MSDM base keeps its own sampler, steps and guidance
+        spec = build_spec(name, kind, contender.base, lora=[str(folder)])
+        _register(workspace, name, kind, contender.base, spec.parameters())
         steps = settings.steps
         return {
             "model": name,
@@ -586,7 +620,8 @@ def _train(
     msdm = dataclasses.replace(get_config(contender.config), **contender.train)
     on_cuda = device != "cpu" and _cuda_available()
     allow_mixed_precision(msdm.mixed_precision if on_cuda else "no")
-    result = train_msdm(msdm, examples, folder, resume=True, include_text_encoder=False, progress=False)
+    # The folder carries its text encoder (with its attention-mask setting), so plain diffusers loads it as is.
+    result = train_msdm(msdm, examples, folder, resume=True, include_text_encoder=True, progress=False)
     meta = json.loads((folder / "msdm.json").read_text(encoding="utf-8"))
     counts = meta.get("parameters", {})
     _register(workspace, name, "msdm", str(folder), {})
@@ -692,13 +727,13 @@ def _images(workspace: Any, model_id: int, case_ids: list[int]) -> list[tuple[in
 
 
 def _real_images(workspace: Any, cases: list[Any]) -> list[Any]:
-    from sqlalchemy import select
-
-    from db.models import Case
+    """The distinct real images of ``cases`` (one per image, however many prompts share it)."""
+    from db.generated import case_image_shas
 
     with workspace.database.session() as session:
-        shas = dict(session.execute(select(Case.id, Case.image_sha256).where(Case.id.in_([c.id for c in cases]))).all())
-    return [workspace.store.open(shas[c.id]) for c in cases]
+        shas = case_image_shas(session, [c.id for c in cases])
+    distinct = list(dict.fromkeys(shas[c.id] for c in cases))
+    return [workspace.store.open(sha) for sha in distinct]
 
 
 def _metrics(workspace: Any, config: CompareConfig, cases: list[Any], out: Path) -> dict[str, Any]:
@@ -954,7 +989,7 @@ def run_comparison(workspace: Any, config_path: str | Path, *, progress: Progres
     db.errors.NotFoundError
         For an unknown dataset or registered model.
     """
-    from db.generated import dataset_cases
+    from db.generated import case_groups, dataset_cases
     from generation.pipelines import PipelineCache
 
     path = Path(config_path)
@@ -990,15 +1025,23 @@ def run_comparison(workspace: Any, config_path: str | Path, *, progress: Progres
 
     def split() -> dict[str, Any]:
         with workspace.database.session() as session:
-            everything = [c.id for c in dataset_cases(session, config.dataset)]
+            everything = case_groups(session, config.dataset)
             split_ids = None
             if config.split.split is not None:
                 split_ids = [c.id for c in dataset_cases(session, config.dataset, split=config.split.split)]
                 if not split_ids:
                     raise ValueError(f"dataset {config.dataset!r} has no cases with split {config.split.split!r}")
-        return choose_split(everything, split_ids, config.split)
+        result = choose_split(everything, split_ids, config.split)
+        audit = result["audit"]
+        say(
+            f"split by image: {audit['held_out_cases']} held-out cases ({audit['held_out_groups']} images), "
+            f"{audit['train_cases']} training cases ({audit['train_groups']} images); overlap "
+            f"{audit['overlap_groups']}; {audit['train_cases_dropped_sharing_a_group']} training cases dropped "
+            "for sharing an image with a held-out case"
+        )
+        return result
 
-    chosen = stage("split", [config.dataset, dataclasses.asdict(config.split)], split)
+    chosen = stage("split", ["by-group-v2", config.dataset, dataclasses.asdict(config.split)], split)
     cases = _held_out_cases(workspace, config, chosen["held_out"])
     cache = PipelineCache(capacity=1)
     device = config.device

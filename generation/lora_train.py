@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from generation.lora import LORA_WEIGHT_NAME
+from generation.msdm.pipeline import model_kind_for
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
 Optimizer = Literal["adamw", "adamw8bit"]
@@ -991,7 +992,8 @@ def adapter_card(config: LoraTrainConfig, result: LoraTrainResult, resolution: i
         "## Use",
         "",
         "```bash",
-        f"python app.py models add NAME --kind diffusers --source {config.base} --lora {result.out_dir}",
+        f"python app.py models add NAME --kind {model_kind_for(config.base)} --source {config.base} "
+        f"--lora {result.out_dir}",
         "```",
         "",
     ]

@@ -188,10 +188,25 @@ def save_msdm_pipeline(
         "model_config": dataclasses.asdict(cfg),
         "text_encoder_source": cfg.text_encoder,
         "text_encoder_included": include_text_encoder,
+        # A text encoder handed to from_pretrained from outside must get this setting too, or BERT attends
+        # to padding and the prompt embeddings drift (README of the folder: loading without MedSynth).
+        "text_encoder_use_attention_mask": bool(getattr(pipe.text_encoder.config, "use_attention_mask", False)),
         **(extra_meta or {}),
     }
     (out / MSDM_META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def is_msdm_folder(source: str | Path) -> bool:
+    """Whether ``source`` is a saved MSDM folder (it has ``msdm.json``), so it registers as ``--kind msdm``
+    (its own sampler, steps and guidance) rather than as a generic diffusers pipeline."""
+    path = Path(source).expanduser()
+    return path.is_dir() and (path / MSDM_META_FILE).is_file()
+
+
+def model_kind_for(source: str | Path) -> str:
+    """``msdm`` for a saved MSDM folder, else ``diffusers`` (hub ids and other pipeline folders)."""
+    return "msdm" if is_msdm_folder(source) else "diffusers"
 
 
 def read_msdm_meta(folder: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ No image flips or other augmentation: findings have sides ("left lung", "upper l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -30,6 +31,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
+from db.errors import InputError
 from generation.msdm.config import TrainConfig
 from generation.msdm.losses import FixedFeatureNet, perceptual_loss, text_dropout_mask
 from generation.msdm.pipeline import (
@@ -40,9 +42,12 @@ from generation.msdm.pipeline import (
     generate,
     save_msdm_pipeline,
 )
+from generation.run_guard import SETTINGS_FILE, check_resume_settings, out_dir_lock
 from generation.text_encoders import load_text_encoder
 
 ImageLike = Image.Image | str | Path
+#: settings that may change between a run and its resume (more steps, other bookkeeping)
+_NOT_RESUME_SETTINGS = ("unet_steps", "checkpoint_every", "validate_every", "validation_prompts", "num_workers")
 _STAGES = {"vae": 1, "unet": 2}
 
 
@@ -218,6 +223,7 @@ def train_msdm(
     data_description: str = "",
     command: str = "",
     on_step: Callable[[int, float], None] | None = None,
+    device: str = "auto",
 ) -> TrainResult:
     """Train MSDM (VAE, then UNet) on ``(image, caption)`` pairs and save the pipeline to ``out_dir``.
 
@@ -237,6 +243,13 @@ def train_msdm(
     progress : show tqdm bars.
     data_description, command : written into the model card.
     on_step : called as ``on_step(step, loss)`` after every UNet step.
+    device : ``auto`` (CUDA when present), ``cuda`` or ``cpu``.
+
+    Raises
+    ------
+    InputError
+        For no images, bad steps, an output folder another process is writing, or a resume whose
+        settings differ from the checkpoints'; the text encoder is loaded before any training step.
 
     Returns
     -------
@@ -254,24 +267,76 @@ def train_msdm(
     cfg = config.model
     cfg.validate()
     if not images:
-        raise ValueError("no training images given")
+        raise InputError("no training images given")
     if config.unet_steps < 1:
-        raise ValueError(f"steps must be >= 1, got {config.unet_steps}")
+        raise InputError(f"steps must be >= 1, got {config.unet_steps}")
     out = Path(out_dir)
-    ckpt_root = out / "checkpoints"
     started = time.perf_counter()
-    mixed = config.mixed_precision if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.gradient_accumulation_steps)
-    device = accelerator.device
+    mixed = config.mixed_precision if torch.cuda.is_available() and device != "cpu" else "no"
+    accelerator = Accelerator(
+        mixed_precision=mixed,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        cpu=device == "cpu",
+    )
+    # Everything that can fail is loaded and checked before the first step: an offline or gated text
+    # encoder fails in seconds, not after hours of VAE training.
+    text = load_text_encoder(cfg.text_encoder, cfg.max_text_length)
+    captions = [c for _, c in images]
+    settings = {
+        **{k: v for k, v in config.to_dict().items() if k not in _NOT_RESUME_SETTINGS},
+        "n_images": len(images),
+        "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
+        "vae_given": vae is not None,
+    }
+    if not accelerator.is_main_process:
+        return _train_msdm(config, images, out, accelerator, text, vae, resume, include_text_encoder, progress,
+                           data_description, command, on_step, started)  # fmt: skip
+    with out_dir_lock(out):
+        ckpt_root = out / "checkpoints"
+        earlier_run = any(ckpt_root.glob("*/step_*.pt")) or (ckpt_root / "vae_final").is_dir()
+        if earlier_run and not resume:
+            raise InputError(
+                f"{out} holds checkpoints of an earlier run: continue it with --resume, or train into another --out"
+            )
+        if not resume:
+            (ckpt_root / SETTINGS_FILE).unlink(missing_ok=True)
+        check_resume_settings(ckpt_root, settings)
+        return _train_msdm(config, images, out, accelerator, text, vae, resume, include_text_encoder, progress,
+                           data_description, command, on_step, started)  # fmt: skip
 
+
+def _train_msdm(
+    config: TrainConfig,
+    images: Sequence[tuple[ImageLike, str]],
+    out: Path,
+    accelerator: Any,
+    text: tuple[Any, Any, Any],
+    vae: AutoencoderKL | str | Path | None,
+    resume: bool,
+    include_text_encoder: bool,
+    progress: bool,
+    data_description: str,
+    command: str,
+    on_step: Callable[[int, float], None] | None,
+    started: float,
+) -> TrainResult:
+    """The body of :func:`train_msdm`, run with the output folder locked and the settings checked."""
+    cfg = config.model
+    ckpt_root = out / "checkpoints"
+    device = accelerator.device
     pixels = torch.stack([load_image_tensor(img, cfg.resolution) for img, _ in images])
     captions = [c for _, c in images]
+    earlier_s = 0.0  # wall time of the runs this one resumes (VAE stage and UNet checkpoints)
 
     # ---- VAE stage --------------------------------------------------------------------------
     vae_losses: list[float] = []
     vae_final = ckpt_root / "vae_final"
+    vae_log = vae_final / "train_log.json"
     if vae is None and resume and (vae_final / "config.json").is_file():
         vae = vae_final
+        if vae_log.is_file():  # the card of a resumed run still reports the VAE stage it did earlier
+            logged = json.loads(vae_log.read_text(encoding="utf-8"))
+            vae_losses, earlier_s = list(logged["losses"]), float(logged["seconds"])
     if isinstance(vae, str | Path):
         if not Path(vae).is_dir():
             raise ValueError(f"VAE folder {vae} does not exist")
@@ -287,10 +352,13 @@ def train_msdm(
         vae.register_to_config(scaling_factor=float(1.0 / stats[:, 0].std()))
     if accelerator.is_main_process:
         vae.save_pretrained(vae_final)
+        if not vae_log.is_file():
+            vae_seconds = time.perf_counter() - started
+            vae_log.write_text(json.dumps({"losses": vae_losses, "seconds": vae_seconds}) + "\n", encoding="utf-8")
     scale = float(vae.config.scaling_factor)
 
     # ---- text -------------------------------------------------------------------------------
-    tokenizer, text_encoder, info = load_text_encoder(cfg.text_encoder, cfg.max_text_length)
+    tokenizer, text_encoder, info = text
     text_encoder.to(device)
     unique = ["", *sorted(set(captions) - {""})]
     cap_idx = torch.tensor([unique.index(c) for c in captions])
@@ -310,6 +378,8 @@ def train_msdm(
     )
     ema = EMAModel(unet.parameters(), decay=config.ema_decay)
     start, unet_losses = 0, []
+    unet_started = time.perf_counter()
+    unet_earlier_s = 0.0
     last = _latest_checkpoint(ckpt_root / "unet") if resume else None
     if last is not None:
         state = torch.load(last, map_location="cpu", weights_only=False)
@@ -320,6 +390,7 @@ def train_msdm(
         if "text_encoder" in state:
             text_encoder.load_state_dict(state["text_encoder"])
         start, unet_losses = state["step"], state["losses"]
+        unet_earlier_s = float(state.get("elapsed_s", 0.0))
     unet, opt = accelerator.prepare(unet, opt)
     ema.to(device)
 
@@ -372,6 +443,7 @@ def train_msdm(
                 "lr_scheduler": lr_sched.state_dict(),
                 "ema": ema.state_dict(),
                 "losses": unet_losses,
+                "elapsed_s": unet_earlier_s + time.perf_counter() - unet_started,
             }
             if not config.freeze_text_encoder:
                 state["text_encoder"] = text_encoder.state_dict()
@@ -391,7 +463,9 @@ def train_msdm(
     ema.copy_to(raw.parameters())
     raw.eval()
     text_encoder.eval().requires_grad_(False)
-    wall = time.perf_counter() - started
+    # cumulative: the VAE stage (this run's or an earlier one's) plus every UNet run up to now
+    vae_s = earlier_s if earlier_s else unet_started - started
+    wall = vae_s + unet_earlier_s + time.perf_counter() - unet_started
     result = TrainResult(out, vae_losses, unet_losses, wall)
     if accelerator.is_main_process:
         pipe = assemble_pipeline(cfg, vae.to("cpu"), raw.to("cpu"), tokenizer, text_encoder.to("cpu"))

@@ -40,6 +40,19 @@ def test_train_msdm_then_register_and_generate(gi: Path, tmp_path: Path, capsys:
     assert "generated 2 images" in stdout
 
 
+def test_train_msdm_paper_offline_fails_before_any_training_step(
+    gi: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paper config's CLIP text encoder is not cached here: one error line, no VAE checkpoint written."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "paper"
+    code, _, err = run(capsys, gi, "train", "msdm", "--dataset", "gi", "--config", "paper", "--out", str(out),
+                       "--device", "cpu")  # fmt: skip
+    assert code == 2
+    assert "could not load text encoder 'clip-vit-l14'" in err and "Traceback" not in err
+    assert not (out / "checkpoints" / "vae").exists() and not (out / "checkpoints" / "vae_final").exists()
+
+
 @pytest.mark.slow
 def test_train_lora_on_a_tiny_sd_pipeline_and_load_it(gi: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip

@@ -140,3 +140,15 @@ def test_import_generated_records_model_images(gi_workspace: Workspace) -> None:
     with gi_workspace.database.session() as s:
         n = s.scalar(select(func.count(GeneratedImage.id)))
     assert n == 48
+
+
+def test_case_groups_put_every_prompt_of_an_image_in_one_group(workspace: Workspace, shared_data: Path) -> None:
+    """The split used by `compare` groups MEDVQA-GI's 7-14 prompts per image (40 images, 395 prompts)."""
+    from db.generated import case_groups
+
+    prompt_file = shared_data / "prompts" / "medvqa-gi-2024_dev_prompt-gt.csv"
+    import_dataset(workspace.database, workspace.store, "medvqa-gi", prompt_file, images_dir=shared_data / "gi",
+                   name="medvqa", skip_missing=True)
+    with workspace.database.session() as session:
+        groups = case_groups(session, "medvqa")
+    assert len(groups) == 395 and len(set(groups.values())) == 40

