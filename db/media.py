@@ -20,7 +20,7 @@ from typing import Literal
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from db.errors import InputError, MedSynthError
-from db.imaging import decode_dicom, is_dicom, open_image, to_display_rgb
+from db.imaging import decode_dicom, is_dicom, open_image, preset_window, to_display_rgb
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -118,13 +118,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def fit_for_display(img: Image.Image, size: int, fit: Fit) -> Image.Image:
+def fit_for_display(img: Image.Image, size: int, fit: Fit, *, window: str | None = None) -> Image.Image:
     """Resize to the display size: ``square`` centre-crops to a square, ``contain`` keeps the aspect.
 
     Every served image is RGB: a grey-scale radiograph stays grey (R = G = B), and the PNG colour type
     cannot tell a rater which side came from a grey-scale source (real) and which from a generator.
     """
-    img = to_display_rgb(img)
+    center, width = preset_window(window) if window and img.mode not in ("L", "RGB") else (None, None)
+    img = to_display_rgb(img, center=center, width=width)
     if fit == "square":
         return ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
     img = img.copy()
@@ -189,12 +190,14 @@ class MediaStore:
         """Open a stored image (fully loaded; DICOM decoded at full depth by :func:`db.imaging.open_image`)."""
         return open_image(self.path(sha256))
 
-    def served_copy(self, sha256: str, *, size: int = 512, fit: Fit = "square") -> bytes:
-        """A metadata-free PNG of the image fitted to ``size``; cached on disk."""
-        cache = self.root / "served" / f"{SERVED_VERSION}-{size}-{fit}" / sha256[:2] / f"{sha256}.png"
+    def served_copy(self, sha256: str, *, size: int = 512, fit: Fit = "square", window: str | None = None) -> bytes:
+        """A metadata-free PNG of the image fitted to ``size``; cached on disk. ``window`` names a
+        :data:`db.imaging.WINDOW_PRESETS` window for high-depth images (default: the file's own window)."""
+        variant = f"{SERVED_VERSION}-{size}-{fit}" + (f"-{window}" if window else "")
+        cache = self.root / "served" / variant / sha256[:2] / f"{sha256}.png"
         if cache.exists():
             return cache.read_bytes()
-        img = fit_for_display(self.open(sha256), size, fit)
+        img = fit_for_display(self.open(sha256), size, fit, window=window)
         clean = Image.new(img.mode, img.size)
         clean.paste(img)
         buf = io.BytesIO()
