@@ -61,6 +61,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.format == "generated":
         if not args.dataset or not args.model:
             raise MedSynthError("import generated needs --dataset NAME and --model NAME")
+        if args.images:
+            raise MedSynthError("import generated takes no --images: the images sit beside manifest.csv")
         summary = import_generated(
             ws.database, ws.store, path, dataset=args.dataset, model=args.model, max_pixels=args.max_pixels
         )
@@ -209,7 +211,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     ws = _workspace(args)
     with ws.database.session() as session:
-        result = export_study(session, args.study, Path(args.out), args.format)
+        result = export_study(session, args.study, Path(args.out), args.format, bom=not args.no_bom)
     print(result.describe())
     return 0
 
@@ -397,15 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     p = add("import", cmd_import, "import a dataset (real images + prompts) or generated images")
-    p.add_argument("format", choices=["medvqa-gi", "rocov2", "roco", "csv", "imagefolder", "generated"])
+    p.add_argument("format", choices=["medvqa-gi", "rocov2", "roco", "kvasir-vqa", "kvasir-vqa-x1", "csv",
+                                      "imagefolder", "dicom", "generated"])  # fmt: skip
     p.add_argument("path", help="the format's file or folder (see README: import formats)")
     p.add_argument("--name", help="name of the new dataset")
     p.add_argument("--domain", choices=["gi", "radiology", "other"])
     p.add_argument("--images", help="folder of the images (default: beside the listing file)")
     p.add_argument("--skip-missing", action="store_true", help="import only the listed images that exist")
     p.add_argument("--limit", type=int, help="import at most N cases")
-    p.add_argument("--file-column", default="file_name", help="csv/imagefolder: column with the image file")
-    p.add_argument("--text-column", default="text", help="csv/imagefolder: column with the prompt")
+    p.add_argument("--file-column", default="file_name", help="csv/imagefolder/dicom: column with the image file")
+    p.add_argument("--text-column", default="text", help="csv/imagefolder/dicom: column with the prompt")
     p.add_argument("--merge", action="store_true", help="add new cases to an existing dataset of that name")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (default 40 MP)")
     p.add_argument("--dataset", help="generated: the dataset the images were made for")
@@ -443,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", default="csv", choices=["csv", "parquet", "json"])
+    p.add_argument("--no-bom", action="store_true", help="CSV without the UTF-8 byte-order mark Excel needs")
 
     models = add("models", lambda a: _help(a, models), "register and list text-to-image models")
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION")

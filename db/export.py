@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -137,12 +138,14 @@ def items_frame(session: Session, study: Study) -> pd.DataFrame:
                 "generated_side": item.generated_side.value,
                 "real_image": item.real_sha256,
                 "generated_image": item.generated_sha256,
+                "license": (case.labels or {}).get("license"),
+                "attribution": (case.labels or {}).get("attribution"),
             }
             for item, case, model, ds in rows
         ],
         columns=[
             "study", "study_config_sha256", "item", "item_kind", "repeat_of", "dataset", "case", "domain",
-            "prompt", "model", "generated_side", "real_image", "generated_image",
+            "prompt", "model", "generated_side", "real_image", "generated_image", "license", "attribution",
         ],
     )  # fmt: skip
 
@@ -187,11 +190,12 @@ class ExportResult:
         return f"wrote {len(self.files)} files ({self.ratings} ratings): " + ", ".join(p.name for p in self.files)
 
 
-def write_table(frame: pd.DataFrame, path_stem: Path, fmt: ExportFormat) -> Path:
-    """Write ``frame`` as ``path_stem.{csv,parquet,json}`` (JSON: records, ISO dates)."""
+def write_table(frame: pd.DataFrame, path_stem: Path, fmt: ExportFormat, *, bom: bool = True) -> Path:
+    """Write ``frame`` as ``path_stem.{csv,parquet,json}`` (JSON: records, ISO dates). CSV is UTF-8 with a
+    byte-order mark by default, so Excel shows names such as "Dr Åsa" right (pandas and readr skip it)."""
     path = path_stem.with_suffix(f".{fmt}")
     if fmt == "csv":
-        frame.to_csv(path, index=False)
+        frame.to_csv(path, index=False, encoding="utf-8-sig" if bom else "utf-8")
     elif fmt == "parquet":
         frame.to_parquet(path, index=False)
     else:
@@ -199,8 +203,33 @@ def write_table(frame: pd.DataFrame, path_stem: Path, fmt: ExportFormat) -> Path
     return path
 
 
-def export_study(session: Session, study_name: str, out_dir: Path, fmt: str = "csv") -> ExportResult:
-    """Write ratings, items, raters, models and the study config into ``out_dir``."""
+def medsynth_version() -> dict[str, str | None]:
+    """The MedSynth version (installed package or pyproject.toml) and git commit, where known."""
+    import subprocess
+    import tomllib
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        version: str | None = metadata.version("medsynth")
+    except metadata.PackageNotFoundError:
+        try:
+            version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            version = None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        commit = (out.stdout.strip() or None) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"version": version, "commit": commit}
+
+
+def export_study(
+    session: Session, study_name: str, out_dir: Path, fmt: str = "csv", *, bom: bool = True
+) -> ExportResult:
+    """Write ratings, items, raters, models and the study config into ``out_dir`` (CSV with a UTF-8 BOM for
+    Excel unless ``bom=False``); ``study.json`` records the MedSynth version/commit and the export time."""
     if fmt not in ("csv", "parquet", "json"):
         raise InputError(f"unknown export format {fmt!r}; choose csv, parquet or json")
     study = get_study(session, study_name)
@@ -216,7 +245,7 @@ def export_study(session: Session, study_name: str, out_dir: Path, fmt: str = "c
         "raters": raters_frame(session, study),
         "models": models_frame(session, study),
     }
-    files = [write_table(frame, out_dir / name, fmt) for name, frame in tables.items()]  # type: ignore[arg-type]
+    files = [write_table(frame, out_dir / name, fmt, bom=bom) for name, frame in tables.items()]  # type: ignore[arg-type]
     config_path = out_dir / "study_config.toml"
     config_path.write_text(study.config_text, encoding="utf-8")
     meta = out_dir / "study.json"
@@ -228,8 +257,11 @@ def export_study(session: Session, study_name: str, out_dir: Path, fmt: str = "c
                 "seed": study.seed,
                 "questions": DEFAULT_QUESTIONS.keys(),
                 "ratings": len(ratings),
+                "medsynth": medsynth_version(),
+                "exported_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             },
             indent=1,
+            ensure_ascii=False,
         ),
         encoding="utf-8",
     )

@@ -4,7 +4,9 @@ Each format has a reader that turns its files into :class:`CaseRecord` rows and 
 encodings, paths that must stay inside the dataset folder). Every image is then read and validated before
 anything is written; the database rows go in one transaction. An error names the file and the line.
 
-Formats: ``medvqa-gi``, ``rocov2``, ``roco``, ``csv``, ``imagefolder`` and ``generated``.
+Formats: ``medvqa-gi``, ``rocov2``, ``roco`` (ROCO v1), ``kvasir-vqa``, ``kvasir-vqa-x1`` (MEDVQA-GI 2025),
+``csv``, ``imagefolder`` (CSV, JSONL or Parquet with embedded image bytes), ``dicom`` and ``generated``.
+Images are hashed first; each distinct image is decoded once, in parallel (:class:`ImageSink`).
 """
 
 from __future__ import annotations
@@ -12,40 +14,52 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import os
+import re
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from tqdm import tqdm
 
 from db.errors import ConflictError, InputError, NotFoundError
-from db.media import DEFAULT_MAX_PIXELS, ImageInfo, MediaStore, read_file_checked
+from db.imaging import decode_dicom, is_dicom
+from db.media import DEFAULT_MAX_PIXELS, ImageInfo, MediaStore, read_file_checked, sha256_bytes
 from db.models import Case, Dataset, Domain, GeneratedImage, ImageBlob, Model, ModelKind
 from db.session import Database
 
-DATASET_FORMATS = ("medvqa-gi", "rocov2", "roco", "csv", "imagefolder")
+DATASET_FORMATS = ("medvqa-gi", "rocov2", "roco", "kvasir-vqa", "kvasir-vqa-x1", "csv", "imagefolder", "dicom")
 MAX_PROMPT_CHARS = 4000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class CaseRecord:
-    """One case parsed from a dataset's files, before its image is read."""
+    """One case parsed from a dataset's files, before its image is read.
+
+    The image is a file (``image_path``) or bytes embedded in the listing (Parquet), already handed to the
+    :class:`ImageSink` (``sha256``).
+    """
 
     key: str
     prompt: str
-    image_path: Path
+    image_path: Path | None
     source: str
     line: int | None
     labels: dict[str, Any] = field(default_factory=dict)
     split: str | None = None
+    sha256: str | None = None
 
 
 @dataclass
 class ImportSummary:
-    """What an import did."""
+    """What an import did, and what it skipped and why (cases per reason)."""
 
     dataset: str
     format: str
@@ -55,18 +69,32 @@ class ImportSummary:
     skipped_missing: int = 0
     skipped_examples: list[str] = field(default_factory=list)
     merged_existing: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    duplicate_images: int = 0
 
     def describe(self) -> str:
         """One human line."""
-        text = f"imported {self.cases} cases with {self.images} images into dataset {self.dataset!r}"
+        text = f"imported {self.cases:,} cases with {self.images:,} images into dataset {self.dataset!r}"
         text += f" (format {self.format})"
+        if self.duplicate_images:
+            text += f"; {self.duplicate_images:,} listed images were byte-identical copies, stored once"
         if self.merged_existing:
-            text += f"; {self.merged_existing} cases were already there"
-        if self.skipped_missing:
-            text += f"; skipped {self.skipped_missing} missing images"
-            if self.skipped_examples:
-                text += f" (e.g. {', '.join(self.skipped_examples)})"
+            text += f"; {self.merged_existing:,} cases were already there"
+        if self.skipped:
+            total = sum(self.skipped.values())
+            parts = []
+            for reason, n in self.skipped.items():
+                part = f"{n:,} {reason}"
+                if reason == SKIP_MISSING and self.skipped_missing:
+                    part += f" ({self.skipped_missing:,} missing images"
+                    part += f", e.g. {', '.join(self.skipped_examples)})" if self.skipped_examples else ")"
+                parts.append(part)
+            text += f"; skipped {total:,} cases: {'; '.join(parts)}"
         return text
+
+
+SKIP_MISSING = "whose image is missing"
+SKIP_LIMIT = "beyond --limit"
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -186,13 +214,16 @@ def _rocov2_concepts(path: Path) -> dict[str, list[str]]:
     return concepts
 
 
-def read_rocov2(path: Path, images_dir: Path | None) -> tuple[list[CaseRecord], Path]:
-    """ROCOv2 ``{split}_captions.csv`` (``ID,Caption``) + ``{split}_concepts.csv`` + images named by ID."""
+def read_rocov2(path: Path, images_dir: Path | None, sink: ImageSink | None = None) -> tuple[list[CaseRecord], Path]:
+    """ROCOv2 ``{split}_captions.csv`` (``ID,Caption``) + ``{split}_concepts.csv`` + images named by ID;
+    or the hub's Parquet shards (``image`` embedded, ``image_id``, ``caption``, ``cui``)."""
     if path.is_dir():
         found = sorted(path.glob("*_captions.csv"))
         if len(found) != 1:
             raise InputError(f"expected one *_captions.csv in the folder, found {len(found)}", path=path)
         path = found[0]
+    if is_parquet(path):
+        return _read_rocov2_parquet(path, images_dir, sink)
     split = path.name.removesuffix("_captions.csv") if path.name.endswith("_captions.csv") else None
     concepts = _rocov2_concepts(path.with_name(f"{split}_concepts.csv")) if split else {}
     root = images_dir or (path.parent / split if split and (path.parent / split).is_dir() else path.parent)
@@ -214,31 +245,114 @@ def read_rocov2(path: Path, images_dir: Path | None) -> tuple[list[CaseRecord], 
     return records, root
 
 
+def _read_rocov2_parquet(path: Path, images_dir: Path | None, sink: ImageSink | None) -> tuple[list[CaseRecord], Path]:
+    spec = _table_spec(path)
+    root = images_dir or path.parent
+    if spec.embedded and images_dir is not None:
+        raise InputError(f"--images has no meaning here: the images are embedded in column {spec.image_col!r}",
+                         path=path)  # fmt: skip
+    split = next((s for s in ("train", "validation", "valid", "test") if path.name.startswith(s)), None)
+    records: list[CaseRecord] = []
+    for line, row in parquet_rows(path, required=("image_id", "caption")):
+        ident = str(row["image_id"] or "").strip()
+        if not ident:
+            raise InputError("empty image_id", path=path, line=line)
+        name = ident if ident.lower().endswith(IMAGE_SUFFIXES) else f"{ident}.jpg"
+        image_path, sha, name = _record_image(row, spec, sink, root=root, fallback=name, source=path, line=line)
+        cuis = row.get("cui") or row.get("cuis") or []
+        records.append(
+            CaseRecord(
+                key=ident,
+                prompt=clean_prompt(str(row["caption"] or ""), source=path, line=line),
+                image_path=image_path,
+                source=name,
+                line=line,
+                labels={"id": ident, "cuis": json_safe(list(cuis) if not isinstance(cuis, str) else [cuis])},
+                split=split,
+                sha256=sha,
+            )
+        )
+    return records, root
+
+
+ROCO_ID = re.compile(r"^ROCO_\d+$")
+PMC_IN_URL = re.compile(r"\b(PMC\d+)\.tar\.gz\b")
+
+
 def _tab_table(path: Path) -> dict[str, list[str]]:
+    """ROCO ``ID<TAB>value<TAB>...`` files (``cuis.txt``, ``keywords.txt``; empty fields dropped)."""
     if not path.exists():
         return {}
     table: dict[str, list[str]] = {}
-    for line in read_text(path).splitlines():
-        if line.strip():
-            ident, *rest = [p.strip() for p in line.split("\t")]
-            table[ident] = [r for r in rest if r]
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        ident, *rest = [p.strip() for p in line.split("\t")]
+        if not ident:
+            raise InputError("empty ROCO id", path=path, line=n)
+        table[ident] = [r for r in rest if r]
     return table
 
 
+def _roco_semtypes(path: Path) -> dict[str, list[dict[str, str]]]:
+    """``semtypes.txt``: ``ID<TAB><TAB>T031<TAB>Body Substance<TAB>T060<TAB>...`` as (tui, name) pairs."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for ident, fields in _tab_table(path).items():
+        out[ident] = [{"tui": t, "name": n} for t, n in zip(fields[::2], fields[1::2], strict=False)]
+    return out
+
+
+def _roco_dlinks(path: Path) -> dict[str, tuple[str, str]]:
+    """``dlinks.txt``: ``ID<TAB>wget -r ftp://.../PMC123.tar.gz -P /path/to/Dir<TAB><name inside the archive>``.
+
+    Returns ``{ROCO id: (PMC id, name)}``.
+    """
+    out: dict[str, tuple[str, str]] = {}
+    if not path.exists():
+        return out
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3:
+            raise InputError(
+                f"expected 'ROCO_ID<TAB>download command<TAB>file name' (3 fields), found {len(fields)}",
+                path=path,
+                line=n,
+            )
+        match = PMC_IN_URL.search(fields[1])
+        if match is None:
+            raise InputError(f"no PMC<id>.tar.gz archive in {fields[1][:120]!r}", path=path, line=n)
+        out[fields[0].strip()] = (match.group(1), fields[2].strip())
+    return out
+
+
+def _roco_licences(path: Path) -> dict[str, tuple[str, str]]:
+    """``licences.txt``: comma-separated ``ROCO_ID,PMC_ID,CC`` (``PMC_ID`` is the ``PMC<id>_<name>`` file name)."""
+    out: dict[str, tuple[str, str]] = {}
+    if not path.exists():
+        return out
+    for _line, row in csv_rows(path, delimiter=",", required=("ROCO_ID", "PMC_ID", "CC")):
+        out[row["ROCO_ID"].strip()] = (row["PMC_ID"].strip(), row["CC"].strip())
+    return out
+
+
 def read_roco(path: Path, images_dir: Path | None) -> tuple[list[CaseRecord], Path]:
-    """ROCO v1 ``captions.txt`` (``ROCO_ID<TAB>caption``); file names from ``dlinks.txt``/``licences.txt``."""
+    """ROCO v1 as published (``data/{split}/{radiology,non-radiology}/``).
+
+    ``captions.txt`` (``ROCO_ID<TAB> caption``); images ``images/<ROCO id>.jpg`` (current download script)
+    or ``PMC<id>_<name>.jpg`` (older downloads; the name comes from ``licences.txt``, else from
+    ``dlinks.txt``); ``cuis.txt``, ``keywords.txt``, ``semtypes.txt`` become labels; the licence
+    (``licences.txt`` column ``CC``) and the attribution (the PMC article) are kept per case.
+    """
     if path.is_dir():
         path = path / "captions.txt"
     folder = path.parent
     root = images_dir or (folder / "images" if (folder / "images").is_dir() else folder)
-    names: dict[str, str] = {}
-    for mapping in ("dlinks.txt", "licences.txt"):
-        for ident, fields in _tab_table(folder / mapping).items():
-            for f in fields:
-                if f.lower().endswith(IMAGE_SUFFIXES) and "/" not in f:
-                    names.setdefault(ident, f)
+    dlinks, licences = _roco_dlinks(folder / "dlinks.txt"), _roco_licences(folder / "licences.txt")
     cuis, keywords = _tab_table(folder / "cuis.txt"), _tab_table(folder / "keywords.txt")
-    licences = _tab_table(folder / "licences.txt")
+    semtypes = _roco_semtypes(folder / "semtypes.txt")
+    split = folder.parent.name if folder.name in ("radiology", "non-radiology") else None
     records: list[CaseRecord] = []
     for n, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -247,68 +361,476 @@ def read_roco(path: Path, images_dir: Path | None) -> tuple[list[CaseRecord], Pa
         if not sep:
             raise InputError("expected 'ROCO_ID<TAB>caption'", path=path, line=n)
         ident = ident.strip()
-        name = names.get(ident, f"{ident}.jpg")
+        if not ROCO_ID.match(ident):
+            raise InputError(f"{ident[:40]!r} is not a ROCO id (ROCO_<digits>)", path=path, line=n)
+        pmc_name, licence = licences.get(ident, ("", ""))
+        pmc_id = pmc_name.partition("_")[0] if pmc_name else ""
+        if ident in dlinks:
+            pmc_id = pmc_id or dlinks[ident][0]
+            pmc_name = pmc_name or f"{dlinks[ident][0]}_{dlinks[ident][1]}"
+        candidates = [f"{ident}.jpg"] + ([pmc_name] if pmc_name else [])
+        paths = [resolve_inside(root, c, source=path, line=n) for c in candidates]
+        chosen = next((i for i, p in enumerate(paths) if p.exists()), 0)
         labels: dict[str, Any] = {
             "roco_id": ident,
             "cuis": cuis.get(ident, []),
             "keywords": keywords.get(ident, []),
+            "semtypes": semtypes.get(ident, []),
         }
-        if licences.get(ident):
-            labels["license"] = next((x for x in licences[ident] if not x.lower().endswith(IMAGE_SUFFIXES)), "")
+        if pmc_id:
+            labels["pmc_id"] = pmc_id
+            labels["attribution"] = (
+                f"Figure from PubMed Central article {pmc_id} (https://www.ncbi.nlm.nih.gov/pmc/articles/{pmc_id}/); "
+                "ROCO: Pelka et al., MICCAI LABELS 2018, doi:10.1007/978-3-030-01364-6_20"
+            )
+        if licence:
+            labels["license"] = licence
         records.append(
             CaseRecord(
                 key=ident,
                 prompt=clean_prompt(caption, source=path, line=n),
-                image_path=resolve_inside(root, name, source=path, line=n),
-                source=name,
+                image_path=paths[chosen],
+                source=candidates[chosen],
                 line=n,
                 labels=labels,
+                split=split,
             )
         )
     return records, root
 
 
-def read_csv_folder(path: Path, file_column: str, text_column: str) -> tuple[list[CaseRecord], Path]:
-    """``metadata.csv`` / ``metadata.jsonl`` (Hugging Face imagefolder: ``file_name``, ``text``)."""
-    if path.is_dir():
-        candidates = [path / "metadata.csv", path / "metadata.jsonl"]
-        existing = [c for c in candidates if c.exists()]
-        if not existing:
-            raise InputError("no metadata.csv or metadata.jsonl in the folder", path=path)
-        path = existing[0]
-    root = path.parent
-    rows: list[tuple[int, dict[str, Any]]] = []
-    if path.suffix == ".jsonl":
-        for n, line in enumerate(read_text(path).splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"invalid JSON ({exc.msg})", path=path, line=n) from None
-            if not isinstance(obj, dict):
-                raise InputError("each line must be a JSON object", path=path, line=n)
-            for col in (file_column, text_column):
-                if col not in obj:
-                    raise InputError(f"missing field {col!r}", path=path, line=n)
-            rows.append((n, obj))
+# ----------------------------------------------------------------------------------------------- tables
+
+
+def is_parquet(path: Path) -> bool:
+    """A Parquet file (by suffix or by its ``PAR1`` magic)."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return True
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def image_column(schema: Any, preferred: Iterable[str] = ()) -> str | None:
+    """The column holding image bytes: a Hugging Face ``Image`` struct (``bytes``, ``path``) or binary."""
+    import pyarrow as pa
+
+    candidates = []
+    for f in schema:
+        t = f.type
+        is_struct = pa.types.is_struct(t) and "bytes" in [c.name for c in t]
+        if is_struct or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            candidates.append(f.name)
+    for name in (*preferred, "image"):
+        if name in candidates:
+            return name
+    return candidates[0] if candidates else None
+
+
+def parquet_rows(path: Path, *, required: Iterable[str], batch_rows: int = 256) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(row number, row)`` from a Parquet file, one record batch at a time (never the whole file)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError subclasses on a bad file
+        raise InputError(f"not a readable Parquet file ({exc})", path=path) from None
+    names = pf.schema_arrow.names
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise InputError(f"missing column(s) {', '.join(missing)}; found {', '.join(names) or 'none'}", path=path)
+    n = 0
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
+
+
+def table_rows(
+    path: Path, *, delimiter: str, required: Iterable[str], batch_rows: int = 256
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a listing: CSV (header line 1) or Parquet (row numbers), by the file's type."""
+    if is_parquet(path):
+        yield from parquet_rows(path, required=required, batch_rows=batch_rows)
     else:
-        rows = list(csv_rows(path, delimiter=",", required=(file_column, text_column)))
+        yield from csv_rows(path, delimiter=delimiter, required=required)
+
+
+def json_safe(value: Any) -> Any:
+    """A label value as JSON: lists and dicts kept, bytes dropped (``None``), numbers and text as they are."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+class ImageSink:
+    """Images for one import: hashed first, each distinct image decoded and validated once, in parallel,
+    then stored (content-addressed). Shows a tqdm progress bar with counts."""
+
+    def __init__(self, store: MediaStore, max_pixels: int, *, total: int | None = None,
+                 workers: int | None = None, progress: bool | None = None) -> None:  # fmt: skip
+        self.store = store
+        self.max_pixels = max_pixels
+        self.infos: dict[str, ImageInfo] = {}
+        self.pending: dict[str, tuple[bytes, object]] = {}
+        self.listed = 0
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
+        self.bar = tqdm(total=total, unit="img", desc="images", disable=None if progress is None else not progress,
+                        leave=False)  # fmt: skip
+
+    def add_bytes(self, data: bytes, source: object) -> str:
+        """Queue ``data``; returns its sha256. Byte-identical images are decoded once."""
+        sha = sha256_bytes(data)
+        self.listed += 1
+        if sha not in self.infos and sha not in self.pending:
+            self.pending[sha] = (data, source)
+            if len(self.pending) >= 4 * self.workers:
+                self.flush()
+        self.bar.update(1)
+        self.bar.set_postfix(distinct=len(self.infos) + len(self.pending), refresh=False)
+        return sha
+
+    def add_path(self, path: Path, source: str) -> str:
+        try:
+            data = read_file_checked(path)
+        except InputError as exc:
+            raise InputError(f"{exc} (listed as {source!r})", path=path) from None
+        return self.add_bytes(data, path)
+
+    def flush(self) -> None:
+        items = list(self.pending.items())
+        self.pending.clear()
+        if not items:
+            return
+        if self.workers == 1 or len(items) == 1:
+            results = [self._put(item) for item in items]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers)
+            results = list(self._pool.map(self._put, items))
+        for info in results:
+            self.infos[info.sha256] = info
+
+    def _put(self, item: tuple[str, tuple[bytes, object]]) -> ImageInfo:
+        data, source = item[1]
+        return self.store.put_bytes(data, source=source, max_pixels=self.max_pixels)
+
+    def close_quietly(self) -> None:
+        """Stop the bar and the workers after an error (nothing more is stored)."""
+        self.pending.clear()
+        self.bar.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> dict[str, ImageInfo]:
+        try:
+            self.flush()
+        finally:
+            self.bar.close()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+        return self.infos
+
+
+def _image_of_row(row: dict[str, Any], column: str | None) -> tuple[bytes | None, str | None]:
+    """``(bytes, path)`` of a row's image cell (HF struct, raw bytes, or a path string)."""
+    if column is None:
+        return None, None
+    cell = row.get(column)
+    if isinstance(cell, dict):
+        data = cell.get("bytes")
+        return (bytes(data) if data else None), (cell.get("path") or None)
+    if isinstance(cell, bytes | bytearray | memoryview):
+        return bytes(cell) or None, None
+    if isinstance(cell, str):
+        return None, cell
+    return None, None
+
+
+@dataclass
+class TableSpec:
+    """Where a table reader finds the image, the key and the prompt of a row."""
+
+    image_col: str | None
+    embedded: bool
+
+
+def _table_spec(path: Path, preferred_image: Iterable[str] = ()) -> TableSpec:
+    if not is_parquet(path):
+        return TableSpec(None, False)
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.ParquetFile(path).schema_arrow
+    except Exception as exc:
+        raise InputError(f"not a readable Parquet file ({exc})", path=path) from None
+    col = image_column(schema, preferred_image)
+    return TableSpec(col, col is not None)
+
+
+def _record_image(
+    row: dict[str, Any], spec: TableSpec, sink: ImageSink | None, *, root: Path, fallback: str | None,
+    source: Path, line: int,
+) -> tuple[Path | None, str | None, str]:  # fmt: skip
+    """Resolve a row's image: embedded bytes go to the sink (sha), else a file under ``root``."""
+    data, name = _image_of_row(row, spec.image_col)
+    if data is not None:
+        if sink is None:
+            raise InputError("embedded image bytes need an image sink (internal)", path=source, line=line)
+        sha = sink.add_bytes(data, f"{source}, row {line}")
+        return None, sha, name or f"row {line}"
+    name = name or fallback
+    if not name:
+        raise InputError(
+            f"row has no image: column {spec.image_col!r} is empty and no file name is given", path=source, line=line
+        )
+    return resolve_inside(root, name, source=source, line=line), None, name
+
+
+def _id_index(root: Path) -> dict[str, str]:
+    """``{stem: file name}`` of the images in ``root`` (ids without an extension find any image type)."""
+    index: dict[str, str] = {}
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if p.suffix.lower() in (*IMAGE_SUFFIXES, ".dcm"):
+                index.setdefault(p.stem, p.name)
+    return index
+
+
+def _by_id(index: dict[str, str], ident: str) -> str:
+    if ident.lower().endswith((*IMAGE_SUFFIXES, ".dcm")):
+        return ident
+    return index.get(ident, f"{ident}.jpg")
+
+
+def read_kvasir_vqa(path: Path, images_dir: Path | None, sink: ImageSink | None) -> tuple[list[CaseRecord], Path]:
+    """Kvasir-VQA as its card saves it: ``metadata.csv`` (``source,question,answer,img_id``) and
+    ``images/{img_id}.jpg`` (any image extension); also the hub's Parquet files (``image`` column).
+    One case per question: many questions share an image, which is stored once."""
+    if path.is_dir():
+        path = path / "metadata.csv"
+    folder = path.parent
+    root = images_dir or (folder / "images" if (folder / "images").is_dir() else folder)
+    spec = _table_spec(path)
+    if spec.embedded and images_dir is not None:
+        raise InputError(f"--images has no meaning here: the images are embedded in column {spec.image_col!r}",
+                         path=path)  # fmt: skip
+    index = {} if spec.embedded else _id_index(root)
     records: list[CaseRecord] = []
-    for n, row in rows:
-        name = str(row[file_column])
-        extras = {k: v for k, v in row.items() if k not in (file_column, text_column) and v not in (None, "")}
+    per_image: dict[str, int] = {}
+    for line, row in table_rows(path, delimiter=",", required=("source", "question", "answer", "img_id")):
+        img_id = str(row["img_id"] or "").strip()
+        if not img_id:
+            raise InputError("empty img_id", path=path, line=line)
+        image_path, sha, name = _record_image(row, spec, sink, root=root, fallback=_by_id(index, img_id),
+                                              source=path, line=line)  # fmt: skip
+        per_image[img_id] = per_image.get(img_id, 0) + 1
         records.append(
             CaseRecord(
-                key=name,
+                key=f"{img_id}#{per_image[img_id]}",
+                prompt=clean_prompt(str(row["question"] or ""), source=path, line=line),
+                image_path=image_path,
+                source=name,
+                line=line,
+                labels={"img_id": img_id, "answer": json_safe(row["answer"]), "source": json_safe(row["source"])},
+                sha256=sha,
+            )
+        )
+    return records, root
+
+
+X1_TABLE_COLUMNS = ("img_id", "question", "answer")
+
+
+def read_kvasir_vqa_x1(path: Path, images_dir: Path | None, sink: ImageSink | None) -> tuple[list[CaseRecord], Path]:
+    """MEDVQA-GI 2025 / Kvasir-VQA-x1.
+
+    - ``kvasir-captions.json`` (the 2025 image-generation captions, read by the organisers' notebook as
+      ``{img_id: {group: [caption, paraphrase, ...]}}``): one case per caption; the captions of one group
+      are paraphrases of one prompt and share ``labels["paraphrase_group"]`` (see :func:`paraphrase_groups`).
+    - the Kvasir-VQA-x1 table (CSV or the hub's Parquet: ``img_id, complexity, question, answer, original,
+      question_class``): one case per question.
+    Images ``images/{img_id}.<ext>`` beside the listing (or ``--images``).
+    """
+    if path.is_dir():
+        found = [p for p in (path / "kvasir-captions.json", path / "metadata.csv") if p.exists()]
+        if not found:
+            raise InputError("no kvasir-captions.json or metadata.csv in the folder", path=path)
+        path = found[0]
+    folder = path.parent
+    root = images_dir or (folder / "images" if (folder / "images").is_dir() else folder)
+    if path.suffix.lower() == ".json":
+        return _read_x1_captions(path, root), root
+    spec = _table_spec(path)
+    if spec.embedded and images_dir is not None:
+        raise InputError(f"--images has no meaning here: the images are embedded in column {spec.image_col!r}",
+                         path=path)  # fmt: skip
+    index = {} if spec.embedded else _id_index(root)
+    records: list[CaseRecord] = []
+    per_image: dict[str, int] = {}
+    for line, row in table_rows(path, delimiter=",", required=X1_TABLE_COLUMNS):
+        img_id = str(row["img_id"] or "").strip()
+        if not img_id:
+            raise InputError("empty img_id", path=path, line=line)
+        image_path, sha, name = _record_image(row, spec, sink, root=root, fallback=_by_id(index, img_id),
+                                              source=path, line=line)  # fmt: skip
+        per_image[img_id] = per_image.get(img_id, 0) + 1
+        labels = {k: json_safe(v) for k, v in row.items()
+                  if k not in ("question", spec.image_col) and v not in (None, "")}  # fmt: skip
+        records.append(
+            CaseRecord(
+                key=f"{img_id}#{per_image[img_id]}",
+                prompt=clean_prompt(str(row["question"] or ""), source=path, line=line),
+                image_path=image_path,
+                source=name,
+                line=line,
+                labels=labels,
+                sha256=sha,
+            )
+        )
+    return records, root
+
+
+def _read_x1_captions(path: Path, root: Path) -> list[CaseRecord]:
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON ({exc.msg})", path=path, line=exc.lineno) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object {img_id: {group: [caption, ...]}}", path=path)
+    index = _id_index(root)
+    records: list[CaseRecord] = []
+    for img_id, groups in data.items():
+        if isinstance(groups, list):  # a plain list of captions is one group
+            groups = {"0": groups}
+        if not isinstance(groups, dict):
+            raise InputError(f"img_id {img_id!r}: expected {{group: [caption, ...]}}", path=path)
+        name = _by_id(index, str(img_id))
+        image_path = resolve_inside(root, name, source=path, line=None)
+        for group, captions in groups.items():
+            if isinstance(captions, str):
+                captions = [captions]
+            if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+                raise InputError(f"img_id {img_id!r}, group {group!r}: expected a list of captions", path=path)
+            for i, caption in enumerate(captions):
+                records.append(
+                    CaseRecord(
+                        key=f"{img_id}#{group}#{i}",
+                        prompt=clean_prompt(caption, source=path, line=None),
+                        image_path=image_path,
+                        source=name,
+                        line=None,
+                        labels={"img_id": str(img_id), "paraphrase_group": f"{img_id}#{group}", "paraphrase_index": i},
+                    )
+                )
+    return records
+
+
+def read_csv_folder(
+    path: Path, file_column: str, text_column: str, images_dir: Path | None = None, sink: ImageSink | None = None,
+    *, listings: tuple[str, ...] = ("metadata.csv", "metadata.jsonl", "metadata.parquet"),
+) -> tuple[list[CaseRecord], Path]:  # fmt: skip
+    """``metadata.csv`` / ``metadata.jsonl`` / Parquet (Hugging Face imagefolder: ``file_name``, ``text``).
+
+    In Parquet the image may be embedded (a Hugging Face ``Image`` struct or a binary column) instead of
+    named; files are looked up under ``images_dir`` (``--images``) or beside the listing.
+    """
+    if path.is_dir():
+        existing = [path / c for c in listings if (path / c).exists()]
+        if not existing:
+            raise InputError(f"no {' or '.join(listings)} in the folder", path=path)
+        path = existing[0]
+    root = images_dir or path.parent
+    rows: Iterable[tuple[int, dict[str, Any]]]
+    spec = TableSpec(None, False)
+    if path.suffix == ".jsonl":
+        rows = _jsonl_rows(path, (file_column, text_column))
+    elif is_parquet(path):
+        spec = _table_spec(path, (file_column,))
+        import pyarrow.parquet as pq
+
+        names = pq.ParquetFile(path).schema_arrow.names
+        if not spec.embedded and file_column not in names:
+            raise InputError(
+                f"no image column: expected image bytes (a Hugging Face Image struct or a binary column) or a "
+                f"file-name column {file_column!r}; found {', '.join(names) or 'none'}",
+                path=path,
+            )
+        if spec.embedded and images_dir is not None:
+            raise InputError(f"--images has no meaning here: the images are embedded in column {spec.image_col!r}",
+                             path=path)  # fmt: skip
+        rows = parquet_rows(path, required=(text_column,))
+    else:
+        rows = csv_rows(path, delimiter=",", required=(file_column, text_column))
+    records: list[CaseRecord] = []
+    for n, row in rows:
+        if spec.embedded:
+            image_path, sha, name = _record_image(row, spec, sink, root=root, fallback=None, source=path, line=n)
+            key = str(row.get(file_column) or name)
+        else:
+            name = str(row[file_column] if row[file_column] is not None else "")
+            image_path, sha, key = resolve_inside(root, name, source=path, line=n), None, name
+        skip = (file_column, text_column, spec.image_col)
+        extras = {k: json_safe(v) for k, v in row.items() if k not in skip and v not in (None, "")}
+        records.append(
+            CaseRecord(
+                key=key,
                 prompt=clean_prompt(str(row[text_column] or ""), source=path, line=n),
-                image_path=resolve_inside(root, name, source=path, line=n),
+                image_path=image_path,
                 source=name,
                 line=n,
                 labels=extras,
                 split=str(extras.pop("split")) if "split" in extras else None,
+                sha256=sha,
             )
         )
+    return records, root
+
+
+def _jsonl_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON ({exc.msg})", path=path, line=n) from None
+        if not isinstance(obj, dict):
+            raise InputError("each line must be a JSON object", path=path, line=n)
+        for col in required:
+            if col not in obj:
+                raise InputError(f"missing field {col!r}", path=path, line=n)
+        yield n, obj
+
+
+def read_dicom_folder(
+    path: Path, file_column: str, text_column: str, images_dir: Path | None
+) -> tuple[list[CaseRecord], Path]:
+    """A folder of DICOM files with their captions in a CSV beside them (``captions.csv`` or
+    ``metadata.csv``: ``file_name,text``, other headers via ``--file-column``/``--text-column``).
+    Each file's modality and display window become labels; the file itself is stored at full depth."""
+    records, root = read_csv_folder(path, file_column, text_column, images_dir,
+                                    listings=("captions.csv", "metadata.csv", "metadata.jsonl"))  # fmt: skip
+    for r in records:
+        if r.image_path is None or not r.image_path.exists():
+            continue
+        data = read_file_checked(r.image_path)
+        if not is_dicom(data):
+            raise InputError(f"not a DICOM file (no 'DICM' marker) (listed as {r.source!r})", path=r.image_path)
+        dcm = decode_dicom(data, source=r.image_path)
+        r.labels.update({"modality": dcm.modality, "photometric": dcm.photometric,
+                         "transfer_syntax": dcm.transfer_syntax, "bits_stored": dcm.bits_stored})  # fmt: skip
+        if dcm.window is not None:
+            r.labels["window"] = {"center": dcm.window[0], "width": dcm.window[1]}
     return records, root
 
 
@@ -321,19 +843,6 @@ def _check_unique_keys(records: list[CaseRecord], source: Path) -> None:
         if r.key in seen:
             raise InputError(f"duplicate id {r.key!r} (first at line {seen[r.key]})", path=source, line=r.line)
         seen[r.key] = r.line
-
-
-def _load_images(records: list[CaseRecord], store: MediaStore, max_pixels: int) -> dict[Path, ImageInfo]:
-    infos: dict[Path, ImageInfo] = {}
-    for r in records:
-        if r.image_path in infos:
-            continue
-        try:
-            data = read_file_checked(r.image_path)
-        except InputError as exc:
-            raise InputError(f"{exc} (listed as {r.source!r})", path=r.image_path) from None
-        infos[r.image_path] = store.put_bytes(data, source=r.image_path, max_pixels=max_pixels)
-    return infos
 
 
 def ensure_image_rows(session: Session, infos: Iterable[ImageInfo]) -> int:
@@ -364,6 +873,8 @@ def import_dataset(
     text_column: str = "text",
     merge: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+    progress: bool | None = None,
 ) -> ImportSummary:
     """Import a dataset in format ``fmt`` from ``path``; nothing is written unless every case is valid."""
     path = Path(path)
@@ -377,46 +888,57 @@ def import_dataset(
         raise InputError("not found", path=path)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise InputError("images folder not found", path=images_dir)
-    default_domain = {"medvqa-gi": Domain.GI, "rocov2": Domain.RADIOLOGY, "roco": Domain.RADIOLOGY}
+    default_domain = {"medvqa-gi": Domain.GI, "rocov2": Domain.RADIOLOGY, "roco": Domain.RADIOLOGY,
+                      "kvasir-vqa": Domain.GI, "kvasir-vqa-x1": Domain.GI, "dicom": Domain.RADIOLOGY}  # fmt: skip
     try:
         dom = Domain(domain) if domain else default_domain.get(fmt, Domain.OTHER)
     except ValueError:
         raise InputError(f"unknown domain {domain!r}; choose gi, radiology or other") from None
-
-    if fmt == "medvqa-gi":
-        records, root = read_medvqa_gi(path, images_dir)
-    elif fmt == "rocov2":
-        records, root = read_rocov2(path, images_dir)
-    elif fmt == "roco":
-        records, root = read_roco(path, images_dir)
-    else:
-        records, root = read_csv_folder(path, file_column, text_column)
-    if not records:
-        raise InputError("no cases found", path=path)
-    _check_unique_keys(records, path)
-
-    missing = sorted({r.source for r in records if not r.image_path.exists()})
-    skipped_examples = missing[:3]
-    if missing and not skip_missing:
-        listed = len({r.source for r in records})
-        raise InputError(
-            f"{len(missing)} of {listed} images listed are missing from {root} (e.g. {', '.join(missing[:3])}); "
-            "pass --skip-missing to import only the images present",
-            path=path,
-        )
-    missing_set = set(missing)
-    records = [r for r in records if r.source not in missing_set]
-    if limit is not None:
-        records = records[:limit]
-    if not records:
-        raise InputError(f"none of the listed images is present in {root}", path=path)
-
     with database.session() as session:
         existing = session.scalar(select(Dataset).where(Dataset.name == name))
         if existing is not None and not merge:
             raise ConflictError(f"dataset {name!r} already exists; choose another --name or pass --merge")
 
-    infos = _load_images(records, store, max_pixels)
+    sink = ImageSink(store, max_pixels, workers=workers, progress=progress)
+    try:
+        records, root = _read_records(fmt, path, images_dir, sink, file_column, text_column)
+        if not records:
+            raise InputError("no cases found", path=path)
+        _check_unique_keys(records, path)
+
+        missing = sorted({r.source for r in records if r.image_path is not None and not r.image_path.exists()})
+        skipped: dict[str, int] = {}
+        if missing and not skip_missing:
+            listed = len({r.source for r in records})
+            raise InputError(
+                f"{len(missing)} of {listed} images listed are missing from {root} (e.g. {', '.join(missing[:3])}); "
+                "pass --skip-missing to import only the images present",
+                path=path,
+            )
+        missing_set = set(missing)
+        if missing:
+            before = len(records)
+            records = [r for r in records if r.source not in missing_set]
+            skipped[SKIP_MISSING] = before - len(records)
+        if limit is not None and len(records) > limit:
+            skipped[SKIP_LIMIT] = len(records) - limit
+            records = records[:limit]
+        if not records:
+            raise InputError(f"none of the listed images is present in {root}", path=path)
+
+        paths = list(dict.fromkeys(r.image_path for r in records if r.image_path is not None))
+        sink.bar.reset(total=len(paths) + sink.listed)
+        sink.bar.update(sink.listed)
+        by_path = {p: sink.add_path(p, next(r.source for r in records if r.image_path == p)) for p in paths}
+        for r in records:
+            if r.image_path is not None:
+                r.sha256 = by_path[r.image_path]
+        infos = sink.close()
+    except BaseException:
+        sink.close_quietly()
+        raise
+    used = {r.sha256 for r in records}
+    logger.info("import %s: %d cases, %d distinct images of %d listed", name, len(records), len(used), sink.listed)
 
     with database.session() as session:
         dataset = session.scalar(select(Dataset).where(Dataset.name == name))
@@ -427,10 +949,11 @@ def import_dataset(
             session.flush()
         else:
             known = {c.key: c for c in session.scalars(select(Case).where(Case.dataset_id == dataset.id))}
-        new_images = ensure_image_rows(session, infos.values())
+        new_images = ensure_image_rows(session, [infos[sha] for sha in used if sha is not None])
         merged = 0
         for r in records:
-            sha = infos[r.image_path].sha256
+            sha = r.sha256
+            assert sha is not None, "every record's image was stored above"
             if r.key in known:
                 old = known[r.key]
                 if old.prompt != r.prompt or old.image_sha256 != sha:
@@ -455,12 +978,46 @@ def import_dataset(
         dataset=name,
         format=fmt,
         cases=len(records) - merged,
-        images=len(infos),
+        images=len(used),
         new_images=new_images,
         skipped_missing=len(missing),
-        skipped_examples=skipped_examples if missing else [],
+        skipped_examples=missing[:3],
         merged_existing=merged,
+        skipped=skipped,
+        duplicate_images=max(0, sink.listed - len(infos)),
     )
+
+
+def _read_records(
+    fmt: str, path: Path, images_dir: Path | None, sink: ImageSink, file_column: str, text_column: str
+) -> tuple[list[CaseRecord], Path]:
+    if fmt == "medvqa-gi":
+        return read_medvqa_gi(path, images_dir)
+    if fmt == "rocov2":
+        return read_rocov2(path, images_dir, sink)
+    if fmt == "roco":
+        return read_roco(path, images_dir)
+    if fmt == "kvasir-vqa":
+        return read_kvasir_vqa(path, images_dir, sink)
+    if fmt == "kvasir-vqa-x1":
+        return read_kvasir_vqa_x1(path, images_dir, sink)
+    if fmt == "dicom":
+        return read_dicom_folder(path, file_column, text_column, images_dir)
+    return read_csv_folder(path, file_column, text_column, images_dir, sink)
+
+
+def paraphrase_groups(session: Session, dataset: str) -> dict[str, list[str]]:
+    """``{group: [case key, ...]}`` of a dataset's paraphrase groups (MEDVQA-GI 2025 captions: the
+    captions of one group paraphrase one prompt; the agreement score compares answers within a group)."""
+    ds = session.scalar(select(Dataset).where(Dataset.name == dataset))
+    if ds is None:
+        raise NotFoundError(f"no dataset called {dataset!r}")
+    groups: dict[str, list[str]] = {}
+    for key, labels in session.execute(select(Case.key, Case.labels).where(Case.dataset_id == ds.id).order_by(Case.id)):
+        group = (labels or {}).get("paraphrase_group")
+        if group is not None:
+            groups.setdefault(str(group), []).append(key)
+    return groups
 
 
 # ----------------------------------------------------------------------------------------------- generated

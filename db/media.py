@@ -20,7 +20,7 @@ from typing import Literal
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from db.errors import InputError, MedSynthError
-from db.imaging import to_display_rgb
+from db.imaging import decode_dicom, is_dicom, open_image, preset_window, to_display_rgb
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -69,6 +69,10 @@ def inspect_image_bytes(data: bytes, *, source: object, max_pixels: int = DEFAUL
     """Validate ``data`` as a complete image within ``max_pixels``; return its :class:`ImageInfo`."""
     if not data:
         raise InputError("empty file (0 bytes), not an image", path=source)
+    if is_dicom(data):  # kept at full depth; decoded (once, here) to prove it can be shown
+        dcm = decode_dicom(data, source=source, max_pixels=max_pixels)
+        height, width = dcm.pixels.shape[:2]
+        return ImageInfo(sha256_bytes(data), width, height, "RGB" if dcm.pixels.ndim == 3 else "F", "DICOM", len(data))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
@@ -85,8 +89,10 @@ def inspect_image_bytes(data: bytes, *, source: object, max_pixels: int = DEFAUL
                         f"{max_pixels:,} (decompression bombs are refused)",
                         path=source,
                     )
-                img.load()
+                if fmt == "JPEG":  # DCT-scaled decode: reads the whole stream (truncation is caught), 4x faster
+                    img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
                 mode = img.mode
+                img.load()
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -112,13 +118,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def fit_for_display(img: Image.Image, size: int, fit: Fit) -> Image.Image:
+def fit_for_display(img: Image.Image, size: int, fit: Fit, *, window: str | None = None) -> Image.Image:
     """Resize to the display size: ``square`` centre-crops to a square, ``contain`` keeps the aspect.
 
     Every served image is RGB: a grey-scale radiograph stays grey (R = G = B), and the PNG colour type
     cannot tell a rater which side came from a grey-scale source (real) and which from a generator.
     """
-    img = to_display_rgb(img)
+    center, width = preset_window(window) if window and img.mode not in ("L", "RGB") else (None, None)
+    img = to_display_rgb(img, center=center, width=width)
     if fit == "square":
         return ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
     img = img.copy()
@@ -180,17 +187,17 @@ class MediaStore:
         return removed
 
     def open(self, sha256: str) -> Image.Image:
-        """Open a stored image (fully loaded)."""
-        with Image.open(self.path(sha256)) as img:
-            img.load()
-            return img.copy()
+        """Open a stored image (fully loaded; DICOM decoded at full depth by :func:`db.imaging.open_image`)."""
+        return open_image(self.path(sha256))
 
-    def served_copy(self, sha256: str, *, size: int = 512, fit: Fit = "square") -> bytes:
-        """A metadata-free PNG of the image fitted to ``size``; cached on disk."""
-        cache = self.root / "served" / f"{SERVED_VERSION}-{size}-{fit}" / sha256[:2] / f"{sha256}.png"
+    def served_copy(self, sha256: str, *, size: int = 512, fit: Fit = "square", window: str | None = None) -> bytes:
+        """A metadata-free PNG of the image fitted to ``size``; cached on disk. ``window`` names a
+        :data:`db.imaging.WINDOW_PRESETS` window for high-depth images (default: the file's own window)."""
+        variant = f"{SERVED_VERSION}-{size}-{fit}" + (f"-{window}" if window else "")
+        cache = self.root / "served" / variant / sha256[:2] / f"{sha256}.png"
         if cache.exists():
             return cache.read_bytes()
-        img = fit_for_display(self.open(sha256), size, fit)
+        img = fit_for_display(self.open(sha256), size, fit, window=window)
         clean = Image.new(img.mode, img.size)
         clean.paste(img)
         buf = io.BytesIO()

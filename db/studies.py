@@ -23,6 +23,7 @@ Example config::
     [display]
     size = 512
     fit = "square"             # or "contain"
+    window = "lung"            # optional: lung, mediastinum, bone, brain, abdomen (high-depth images, e.g. CT)
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.errors import ConflictError, InputError, NotFoundError
+from db.imaging import WINDOW_PRESETS
 from db.importers import ensure_image_rows
 from db.media import MediaStore
 from db.models import (
@@ -66,6 +68,7 @@ class DisplayConfig:
 
     size: int = 512
     fit: str = "square"
+    window: str | None = None  # a db.imaging.WINDOW_PRESETS name for high-depth images (e.g. CT); None: the file's
 
 
 @dataclass(frozen=True)
@@ -149,8 +152,11 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
     if not isinstance(routing, bool):
         raise InputError("'specialty_routing' must be true or false", path=source)
     display_raw = raw.get("display", {})
-    if not isinstance(display_raw, dict) or set(display_raw) - {"size", "fit"}:
-        raise InputError("[display] takes only 'size' and 'fit'", path=source)
+    if not isinstance(display_raw, dict) or set(display_raw) - {"size", "fit", "window"}:
+        raise InputError("[display] takes only 'size', 'fit' and 'window'", path=source)
+    window = display_raw.get("window")
+    if window is not None and window not in WINDOW_PRESETS:
+        raise InputError(f"display.window must be one of {', '.join(WINDOW_PRESETS)}", path=source)
     size = display_raw.get("size", 512)
     fit = display_raw.get("fit", "square")
     if not isinstance(size, int) or isinstance(size, bool) or not 64 <= size <= 2048:
@@ -176,7 +182,7 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
         attention_fraction=fractions["attention_fraction"],
         repeat_fraction=fractions["repeat_fraction"],
         specialty_routing=routing,
-        display=DisplayConfig(size=size, fit=fit),
+        display=DisplayConfig(size=size, fit=fit, window=window),
         title=title,
         instructions=instructions,
         cases=list(cases),

@@ -109,7 +109,7 @@ def image_bytes(database: Database, store: MediaStore, displays: DisplayCache, r
     display = displays.get(study_id, config_text)
     sha = generated if ref.side == generated_side else real
     size = zoom_size(display) if ref.zoom else display.size
-    return store.served_copy(sha, size=size, fit=display.fit)  # type: ignore[arg-type]
+    return store.served_copy(sha, size=size, fit=display.fit, window=display.window)  # type: ignore[arg-type]
 
 
 def install_media_routes(app: FastAPI, database: Database, store: MediaStore) -> None:

@@ -32,6 +32,20 @@ def jpeg(size: tuple[int, int] = (64, 64)) -> bytes:
     return buf.getvalue()
 
 
+def _parquet(path: Path, rows: list[dict[str, object]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def _pydicom_file(name: str) -> bytes:
+    """A test file that ships inside the pydicom wheel (real DICOM, never downloaded)."""
+    import pydicom
+
+    return (Path(pydicom.__file__).parent / "data" / "test_files" / name).read_bytes()
+
+
 def folder(name: str, metadata: str | bytes, files: dict[str, bytes], listing: str = "metadata.csv") -> None:
     root = _target / name
     root.mkdir(parents=True)
@@ -112,6 +126,21 @@ def main(target: Path = CASES) -> Path:
     )
     folder("rocov2_missing_caption_column", "ID,Text\nok0,x\n", {}, listing="test_captions.csv")
     folder("roco_no_tab", "ROCO_00001 caption without a tab\n", {}, listing="captions.txt")
+    folder("roco_licences_wrong_columns", "ROCO_00001\t caption\n", {"licences.txt": b"ROCO_ID\tCC\n"},
+           listing="captions.txt")  # fmt: skip
+    folder("kvasir_vqa_missing_column", "source,question,img_id\nhyperkvasir,Is there a polyp?,ok0\n", files)
+    folder("kvasir_x1_captions_not_object", json.dumps(["a caption"]), files, listing="kvasir-captions.json")
+    folder("parquet_no_image_column", b"", files, listing="metadata.parquet")
+    _parquet(_target / "parquet_no_image_column" / "metadata.parquet", [{"caption": "a polyp", "text": "x"}])
+    dicom = _pydicom_file("MR_small.dcm")
+    folder("dicom_truncated", "file_name,text\nmr.dcm,an MR\n", {"mr.dcm": dicom[: len(dicom) // 2]},
+           listing="captions.csv")  # fmt: skip
+    folder("dicom_not_dicom", "file_name,text\nct.dcm,a CT\n", {"ct.dcm": b"just text, not DICOM"},
+           listing="captions.csv")  # fmt: skip
+    folder("dicom_compressed_no_decoder", "file_name,text\nmr.dcm,an MR\n",
+           {"mr.dcm": _pydicom_file("MR_small_jpeg_ls_lossless.dcm")}, listing="captions.csv")  # fmt: skip
+    folder("dicom_multiframe", "file_name,text\nd.dcm,a dose grid\n", {"d.dcm": _pydicom_file("rtdose.dcm")},
+           listing="captions.csv")  # fmt: skip
     # --- generated-image manifests (need the dataset 'ds' with case 'ok0.png', see the test)
     folder("manifest_seed_not_integer", "file,case,seed\nok0.png,ok0.png,abc\n", files, listing="manifest.csv")
     folder("manifest_unknown_case", "file,case,seed\nok0.png,no-such-case,1\n", files, listing="manifest.csv")

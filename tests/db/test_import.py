@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,7 +56,8 @@ def test_medvqa_gi_skip_missing_imports_40_images_395_prompts(workspace: Workspa
     summary = import_dataset(workspace.database, workspace.store, "medvqa-gi", prompt_file,
                              images_dir=shared_data / "gi", name="mv", skip_missing=True)  # fmt: skip
     assert (summary.images, summary.cases, summary.skipped_missing) == (40, 395, 1960)
-    assert "skipped 1960" in summary.describe()
+    assert summary.skipped == {"whose image is missing": 20241 - 395}
+    assert "skipped 19,846 cases: 19,846 whose image is missing (1,960 missing images, e.g." in summary.describe()
     per_image = {}
     for r in csv.DictReader((shared_data / "gi" / "prompts_per_image.csv").open()):
         per_image.setdefault(r["file"], []).append(r["prompt"])
@@ -89,25 +92,59 @@ def test_rocov2_official_layout(workspace: Workspace, shared_data: Path, tmp_pat
         assert case.prompt == captions[prov[0]["file"]]
 
 
-def test_roco_v1_official_layout(workspace: Workspace, shared_data: Path, tmp_path: Path) -> None:
+ROCO_FILES = ("captions.txt", "dlinks.txt", "licences.txt", "cuis.txt", "keywords.txt", "semtypes.txt")
+
+
+def roco_v1_layout(shared_data: Path, tmp_path: Path, *, by_roco_id: bool) -> tuple[Path, list[dict[str, str]]]:
+    """The official ROCO v1 folder ``data/test/radiology/`` from the verbatim metadata lines, with the 40
+    sample images linked in as the current download script names them (``images/ROCO_xxxxx.jpg``) or as
+    older copies do (``images/PMC<id>_<name>.jpg``)."""
     rad = shared_data / "radiology"
-    prov = list(csv.DictReader((rad / "provenance.csv").open()))[:8]
-    captions = {r["file"]: r["caption"] for r in csv.DictReader((rad / "captions.csv").open())}
-    folder = tmp_path / "roco" / "data" / "test" / "radiology"
-    link_images(rad, folder / "images", [r["file"] for r in prov])
-    (folder / "captions.txt").write_text("".join(f"{r['roco_id']}\t {captions[r['file']]}\n" for r in prov))
-    (folder / "dlinks.txt").write_text(
-        "".join(f"{r['roco_id']}\tftp://example.invalid/{r['file'].split('_')[0]}.tar.gz\t{r['file']}\n" for r in prov)
-    )
-    (folder / "cuis.txt").write_text("".join(f"{r['roco_id']}\t" + "\t".join(r["umls_cuis"].split()) + "\n"
-                                             for r in prov))  # fmt: skip
+    folder = tmp_path / "roco-dataset" / "data" / "test" / "radiology"
+    (folder / "images").mkdir(parents=True)
+    for name in ROCO_FILES:
+        (folder / name).write_bytes((rad / "roco-v1-official" / name).read_bytes())
+    prov = list(csv.DictReader((rad / "provenance.csv").open()))
+    for r in prov:
+        target = folder / "images" / (f"{r['roco_id']}.jpg" if by_roco_id else r["file"])
+        try:
+            os.link(rad / r["file"], target)
+        except OSError:
+            shutil.copyfile(rad / r["file"], target)
+    return folder, prov
+
+
+@pytest.mark.parametrize("by_roco_id", [True, False], ids=["images-by-roco-id", "images-by-pmc-name"])
+def test_roco_v1_official_layout(workspace: Workspace, shared_data: Path, tmp_path: Path, by_roco_id: bool) -> None:
+    folder, prov = roco_v1_layout(shared_data, tmp_path, by_roco_id=by_roco_id)
     summary = import_dataset(workspace.database, workspace.store, "roco", folder / "captions.txt", name="roco")
-    assert summary.cases == 8
+    assert (summary.cases, summary.images, summary.skipped) == (40, 40, {})
+    captions = {r["file"]: r["caption"] for r in csv.DictReader((shared_data / "radiology" / "captions.csv").open())}
     with workspace.database.session() as s:
-        case = s.scalar(select(Case).where(Case.key == prov[0]["roco_id"]))
-        assert case is not None and case.prompt == captions[prov[0]["file"]]
-        assert case.source_file == prov[0]["file"]
-        assert case.labels["cuis"] == prov[0]["umls_cuis"].split()
+        cases = {c.key: c for c in s.scalars(select(Case))}
+    assert set(cases) == {r["roco_id"] for r in prov}
+    for r in prov:
+        case = cases[r["roco_id"]]
+        assert case.prompt == captions[r["file"]]
+        assert case.source_file == (f"{r['roco_id']}.jpg" if by_roco_id else r["file"])
+        original = (shared_data / "radiology" / r["file"]).read_bytes()
+        assert workspace.store.path(case.image_sha256).read_bytes() == original
+        assert case.split == "test"
+        assert case.labels["cuis"] == r["umls_cuis"].split()
+        assert case.labels["keywords"] == r["keywords"].split()
+        assert " ".join(f"{t['tui']} {t['name']}" for t in case.labels["semtypes"]) == r["semtypes"]
+        assert case.labels["license"] == r["license"] == "CC BY"
+        assert case.labels["pmc_id"] == r["attribution"].split()[5]
+        assert r["attribution"].split("(")[1].rstrip(")") in case.labels["attribution"]
+
+
+def test_roco_v1_missing_images_are_named_by_roco_id(workspace: Workspace, shared_data: Path, tmp_path: Path) -> None:
+    folder, prov = roco_v1_layout(shared_data, tmp_path, by_roco_id=True)
+    (folder / "images" / f"{prov[0]['roco_id']}.jpg").unlink()
+    with pytest.raises(InputError, match=rf"1 of 40 images listed are missing.*{prov[0]['roco_id']}\.jpg"):
+        import_dataset(workspace.database, workspace.store, "roco", folder, name="roco")
+    summary = import_dataset(workspace.database, workspace.store, "roco", folder, name="roco", skip_missing=True)
+    assert (summary.cases, summary.skipped) == (39, {"whose image is missing": 1})
 
 
 def test_imagefolder_jsonl(workspace: Workspace, shared_data: Path, tmp_path: Path) -> None:
