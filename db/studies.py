@@ -1,9 +1,13 @@
 """Blinded studies built deterministically from a TOML config and a seed.
 
 The same config and seed give the same pairs, the same left/right sides and the same per-rater order.
-Sides are balanced within each model; items are interleaved by model so every rater sees the models in
-balance; attention items (the generated side replaced by obvious noise) and repeated items (for intra-rater
-reliability, dealt to the same raters as their originals and placed after them) are mixed in.
+Items are dealt to rater slots by a reader design (:mod:`db.designs`): ``balanced`` (default; every item
+read by K slots, every slot reads every model equally often), ``crossed`` or ``split-plot``. No slot sees
+one real image in two normal pairs: a case's models go to different slots, or, when there are fewer slots
+than models x K, each model gets its own cases. Sides are balanced per model and within every slot.
+Attention items (the generated side replaced by obvious noise) and repeated items (for intra-rater
+reliability) go to the raters of their base item and are placed after it. Every served copy is rendered
+when the study is created, so no image arrives faster for having been shown before.
 
 Example config::
 
@@ -14,6 +18,7 @@ Example config::
     cases_per_model = 20
     raters_per_item = 2        # overlap K
     rater_slots = 4            # raters expected; item i goes to K of these slots
+    design = "balanced"        # or "crossed" (every slot reads every item) or "split-plot"
     attention_fraction = 0.05
     repeat_fraction = 0.05
     specialty_routing = false  # true: radiologists get radiology items, gastroenterologists GI items
@@ -29,9 +34,12 @@ Example config::
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import secrets
+import threading
 import tomllib
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,15 +48,33 @@ from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from db.designs import (
+    DESIGN_VERSION,
+    DesignAudit,
+    DesignKind,
+    SlotItem,
+    Unit,
+    assign_slots,
+    audit_slots,
+    check_design_numbers,
+    choose_sides,
+    effective_k,
+    needs_own_cases,
+    order_slot,
+    pick_bases,
+    seeded_rng,
+)
 from db.errors import ConflictError, InputError, NotFoundError
 from db.imaging import WINDOW_PRESETS
 from db.importers import ensure_image_rows
-from db.media import MediaStore
+from db.media import MediaStore, pair_is_grey, zoom_size
 from db.models import (
     Assignment,
     Case,
     Dataset,
+    Domain,
     GeneratedImage,
+    ImageBlob,
     ItemKind,
     Model,
     Rater,
@@ -56,7 +82,10 @@ from db.models import (
     Specialty,
     Study,
     StudyItem,
+    StudyStatus,
 )
+
+logger = logging.getLogger(__name__)
 
 MAX_CASES_PER_MODEL = 100_000
 ROUTING = {Specialty.GASTROENTEROLOGY: "gi", Specialty.RADIOLOGY: "radiology"}
@@ -82,6 +111,7 @@ class StudyConfig:
     cases_per_model: int
     raters_per_item: int = 1
     rater_slots: int = 0
+    design: str = DesignKind.BALANCED.value
     attention_fraction: float = 0.0
     repeat_fraction: float = 0.0
     specialty_routing: bool = False
@@ -142,6 +172,10 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
         raise InputError(
             "'rater_slots' must be 0 (= raters_per_item) or between raters_per_item and 10000", path=source
         )
+    design = raw.get("design", DesignKind.BALANCED.value)
+    if design not in {d.value for d in DesignKind}:
+        raise InputError(f"'design' must be one of {', '.join(d.value for d in DesignKind)}", path=source)
+    check_design_numbers(DesignKind(design), k, slots or k, source=source)
     fractions = {}
     for key in ("attention_fraction", "repeat_fraction"):
         value = raw.get(key, 0.0)
@@ -179,6 +213,7 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
         cases_per_model=per_model,
         raters_per_item=k,
         rater_slots=slots,
+        design=design,
         attention_fraction=fractions["attention_fraction"],
         repeat_fraction=fractions["repeat_fraction"],
         specialty_routing=routing,
@@ -190,9 +225,7 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
     )
 
 
-def _rng(*parts: object) -> random.Random:
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
+_rng = seeded_rng
 
 
 def _public_id(rng: random.Random) -> str:
@@ -208,7 +241,7 @@ def attention_image(width: int, height: int, seed: int) -> Image.Image:
 
 @dataclass
 class StudySummary:
-    """What ``study create`` built."""
+    """What ``study create`` built, with the audit of its design."""
 
     name: str
     items: int
@@ -216,19 +249,86 @@ class StudySummary:
     attention: int
     repeats: int
     config_sha256: str
+    audits: list[DesignAudit] = field(default_factory=list)
+    own_cases: bool = False
+    rendered: int = 0
 
     def describe(self) -> str:
         models = ", ".join(f"{m}: {n}" for m, n in self.per_model.items())
-        return (
+        lines = [
             f"study {self.name!r}: {self.items} items ({models}; {self.attention} attention, "
-            f"{self.repeats} repeats), config sha256 {self.config_sha256[:12]}"
+            f"{self.repeats} repeats), config sha256 {self.config_sha256[:12]}",
+            "cases: " + ("each model has its own cases" if self.own_cases else "every model is shown the same cases")
+            + "; a rater sees each real image in one normal pair at most",
+            f"served copies rendered now: {self.rendered}",
+        ]  # fmt: skip
+        lines.extend(a.describe() for a in self.audits)
+        return "\n".join(lines)
+
+
+def _domain_quota(available: dict[Domain, int], per_model: int, groups: int) -> dict[Domain, int] | None:
+    """Cases per model from each domain: proportional to what is available (largest remainder), each
+    domain holding ``groups`` disjoint sets of them; None when there are not enough."""
+    capacity = {d: n // groups for d, n in available.items()}
+    if sum(capacity.values()) < per_model:
+        return None
+    total = sum(available.values())
+    quota = {d: min(capacity[d], per_model * n // total) for d, n in available.items()}
+    order = sorted(available, key=lambda d: (-(per_model * available[d] / total - quota[d]), d.value))
+    while sum(quota.values()) < per_model:
+        for d in order:
+            if quota[d] < capacity[d] and sum(quota.values()) < per_model:
+                quota[d] += 1
+    return quota
+
+
+def _draw_cases(
+    cfg: StudyConfig,
+    models: list[Model],
+    pools: list[dict[int, tuple[Case, GeneratedImage]]],
+    domains: dict[int, Domain],
+    own: bool,
+    source: str,
+) -> list[list[tuple[Case, GeneratedImage]]]:
+    """Each model's cases, aligned by rank (rank r has the same domain for every model)."""
+    common = sorted(set.intersection(*(set(p) for p in pools)))
+    groups = len(models) if own else 1
+    by_domain: dict[Domain, list[int]] = defaultdict(list)
+    for case_id in common:
+        by_domain[domains[pools[0][case_id][0].dataset_id]].append(case_id)
+    quota = _domain_quota({d: len(ids) for d, ids in by_domain.items()}, cfg.cases_per_model, groups)
+    if quota is None:
+        needed = cfg.cases_per_model * groups
+        why = (
+            f" x {groups} models, since each model needs its own cases when rater_slots < models x raters_per_item"
+            f" ({cfg.slots} < {len(models)} x {cfg.raters_per_item}) or the design is crossed"
+            if own
+            else ""
         )
+        raise InputError(
+            f"the models {', '.join(m.name for m in models)} have generated images for {len(common)} cases of "
+            f"{', '.join(cfg.datasets)} in common, fewer than cases_per_model = {cfg.cases_per_model}{why} "
+            f"(= {needed}); generate more, lower cases_per_model"
+            + (f", or raise rater_slots to {len(models) * cfg.raters_per_item}" if own else ""),
+            path=source,
+        )
+    rng = _rng(cfg.seed, "cases")
+    chosen: list[list[int]] = [[] for _ in models]
+    for d in sorted(by_domain, key=lambda d: d.value):
+        ids = rng.sample(by_domain[d], quota[d] * groups)
+        for j in range(len(models)):
+            g = j if own else 0
+            chosen[j].extend(ids[g * quota[d] : (g + 1) * quota[d]])
+    order = list(range(cfg.cases_per_model))
+    rng.shuffle(order)
+    return [[pool[ids[r]] for r in order] for pool, ids in zip(pools, chosen, strict=True)]
 
 
 def create_study(
     session: Session, store: MediaStore, config_text: str, *, source: str = "study config"
 ) -> StudySummary:
-    """Build a study's items from its config (raters and their assignments come with ``add_rater``)."""
+    """Build a study's items from its config and render every copy it will serve (raters and their
+    assignments come with ``add_rater``). Refuses a design that cannot be balanced, naming the numbers."""
     cfg = parse_study_config(config_text, source=source)
     if session.scalar(select(Study).where(Study.name == cfg.name)) is not None:
         raise ConflictError(f"study {cfg.name!r} already exists")
@@ -239,14 +339,17 @@ def create_study(
             raise NotFoundError(f"study config names dataset {name!r}, which is not imported")
         datasets.append(ds)
     dataset_ids = [d.id for d in datasets]
+    domains = {d.id: d.domain for d in datasets}
     models: list[Model] = []
     for name in cfg.models:
         m = session.scalar(select(Model).where(Model.name == name))
         if m is None:
             raise NotFoundError(f"study config names model {name!r}, which is not registered")
         models.append(m)
+    kind = DesignKind(cfg.design)
+    own = needs_own_cases(kind, len(models), effective_k(kind, cfg.raters_per_item, cfg.slots), cfg.slots)
 
-    per_model_items: list[list[tuple[Case, GeneratedImage]]] = []
+    pools: list[dict[int, tuple[Case, GeneratedImage]]] = []
     for m in models:
         query = (
             select(GeneratedImage, Case)
@@ -258,62 +361,65 @@ def create_study(
             query = query.where(Case.key.in_(cfg.cases))
         if cfg.split:
             query = query.where(Case.split == cfg.split)
-        rows = session.execute(query).all()
         by_case: dict[int, tuple[Case, GeneratedImage]] = {}
-        for gen, case in rows:
+        for gen, case in session.execute(query).all():
             by_case.setdefault(case.id, (case, gen))
-        pool = [by_case[k] for k in sorted(by_case)]
-        if len(pool) < cfg.cases_per_model:
+        if len(by_case) < cfg.cases_per_model:
             raise InputError(
-                f"model {m.name!r} has generated images for {len(pool)} cases of {', '.join(cfg.datasets)}, "
+                f"model {m.name!r} has generated images for {len(by_case)} cases of {', '.join(cfg.datasets)}, "
                 f"fewer than cases_per_model = {cfg.cases_per_model}; generate more or lower the number",
                 path=source,
             )
-        chosen = _rng(cfg.seed, "cases", m.name).sample(pool, cfg.cases_per_model)
-        per_model_items.append(chosen)
+        pools.append(by_case)
+    per_model_items = _draw_cases(cfg, models, pools, domains, own, source)
 
     study = Study(
         name=cfg.name,
         config_text=config_text,
         config_sha256=hashlib.sha256(config_text.encode()).hexdigest(),
-        config=cfg.to_dict(),
+        config={**cfg.to_dict(), "design_version": DESIGN_VERSION},
         seed=cfg.seed,
     )
     session.add(study)
     session.flush()
     id_rng = _rng(cfg.seed, "public-ids", secrets.token_hex(8))  # ids are opaque, not derivable
 
-    # Balanced sides per model: half left, half right, in a seeded order.
     normal: list[StudyItem] = []
-    sided: list[list[tuple[Case, GeneratedImage, Side]]] = []
-    for m, chosen in zip(models, per_model_items, strict=True):
-        sides = [Side.LEFT, Side.RIGHT] * (len(chosen) // 2 + 1)
-        sides = sides[: len(chosen)]
-        _rng(cfg.seed, "sides", m.name).shuffle(sides)
-        sided.append([(c, g, s) for (c, g), s in zip(chosen, sides, strict=True)])
-    # Interleave models round-robin so every slice of the list is balanced across models.
-    domains = {d.id: d.domain for d in datasets}
     for rank in range(cfg.cases_per_model):
-        for m, items in zip(models, sided, strict=True):
-            case, gen, side = items[rank]
-            item = StudyItem(
-                study_id=study.id,
-                public_id=_public_id(id_rng),
-                kind=ItemKind.NORMAL,
-                case_id=case.id,
-                model_id=m.id,
-                generated_image_id=gen.id,
-                real_sha256=case.image_sha256,
-                generated_sha256=gen.image_sha256,
-                generated_side=side,
-                domain=domains[case.dataset_id],
+        for m, items in zip(models, per_model_items, strict=True):
+            case, gen = items[rank]
+            normal.append(
+                StudyItem(
+                    study_id=study.id,
+                    public_id=_public_id(id_rng),
+                    kind=ItemKind.NORMAL,
+                    case_id=case.id,
+                    model_id=m.id,
+                    generated_image_id=gen.id,
+                    real_sha256=case.image_sha256,
+                    generated_sha256=gen.image_sha256,
+                    generated_side=Side.LEFT,  # set below, from the design
+                    domain=domains[case.dataset_id],
+                )
             )
-            normal.append(item)
     session.add_all(normal)
+    session.flush()
+
+    # Sides, attention and repeat bases follow the design of every rater group the item belongs to.
+    units = _units(normal)
+    memberships: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for key, group in _groups(cfg, normal).items():
+        for item_id, slots in _plan(study, cfg, group, key).items():
+            memberships[item_id].extend((key, s) for s in slots)
+    left = choose_sides(units, memberships, (cfg.seed, "sides"))
+    for item in normal:
+        item.generated_side = Side.LEFT if left[item.id] else Side.RIGHT
+    by_id = {it.id: it for it in normal}
 
     n_attention = round(cfg.attention_fraction * len(normal))
     attention: list[StudyItem] = []
-    for j, base in enumerate(_rng(cfg.seed, "attention").sample(normal, n_attention)):
+    for j, key in enumerate(pick_bases(units, memberships, n_attention, (cfg.seed, "attention"))):
+        base = by_id[key]
         src = store.open(base.generated_sha256)
         info = store.put_image(attention_image(src.width, src.height, cfg.seed * 1000 + j), source="attention")
         ensure_image_rows(session, [info])
@@ -348,10 +454,21 @@ def create_study(
             repeat_of_id=o.id,
             domain=o.domain,
         )
-        for o in _rng(cfg.seed, "repeats").sample(normal, n_repeat)
+        for o in (by_id[key] for key in pick_bases(units, memberships, n_repeat, (cfg.seed, "repeats")))
     ]
     session.add_all(repeats)
     session.flush()
+    audits = plan_audits(session, study)
+    problems = [f"{a.label}: {p}" for a in audits for p in a.problems]
+    if problems:
+        raise InputError(
+            f"the {cfg.design} design cannot be balanced with {len(models)} models, cases_per_model = "
+            f"{cfg.cases_per_model}, raters_per_item = {cfg.raters_per_item}, rater_slots = {cfg.slots} "
+            f"({'; '.join(problems)}); change rater_slots or make cases_per_model x raters_per_item a multiple "
+            f"of rater_slots",
+            path=source,
+        )
+    rendered = prerender_study(session, store, study)
     return StudySummary(
         name=cfg.name,
         items=len(normal) + len(attention) + len(repeats),
@@ -359,6 +476,9 @@ def create_study(
         attention=len(attention),
         repeats=len(repeats),
         config_sha256=study.config_sha256,
+        audits=audits,
+        own_cases=own,
+        rendered=rendered,
     )
 
 
@@ -375,6 +495,52 @@ def study_config(study: Study) -> StudyConfig:
     return parse_study_config(study.config_text, source=f"study {study.name}")
 
 
+def _is_legacy(study: Study) -> bool:
+    """Studies made before reader designs were dealt round-robin (and keep that for later raters)."""
+    return not (study.config or {}).get("design_version")
+
+
+def _units(normal: list[StudyItem]) -> list[Unit]:
+    ranks: dict[int, int] = defaultdict(int)
+    units = []
+    for it in sorted(normal, key=lambda i: i.id):
+        units.append(Unit(it.id, it.real_sha256, str(it.model_id), ranks[it.model_id]))
+        ranks[it.model_id] += 1
+    return units
+
+
+def _groups(cfg: StudyConfig, normal: list[StudyItem]) -> dict[str, list[StudyItem]]:
+    """The normal items of each rater group (routing key): all, plus one per domain when routing."""
+    groups = {"all": list(normal)}
+    if cfg.specialty_routing:
+        for key in ROUTING.values():
+            groups[key] = [i for i in normal if i.domain.value == key]
+    return groups
+
+
+def _plan(study: Study, cfg: StudyConfig, normal: list[StudyItem], routing_key: str) -> dict[int, tuple[int, ...]]:
+    """The slots reading each normal item of one rater group."""
+    units = _units(normal)
+    models = list(dict.fromkeys(u.model for u in units))
+    kind = DesignKind(cfg.design)
+    k = effective_k(kind, cfg.raters_per_item, cfg.slots)
+    return assign_slots(units, kind=kind, k=k, slots=cfg.slots, models=models, seed=(study.seed, "design", routing_key))
+
+
+def _base_of(item: StudyItem, normal_by_pair: dict[tuple[int, int], int]) -> int | None:
+    if item.kind == ItemKind.REPEAT:
+        return item.repeat_of_id
+    if item.kind == ItemKind.ATTENTION:
+        return normal_by_pair.get((item.case_id, item.model_id))
+    return None
+
+
+def _slot_item(item: StudyItem, base: int | None) -> SlotItem:
+    return SlotItem(
+        item.id, item.kind.value, str(item.model_id), item.real_sha256, item.generated_side == Side.LEFT, base
+    )
+
+
 def items_for_slot(
     study: Study,
     items: list[StudyItem],
@@ -382,7 +548,28 @@ def items_for_slot(
     cfg: StudyConfig,
     routing_key: str,
 ) -> list[StudyItem]:
-    """The items a rater in ``slot`` reads, in their deterministic order (repeats after their originals)."""
+    """The items a rater in ``slot`` reads, in their deterministic order (followers after their base)."""
+    if _is_legacy(study):
+        return _legacy_items_for_slot(study, items, slot, cfg, routing_key)
+    normal = [i for i in items if i.kind == ItemKind.NORMAL]
+    plan = _plan(study, cfg, normal, routing_key)
+    mine = {item_id for item_id, slots in plan.items() if slot in slots}
+    normal_by_pair = {(i.case_id, i.model_id): i.id for i in normal}
+    by_id = {i.id: i for i in items}
+    chosen = []
+    for it in items:
+        base = _base_of(it, normal_by_pair)
+        if (it.id in mine) or (base is not None and base in mine):
+            chosen.append(_slot_item(it, base))
+    ordered = order_slot(chosen, (study.seed, "order", routing_key, slot))
+    return [by_id[s.key] for s in ordered]
+
+
+def _legacy_items_for_slot(
+    study: Study, items: list[StudyItem], slot: int, cfg: StudyConfig, routing_key: str
+) -> list[StudyItem]:
+    """The round-robin dealing of studies made before reader designs (kept so they stay reproducible;
+    ``study check`` shows its imbalance)."""
     base = sorted((i for i in items if i.kind != ItemKind.REPEAT), key=lambda i: i.id)
     k, slots = cfg.raters_per_item, cfg.slots
     mine = [it for n, it in enumerate(base) if (slot - n * k) % slots < k]
@@ -399,10 +586,216 @@ def items_for_slot(
     return ordered
 
 
+def _routing_items(session: Session, study: Study, cfg: StudyConfig) -> dict[str, list[StudyItem]]:
+    items = list(session.scalars(select(StudyItem).where(StudyItem.study_id == study.id).order_by(StudyItem.id)))
+    groups = {"all": items}
+    if cfg.specialty_routing:
+        for key in ROUTING.values():
+            groups[key] = [i for i in items if i.domain.value == key]
+    return groups
+
+
+def _model_names(session: Session, study: Study) -> dict[str, str]:
+    rows = session.execute(
+        select(Model.id, Model.name)
+        .join(StudyItem, StudyItem.model_id == Model.id)
+        .where(StudyItem.study_id == study.id)
+    ).all()
+    return {str(i): name for i, name in rows}
+
+
+def _named(items: list[SlotItem], names: dict[str, str]) -> list[SlotItem]:
+    return [SlotItem(i.key, i.kind, names.get(i.model, i.model), i.case, i.generated_left, i.base) for i in items]
+
+
+def _audit_lists(
+    session: Session, study: Study, cfg: StudyConfig, lists: list[list[StudyItem]], items: list[StudyItem], label: str
+) -> DesignAudit:
+    names = _model_names(session, study)
+    normal = [i for i in items if i.kind == ItemKind.NORMAL]
+    normal_by_pair = {(i.case_id, i.model_id): i.id for i in normal}
+    models = [
+        names.get(str(mid), str(mid)) for mid in dict.fromkeys(i.model_id for i in sorted(normal, key=lambda i: i.id))
+    ]
+    kind = DesignKind(cfg.design) if not _is_legacy(study) else "legacy round-robin"
+    k = effective_k(DesignKind(cfg.design), cfg.raters_per_item, cfg.slots)
+    slot_lists = [_named([_slot_item(i, _base_of(i, normal_by_pair)) for i in lst], names) for lst in lists]
+    return audit_slots(slot_lists, kind=str(kind), k=k, models=models, label=label, all_normal=[i.id for i in normal])
+
+
+def plan_audits(session: Session, study: Study) -> list[DesignAudit]:
+    """The audit of the planned design of every rater group (one list per slot)."""
+    cfg = study_config(study)
+    audits = []
+    for key, items in _routing_items(session, study, cfg).items():
+        if not items:
+            continue
+        lists = [items_for_slot(study, items, slot, cfg, key) for slot in range(cfg.slots)]
+        audits.append(_audit_lists(session, study, cfg, lists, items, f"planned, {key} raters"))
+    return audits
+
+
+def stored_audits(session: Session, study: Study) -> list[DesignAudit]:
+    """The audit of the assignments actually stored for the study's raters, per rater group."""
+    cfg = study_config(study)
+    raters = list(session.scalars(select(Rater).where(Rater.study_id == study.id).order_by(Rater.id)))
+    groups: dict[str, list[Rater]] = defaultdict(list)
+    for r in raters:
+        groups[ROUTING.get(r.specialty, "all") if cfg.specialty_routing else "all"].append(r)
+    routed = _routing_items(session, study, cfg)
+    audits = []
+    for key, members in groups.items():
+        lists = [
+            list(
+                session.scalars(
+                    select(StudyItem)
+                    .join(Assignment, Assignment.item_id == StudyItem.id)
+                    .where(Assignment.rater_id == r.id)
+                    .order_by(Assignment.position)
+                )
+            )
+            for r in members
+        ]
+        label = f"as stored, {len(members)} {key} rater(s)"
+        audits.append(_audit_lists(session, study, cfg, lists, routed[key], label))
+    return audits
+
+
+def check_study(session: Session, name: str) -> str:
+    """The design audit of a stored study (planned slots, and the raters' stored assignments)."""
+    study = get_study(session, name)
+    cfg = study_config(study)
+    head = f"study {study.name!r}: design {cfg.design if not _is_legacy(study) else 'legacy round-robin'}"
+    if _is_legacy(study):
+        head += " (made before balanced designs; later raters keep its dealing)"
+    parts = [head] + [a.describe() for a in plan_audits(session, study)]
+    parts += [a.describe() for a in stored_audits(session, study)]
+    return "\n".join(parts)
+
+
+def prerender_study(session: Session, store: MediaStore, study: Study) -> int:
+    """Render every copy the study will serve (both sides, display and zoom size); returns how many were
+    rendered now (copies already kept are left as they are)."""
+    cfg = study_config(study)
+    rows = session.execute(
+        select(StudyItem.real_sha256, StudyItem.generated_sha256, StudyItem.domain, ImageBlob.mode)
+        .join(ImageBlob, ImageBlob.sha256 == StudyItem.real_sha256)
+        .where(StudyItem.study_id == study.id)
+    ).all()
+    fit = cfg.display.fit
+    rendered = 0
+    for real, generated, domain, mode in rows:
+        grey = pair_is_grey(domain.value, mode)
+        for size in (cfg.display.size, zoom_size(cfg.display.size)):
+            for sha in (real, generated):
+                rendered += store.render_served(  # type: ignore[arg-type]
+                    sha, size=size, fit=fit, grey=grey, window=cfg.display.window
+                )
+    return rendered
+
+
+def prerender_open_studies(session: Session, store: MediaStore) -> int:
+    """Render the missing served copies of every open study (e.g. made before the current encoding)."""
+    studies = list(session.scalars(select(Study).where(Study.status == StudyStatus.OPEN)))
+    return sum(prerender_study(session, store, s) for s in studies)
+
+
+def prerender_in_background(database: Any, store: MediaStore) -> threading.Thread:
+    """Start :func:`prerender_open_studies` in a daemon thread (the server keeps answering meanwhile)."""
+
+    def run() -> None:
+        try:
+            with database.session() as session:
+                n = prerender_open_studies(session, store)
+            if n:
+                logger.info("rendered %d served copies that were missing", n)
+        except Exception:  # a broken image must not stop the server; it is logged loudly
+            logger.exception("pre-rendering served copies failed")
+
+    thread = threading.Thread(target=run, name="prerender", daemon=True)
+    thread.start()
+    return thread
+
+
+@dataclass(frozen=True)
+class ServedSide:
+    """What the image route needs to serve one side of a rater's pair."""
+
+    sha256: str
+    grey: bool
+    study_id: int
+    config_text: str
+
+
+def served_side(session: Session, rater_id: int, position: int, side: Side) -> ServedSide | None:
+    """The image on ``side`` of the pair at ``position`` in the rater's list (None when there is none)."""
+    row = session.execute(
+        select(
+            StudyItem.real_sha256,
+            StudyItem.generated_sha256,
+            StudyItem.generated_side,
+            StudyItem.domain,
+            ImageBlob.mode,
+            Study.id,
+            Study.config_text,
+        )
+        .select_from(Assignment)
+        .join(StudyItem, Assignment.item_id == StudyItem.id)
+        .join(ImageBlob, ImageBlob.sha256 == StudyItem.real_sha256)
+        .join(Rater, Assignment.rater_id == Rater.id)
+        .join(Study, Rater.study_id == Study.id)
+        .where(Assignment.rater_id == rater_id, Assignment.position == position)
+    ).first()
+    if row is None:
+        return None
+    real, generated, generated_side, domain, mode, study_id, config_text = row
+    sha = generated if side == generated_side else real
+    return ServedSide(sha, pair_is_grey(domain.value, mode), study_id, config_text)
+
+
+@dataclass(frozen=True)
+class ServedPair:
+    """One pair of a study as served to one rater (for the blinding audit)."""
+
+    rater_id: int
+    position: int
+    left_sha256: str
+    right_sha256: str
+    real_left: bool
+    grey: bool
+
+
+def served_pairs(session: Session, name: str) -> tuple[list[ServedPair], DisplayConfig]:
+    """Every pair of the study as its raters are served it, in rater and position order."""
+    study = get_study(session, name)
+    rows = session.execute(
+        select(
+            Assignment.rater_id,
+            Assignment.position,
+            StudyItem.real_sha256,
+            StudyItem.generated_sha256,
+            StudyItem.generated_side,
+            StudyItem.domain,
+            ImageBlob.mode,
+        )
+        .join(StudyItem, Assignment.item_id == StudyItem.id)
+        .join(ImageBlob, ImageBlob.sha256 == StudyItem.real_sha256)
+        .join(Rater, Assignment.rater_id == Rater.id)
+        .where(Rater.study_id == study.id)
+        .order_by(Assignment.rater_id, Assignment.position)
+    ).all()
+    pairs = []
+    for rater_id, position, real, generated, generated_side, domain, mode in rows:
+        real_left = generated_side == Side.RIGHT
+        left, right = (real, generated) if real_left else (generated, real)
+        pairs.append(ServedPair(rater_id, position, left, right, real_left, pair_is_grey(domain.value, mode)))
+    return pairs, study_config(study).display
+
+
 def assign_rater(session: Session, study: Study, rater: Rater) -> int:
     """Create the rater's assignments; returns how many."""
     cfg = study_config(study)
-    items = list(session.scalars(select(StudyItem).where(StudyItem.study_id == study.id)))
+    items = list(session.scalars(select(StudyItem).where(StudyItem.study_id == study.id).order_by(StudyItem.id)))
     routing_key = "all"
     if cfg.specialty_routing and rater.specialty in ROUTING:
         routing_key = ROUTING[rater.specialty]

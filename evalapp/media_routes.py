@@ -5,7 +5,10 @@ and a random nonce, so the same image reached through different pairs (or the sa
 different, unguessable URL; it holds no hash, file name, model, dataset or seed. The route serves the
 token's image only to the rater it was made for (their session cookie), with ``Cache-Control: no-store``,
 no file name, no ETag and no Last-Modified. The bytes come from :meth:`MediaStore.served_copy`, fitted to
-the study's display size (both sides identically); the zoom view uses a larger copy of both sides.
+the study's display square (both sides identically, grey on both sides for radiology / grey real images,
+equal byte length); the zoom view uses a larger copy of both sides. Every copy is rendered when its study is
+created, and at start-up for studies that miss some, so no image arrives faster for having been served
+before.
 """
 
 from __future__ import annotations
@@ -15,19 +18,17 @@ import threading
 from dataclasses import dataclass
 
 from fastapi import FastAPI
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 
 from db.media import MediaStore
-from db.models import Assignment, Rater, Side, Study, StudyItem
+from db.media import zoom_size as _zoom_pixels
+from db.models import Side
 from db.session import Database
-from db.studies import DisplayConfig, parse_study_config
+from db.studies import DisplayConfig, parse_study_config, prerender_in_background, served_side
 from evalapp.auth import Role, config, identify, sign, unsign
 
 IMAGE_ROUTE = "/m"
-ZOOM_FACTOR = 2
-MAX_ZOOM_SIZE = 2048
 NO_STORE_HEADERS = {
     "Cache-Control": "no-store, private",
     "X-Content-Type-Options": "nosniff",
@@ -47,7 +48,7 @@ class ImageRef:
 
 def zoom_size(display: DisplayConfig) -> int:
     """Pixel size of the "full size" view: twice the display size, at most 2048, the same for both sides."""
-    return min(display.size * ZOOM_FACTOR, MAX_ZOOM_SIZE)
+    return _zoom_pixels(display.size)
 
 
 def image_token(rater_id: int, position: int, side: Side, *, zoom: bool = False, nonce: str | None = None) -> str:
@@ -93,28 +94,20 @@ class DisplayCache:
 def image_bytes(database: Database, store: MediaStore, displays: DisplayCache, ref: ImageRef) -> bytes | None:
     """The served PNG for ``ref`` (None when the position is not in that rater's list)."""
     with database.session() as session:
-        row = session.execute(
-            select(
-                StudyItem.real_sha256, StudyItem.generated_sha256, StudyItem.generated_side, Study.id, Study.config_text
-            )
-            .select_from(Assignment)
-            .join(StudyItem, Assignment.item_id == StudyItem.id)
-            .join(Rater, Assignment.rater_id == Rater.id)
-            .join(Study, Rater.study_id == Study.id)
-            .where(Assignment.rater_id == ref.rater_id, Assignment.position == ref.position)
-        ).first()
-        if row is None:
-            return None
-        real, generated, generated_side, study_id, config_text = row
-    display = displays.get(study_id, config_text)
-    sha = generated if ref.side == generated_side else real
+        found = served_side(session, ref.rater_id, ref.position, ref.side)
+    if found is None:
+        return None
+    display = displays.get(found.study_id, found.config_text)
     size = zoom_size(display) if ref.zoom else display.size
-    return store.served_copy(sha, size=size, fit=display.fit, window=display.window)  # type: ignore[arg-type]
+    return store.served_copy(  # type: ignore[arg-type]
+        found.sha256, size=size, fit=display.fit, grey=found.grey, window=display.window
+    )
 
 
 def install_media_routes(app: FastAPI, database: Database, store: MediaStore) -> None:
-    """Add ``GET /m/{token}`` to ``app``."""
+    """Add ``GET /m/{token}`` to ``app``; render any served copy an open study still misses."""
     displays = DisplayCache()
+    prerender_in_background(database, store)
 
     def not_found() -> Response:
         return Response(status_code=404, content=b"Not found", headers=NO_STORE_HEADERS, media_type="text/plain")
