@@ -22,6 +22,8 @@ from db.questions import DEFAULT_QUESTIONS
 from db.studies import get_study
 
 ExportFormat = Literal["csv", "parquet", "json"]
+#: A spreadsheet reads a cell starting with one of these as a formula (CSV injection): ``=HYPERLINK(...)``.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 SCALE_KEYS = ("realism_left", "realism_right", "accuracy_left", "accuracy_right", "confidence")
 
 RATING_COLUMNS = [
@@ -190,12 +192,42 @@ class ExportResult:
         return f"wrote {len(self.files)} files ({self.ratings} ratings): " + ", ".join(p.name for p in self.files)
 
 
+def neutralise_cell(value: object) -> object:
+    r"""A text cell that a spreadsheet would run as a formula, prefixed with ``'`` (shown as text); else as is.
+
+    >>> neutralise_cell('=HYPERLINK("http://x")'), neutralise_cell("-1 mm"), neutralise_cell("fine"), neutralise_cell(3)
+    ('\'=HYPERLINK("http://x")', "'-1 mm", 'fine', 3)
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose text cells cannot start a spreadsheet formula (see :func:`neutralise_cell`).
+
+    Only text columns change; numbers (a negative score is a number, not text) are left alone.
+    """
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col].dtype):
+            out[col] = out[col].map(neutralise_cell, na_action="ignore")
+    return out
+
+
 def write_table(frame: pd.DataFrame, path_stem: Path, fmt: ExportFormat, *, bom: bool = True) -> Path:
-    """Write ``frame`` as ``path_stem.{csv,parquet,json}`` (JSON: records, ISO dates). CSV is UTF-8 with a
-    byte-order mark by default, so Excel shows names such as "Dr Åsa" right (pandas and readr skip it)."""
+    """Write ``frame`` as ``path_stem.{csv,parquet,json}`` (JSON: records, ISO dates).
+
+    CSV is what spreadsheets open, so its text cells are neutralised (:func:`neutralise_formulas`), and it is
+    UTF-8 with a byte-order mark by default, so Excel shows names such as "Dr Åsa" right (pandas and readr
+    skip it). Parquet and JSON keep the exact text (programs read them, not Excel).
+    """
     path = path_stem.with_suffix(f".{fmt}")
     if fmt == "csv":
-        frame.to_csv(path, index=False, encoding="utf-8-sig" if bom else "utf-8")
+        # CRLF rows (RFC 4180): a field holding a bare CR is then quoted instead of splitting its row.
+        neutralise_formulas(frame).to_csv(
+            path, index=False, lineterminator="\r\n", encoding="utf-8-sig" if bom else "utf-8"
+        )
     elif fmt == "parquet":
         frame.to_parquet(path, index=False)
     else:

@@ -113,3 +113,25 @@ def reissue_token(session: Session, study_name: str, name_or_id: str) -> str:
 def rater_link(base_url: str, token: str) -> str:
     """The personal link a rater opens (the token travels in the query, never in logs we write)."""
     return f"{base_url.rstrip('/')}/?rater={token}"
+
+
+@dataclass(frozen=True)
+class RaterAccess:
+    """What decides whether a rater's session cookie is still good."""
+
+    token_hash: str
+    revoked: bool
+    study_open: bool
+
+
+def rater_access(session: Session, rater_id: int) -> RaterAccess | None:
+    """The token hash, revocation and study status of rater ``rater_id`` (None if there is no such rater)."""
+    row = session.execute(
+        select(Rater.token_hash, Rater.revoked_at, Study.status)
+        .join(Study, Rater.study_id == Study.id)
+        .where(Rater.id == rater_id)
+    ).first()
+    if row is None:
+        return None
+    token_hash, revoked_at, status = row
+    return RaterAccess(token_hash=token_hash, revoked=revoked_at is not None, study_open=status == StudyStatus.OPEN)

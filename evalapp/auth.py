@@ -8,7 +8,13 @@ Identity is established on the server and cannot be forged by a client:
 * a rater gets that cookie by opening their personal link ``/?rater=TOKEN``: the server checks the token,
   sets the cookie and redirects to ``/`` so the token leaves the address bar (see :func:`enter_response`);
 * the coordinator signs in with a password inside the app; :func:`coordinator_login` binds the cookie's
-  session id to the coordinator role in a server-side table (never in the cookie), with an expiry.
+  session id to the coordinator role in a server-side table (never in the cookie), with an absolute expiry
+  (:data:`COORDINATOR_SESSION_S`) and an idle expiry (:data:`COORDINATOR_IDLE_S`); signing out ends it.
+
+Wrong passwords are slowed by a per-client back-off (:class:`LoginGuard`): no global lock, no sleeping
+in a worker. A client that is backing off is refused before its password is checked (and, at the HTTP
+level, before its request joins Gradio's queue: see :mod:`evalapp.http_guard`), so an attacker cannot
+delay a coordinator signing in from another address.
 
 Every Gradio handler calls :func:`identify` (or :func:`require_rater` / :func:`require_coordinator`), which
 reads the cookie from ``request.request.cookies``. Tokens and cookies are never logged.
@@ -25,22 +31,23 @@ import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
-from sqlalchemy import select
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import RedirectResponse, Response
 
+from db.app_settings import get_or_create_setting, get_setting, put_setting
 from db.errors import InputError
-from db.models import AppSetting, Rater, Study, StudyStatus
-from db.raters import rater_by_token
+from db.raters import rater_access, rater_by_token
 from db.session import Database
 
 COOKIE_NAME = "medsynth_session"
 RATER_COOKIE_MAX_AGE_S = 120 * 24 * 3600
 COORDINATOR_SESSION_S = 12 * 3600
+COORDINATOR_IDLE_S = 2 * 3600
 PASSWORD_SETTING = "coordinator_password_hash"
 SECRET_SETTING = "session_secret"
 PASSWORD_ENV = "MEDSYNTH_COORDINATOR_PASSWORD"
@@ -77,6 +84,99 @@ class Session:
 
 
 @dataclass
+class _Failures:
+    count: int = 0
+    last: float = 0.0
+    in_flight_since: float | None = None
+
+
+@dataclass
+class LoginGuard:
+    """Per-client back-off for the coordinator password (clients are told apart by their address).
+
+    The first :attr:`free_failures` wrong passwords of a client cost nothing (typos); after that the client
+    must wait ``base_delay_s * 2**k`` seconds (capped at :attr:`max_delay_s`) before its next attempt is
+    even checked. Failures older than :attr:`window_s` are forgotten; a success clears them. A client may
+    have one attempt in flight at a time (:meth:`admit`), so it cannot queue many password checks at once.
+    Nothing here sleeps, and :attr:`lock` is held only for a dictionary update. At most :attr:`max_clients`
+    addresses are remembered (the oldest are dropped), so a flood of addresses cannot exhaust memory.
+    """
+
+    base_delay_s: float = 1.0
+    free_failures: int = 3
+    max_delay_s: float = 60.0
+    window_s: float = 900.0
+    in_flight_s: float = 30.0
+    max_clients: int = 10_000
+    clients: OrderedDict[str, _Failures] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _entry(self, client: str, now: float) -> _Failures | None:
+        entry = self.clients.get(client)
+        if entry is not None and entry.in_flight_since is None and now - entry.last > self.window_s:
+            del self.clients[client]
+            return None
+        return entry
+
+    def _wait(self, entry: _Failures | None, now: float) -> float:
+        if entry is None or entry.count < self.free_failures:
+            return 0.0
+        delay = min(self.base_delay_s * 2 ** (entry.count - self.free_failures), self.max_delay_s)
+        return max(0.0, entry.last + delay - now)
+
+    def retry_after(self, client: str, now: float | None = None) -> float:
+        """Seconds ``client`` must wait before a password of theirs is checked (0: now)."""
+        now = time.time() if now is None else now
+        with self.lock:
+            return self._wait(self._entry(client, now), now)
+
+    def admit(self, client: str, now: float | None = None) -> float:
+        """Let one attempt of ``client`` through (returns 0), or the seconds to wait: backing off, or an
+        attempt of theirs still in flight."""
+        now = time.time() if now is None else now
+        with self.lock:
+            entry = self._entry(client, now)
+            wait = self._wait(entry, now)
+            if wait > 0:
+                return wait
+            if (
+                entry is not None
+                and entry.in_flight_since is not None
+                and now - entry.in_flight_since < self.in_flight_s
+            ):
+                return 1.0
+            if entry is None:
+                entry = self.clients[client] = _Failures()
+                while len(self.clients) > self.max_clients:
+                    self.clients.popitem(last=False)
+            entry.in_flight_since = now
+            return 0.0
+
+    def record(self, client: str, ok: bool, now: float | None = None) -> float:
+        """Note the outcome of an attempt; returns the wait now imposed on ``client``."""
+        now = time.time() if now is None else now
+        with self.lock:
+            if ok:
+                self.clients.pop(client, None)
+                return 0.0
+            entry = self._entry(client, now) or _Failures()
+            entry.count, entry.last, entry.in_flight_since = entry.count + 1, now, None
+            self.clients[client] = entry
+            self.clients.move_to_end(client)
+            while len(self.clients) > self.max_clients:
+                self.clients.popitem(last=False)
+            return self._wait(entry, now)
+
+
+@dataclass
+class CoordinatorSession:
+    """A signed-in coordinator browser: absolute and idle expiry."""
+
+    expires_at: float
+    last_seen: float
+
+
+@dataclass
 class AuthConfig:
     """Process-wide authentication state, installed by the server with :func:`configure`."""
 
@@ -84,10 +184,9 @@ class AuthConfig:
     secret_key: bytes
     secure_cookies: bool = False
     login_failure_delay_s: float = 1.0
-    coordinator_sessions: dict[str, float] = field(default_factory=dict)
-    failures: dict[str, tuple[int, float]] = field(default_factory=dict)
+    coordinator_sessions: dict[str, CoordinatorSession] = field(default_factory=dict)
+    guard: LoginGuard = field(default_factory=LoginGuard)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    login_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _config: AuthConfig | None = None
@@ -106,7 +205,11 @@ def configure(
     if len(key) < 16:
         raise ValueError("the session secret key must be at least 16 bytes")
     _config = AuthConfig(
-        database=database, secret_key=key, secure_cookies=secure_cookies, login_failure_delay_s=login_failure_delay_s
+        database=database,
+        secret_key=key,
+        secure_cookies=secure_cookies,
+        login_failure_delay_s=login_failure_delay_s,
+        guard=LoginGuard(base_delay_s=login_failure_delay_s),
     )
     return _config
 
@@ -121,11 +224,7 @@ def config() -> AuthConfig:
 def load_or_create_secret(database: Database) -> bytes:
     """The app's cookie-signing key, created once and kept in the database so cookies survive restarts."""
     with database.session() as session:
-        row = session.get(AppSetting, SECRET_SETTING)
-        if row is None:
-            row = AppSetting(key=SECRET_SETTING, value=secrets.token_hex(32))
-            session.add(row)
-        return bytes.fromhex(row.value)
+        return bytes.fromhex(get_or_create_setting(session, SECRET_SETTING, lambda: secrets.token_hex(32)))
 
 
 # ----------------------------------------------------------------------------------------------- cookies
@@ -241,19 +340,35 @@ def enter_response(token: str | None) -> Response:
 
 def _rater_active(rater_id: int, fingerprint: str | None) -> bool:
     with config().database.session() as session:
-        row = session.execute(
-            select(Rater.token_hash, Rater.revoked_at, Study.status)
-            .join(Study, Rater.study_id == Study.id)
-            .where(Rater.id == rater_id)
-        ).first()
-    if row is None or fingerprint is None:
+        access = rater_access(session, rater_id)
+    if access is None or fingerprint is None:
         return False
-    token_hash, revoked_at, status = row
     return (
-        revoked_at is None
-        and status == StudyStatus.OPEN
-        and hmac.compare_digest(token_fingerprint(token_hash), fingerprint)
+        not access.revoked
+        and access.study_open
+        and hmac.compare_digest(token_fingerprint(access.token_hash), fingerprint)
     )
+
+
+def _coordinator_sid_active(sid: str, now: float | None = None) -> bool:
+    """Whether ``sid`` is a signed-in coordinator session (expired ones are dropped; a hit refreshes it)."""
+    cfg = config()
+    now = time.time() if now is None else now
+    with cfg.lock:
+        held = cfg.coordinator_sessions.get(sid)
+        if held is None:
+            return False
+        if held.expires_at < now or now - held.last_seen > COORDINATOR_IDLE_S:
+            del cfg.coordinator_sessions[sid]
+            return False
+        held.last_seen = now
+        return True
+
+
+def is_coordinator(request: gr.Request | StarletteRequest | None) -> bool:
+    """Whether ``request`` carries a signed-in coordinator's cookie (in memory: no database query)."""
+    sess = read_session(request)
+    return sess is not None and _coordinator_sid_active(sess.sid)
 
 
 def identify(request: gr.Request | StarletteRequest | None) -> Identity:
@@ -261,13 +376,7 @@ def identify(request: gr.Request | StarletteRequest | None) -> Identity:
     sess = read_session(request)
     if sess is None:
         return ANONYMOUS
-    cfg = config()
-    with cfg.lock:
-        expiry = cfg.coordinator_sessions.get(sess.sid)
-        if expiry is not None and expiry < time.time():
-            del cfg.coordinator_sessions[sess.sid]
-            expiry = None
-    if expiry is not None:
+    if _coordinator_sid_active(sess.sid):
         return Identity(Role.COORDINATOR)
     if sess.rater_id is not None and _rater_active(sess.rater_id, sess.fingerprint):
         return Identity(Role.RATER, sess.rater_id)
@@ -301,11 +410,7 @@ def set_coordinator_password(database: Database, password: str) -> None:
 
     digest = PasswordHasher().hash(password)
     with database.session() as session:
-        row = session.get(AppSetting, PASSWORD_SETTING)
-        if row is None:
-            session.add(AppSetting(key=PASSWORD_SETTING, value=digest))
-        else:
-            row.value = digest
+        put_setting(session, PASSWORD_SETTING, digest)
 
 
 def verify_coordinator_password(database: Database, password: str) -> bool:
@@ -316,8 +421,7 @@ def verify_coordinator_password(database: Database, password: str) -> bool:
     if env and hmac.compare_digest(env.encode("utf-8", "surrogatepass"), password.encode("utf-8", "surrogatepass")):
         return True
     with database.session() as session:
-        row = session.get(AppSetting, PASSWORD_SETTING)
-        stored = row.value if row is not None else None
+        stored = get_setting(session, PASSWORD_SETTING)
     if not stored:
         return False
     from argon2 import PasswordHasher
@@ -329,35 +433,56 @@ def verify_coordinator_password(database: Database, password: str) -> bool:
         return False
 
 
-def _client_key(request: gr.Request | StarletteRequest | None) -> str:
+def client_key(request: gr.Request | StarletteRequest | None) -> str:
+    """The address a request came from (behind a proxy, uvicorn puts the forwarded client here)."""
     inner = _starlette(request)
     host = inner.client.host if inner is not None and inner.client is not None else "?"
     return host
 
 
-def coordinator_login(request: gr.Request | StarletteRequest | None, password: str) -> bool:
+@dataclass(frozen=True)
+class LoginResult:
+    """The outcome of a sign-in: ``ok``, or how long this client must wait before trying again."""
+
+    ok: bool
+    retry_after_s: float = 0.0
+
+    def message(self) -> str:
+        """What the sign-in form says (the same for a wrong password and a missing session)."""
+        if self.ok:
+            return ""
+        if self.retry_after_s > 0:
+            return f"Too many wrong passwords from this address: wait {max(1, round(self.retry_after_s))} s."
+        return "Wrong password, or this browser has no session yet (reload the page)."
+
+
+def coordinator_sign_in(request: gr.Request | StarletteRequest | None, password: str) -> LoginResult:
     """Verify the password and bind this browser's session to the coordinator role.
 
-    Checks are serialised and every failure is followed by a delay that doubles with each recent failure
-    from the same address (up to 30 s), so guessing is slow. Returns False without detail on any failure,
-    including a request that carries no session cookie (open the page in a browser first).
+    A client (address) that is backing off after wrong passwords is refused at once, without checking the
+    password (see :class:`LoginGuard`); nothing sleeps and no lock is held while the password is checked,
+    so other clients sign in at normal speed. A request without a session cookie fails like a wrong
+    password (open the page in a browser first).
     """
     cfg = config()
+    client = client_key(request)
+    wait = cfg.guard.retry_after(client)
+    if wait > 0:
+        return LoginResult(False, wait)
     sess = read_session(request)
-    client = _client_key(request)
-    with cfg.login_lock:
-        ok = sess is not None and verify_coordinator_password(cfg.database, password)
-        if ok:
-            with cfg.lock:
-                cfg.failures.pop(client, None)
-                cfg.coordinator_sessions[sess.sid] = time.time() + COORDINATOR_SESSION_S  # type: ignore[union-attr]
-            return True
-        count, last = cfg.failures.get(client, (0, 0.0))
-        if time.time() - last > 600:
-            count = 0
-        cfg.failures[client] = (count + 1, time.time())
-        time.sleep(min(cfg.login_failure_delay_s * (2**count), 30.0))
-    return False
+    ok = sess is not None and verify_coordinator_password(cfg.database, password)
+    wait = cfg.guard.record(client, ok)
+    if not ok or sess is None:
+        return LoginResult(False, wait)
+    now = time.time()
+    with cfg.lock:
+        cfg.coordinator_sessions[sess.sid] = CoordinatorSession(expires_at=now + COORDINATOR_SESSION_S, last_seen=now)
+    return LoginResult(True)
+
+
+def coordinator_login(request: gr.Request | StarletteRequest | None, password: str) -> bool:
+    """:func:`coordinator_sign_in`, as a plain yes/no."""
+    return coordinator_sign_in(request, password).ok
 
 
 def coordinator_logout(request: gr.Request | StarletteRequest | None) -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import html
 import importlib
+import math
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,20 +35,23 @@ from db.models import Specialty
 from db.raters import add_rater, reissue_token, revoke_rater
 from db.studies import create_study, get_study, parse_study_config
 from evalapp import progress as prog
-from evalapp.auth import Role, coordinator_login, coordinator_logout, identify, require_coordinator
+from evalapp.auth import Role, coordinator_logout, coordinator_sign_in, identify, require_coordinator
 from evalapp.demo_view import background_worker, demo_is_open, set_demo_open
 
 MAX_CONFIG_CHARS = 100_000
+MAX_CONFIG_BYTES = 1024 * 1024  # the server refuses larger uploads before they are read
 MAX_PASSWORD_CHARS = 200
 REFRESH_S = 5.0
 EXPORT_FORMATS = ("csv", "parquet", "json")
 DEVICES = ("auto", "cuda", "cpu")
 GENERATE_JOB = "generate"
 REPORT_JOB = "report"
+EXPORT_MAX_AGE_S = 3600
+# Part of the page every visitor receives: placeholders only, never the names of this server's data.
 EXAMPLE_CONFIG = """name = "my-study"
 seed = 7
-datasets = ["demo-endoscopy"]
-models = ["demo-msdm", "demo-msdm-fast"]
+datasets = ["DATASET-NAME"]
+models = ["MODEL-A", "MODEL-B"]
 cases_per_model = 6
 raters_per_item = 2
 rater_slots = 2
@@ -187,32 +192,80 @@ def add_study_rater(ctx: Any, study: str, name: str, specialty: str, years: floa
     return f"Added {new.name} with {new.assignments} pairs to rate. The link is shown once.", ctx.rater_link(new.token)
 
 
+def optional_number(
+    value: object, field: str, *, minimum: float, maximum: float, integer: bool = False
+) -> float | int | None:
+    """A number typed in an optional field: empty means None (the model's default); otherwise it must lie in
+    [minimum, maximum] (a whole number when ``integer``). The error names the field.
+
+    >>> optional_number("", "Steps", minimum=1, maximum=1000), optional_number(" 25 ", "Steps", minimum=1, maximum=99)
+    (None, 25.0)
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"{field}: {str(value)[:40]!r} is not a number (leave it empty for the default)") from None
+    if not math.isfinite(number) or not minimum <= number <= maximum:
+        raise InputError(f"{field}: {number:g} is outside {minimum:g}-{maximum:g} (leave it empty for the default)")
+    if integer and number != int(number):
+        raise InputError(f"{field}: {number:g} is not a whole number")
+    return int(number) if integer else number
+
+
 def queue_generation(
-    ctx: Any, study: str, models: list[str], device: str, steps: float | None, guidance: float | None, seed: float
+    ctx: Any,
+    study: str,
+    models: list[str],
+    device: str,
+    steps: object,
+    guidance: object,
+    seed: object,
 ) -> list[int]:
-    """Queue one ``generate`` job per (dataset, model) of the study; returns the job ids."""
+    """Queue one ``generate`` job per (dataset, model) of the study; returns the job ids.
+
+    Empty steps / guidance leave the model's own defaults (a model may carry its own steps, as the demo's
+    fast one does); a value given applies to every chosen model.
+    """
     if not study:
         raise InputError("choose a study first")
     if device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}")
+    n_steps = optional_number(steps, "Steps", minimum=1, maximum=1000, integer=True)
+    scale = optional_number(guidance, "Guidance", minimum=0, maximum=100)
+    base_seed = optional_number(seed, "Base seed", minimum=0, maximum=2**32 - 1, integer=True) or 0
     with ctx.workspace.database.session() as session:
         cfg = parse_study_config(get_study(session, study).config_text, source=f"study {study}")
     chosen = [m for m in models or [] if m in cfg.models]
     if not chosen:
         raise InputError("tick at least one of the study's models")
-    params: dict[str, Any] = {"device": device, "seed": int(seed or 0), "per_case": 1}
-    if guidance not in (None, ""):
-        params["guidance"] = float(guidance)
+    params: dict[str, Any] = {"study": study, "device": device, "seed": int(base_seed), "per_case": 1}
+    if scale is not None:
+        params["guidance"] = float(scale)
     with ctx.workspace.database.session() as session:  # a model may carry its own steps (the demo's fast one)
         own_steps = {m: get_model(session, m).parameters.get("steps") for m in chosen}
     worker = background_worker(ctx)
-    return [
-        worker.submit(
-            GENERATE_JOB, {**params, "dataset": dataset, "model": model, "steps": int(steps or 0) or own_steps[model]}
-        )
-        for model in chosen
-        for dataset in cfg.datasets
-    ]
+    jobs = []
+    for model in chosen:
+        model_steps = n_steps if n_steps is not None else own_steps[model]
+        for dataset in cfg.datasets:
+            job = {**params, "dataset": dataset, "model": model}
+            if model_steps is not None:
+                job["steps"] = int(model_steps)
+            jobs.append(worker.submit(GENERATE_JOB, job))
+    return jobs
+
+
+def sweep_old_folders(parent: Path, prefix: str, max_age_s: float = EXPORT_MAX_AGE_S) -> None:
+    """Delete this app's folders ``parent/prefix*`` older than ``max_age_s`` (earlier exports)."""
+    cutoff = time.time() - max_age_s
+    for folder in parent.glob(f"{prefix}*"):
+        try:
+            if folder.is_dir() and not folder.is_symlink() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def export_files(ctx: Any, study: str, fmt: str) -> list[str]:
@@ -221,6 +274,7 @@ def export_files(ctx: Any, study: str, fmt: str) -> list[str]:
         raise InputError("choose a study first")
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose csv, parquet or json")
+    sweep_old_folders(Path(tempfile.gettempdir()), "medsynth-export-")
     folder = Path(tempfile.mkdtemp(prefix="medsynth-export-"))
     out = folder / "tables"
     with ctx.workspace.database.session() as session:
@@ -233,6 +287,21 @@ def export_files(ctx: Any, study: str, fmt: str) -> list[str]:
     ratings = folder / f"{stem}-ratings.{fmt}"
     shutil.copyfile(out / f"ratings.{fmt}", ratings)
     return [str(archive), str(ratings)]
+
+
+def config_text_from_upload(content: bytes | None) -> str:
+    """The text of an uploaded study config (its bytes, as uploaded; never a path)."""
+    if not isinstance(content, bytes) or not content:
+        raise InputError("the uploaded file is empty or missing")
+    if len(content) > MAX_CONFIG_BYTES:
+        raise InputError(f"the uploaded file has {len(content)} bytes; a study config has at most {MAX_CONFIG_BYTES}")
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError("the uploaded config is not UTF-8 text") from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise InputError(f"the config is {len(text)} characters; the limit is {MAX_CONFIG_CHARS}")
+    return text
 
 
 def report_writer() -> Any | None:
@@ -262,14 +331,44 @@ def report_job(params: dict[str, Any], job: Any) -> dict[str, Any]:
     def on_progress(fraction: float, desc: str = "") -> None:
         job.report(round(100 * fraction), 100, desc)
 
+    out_dir = Path(params["out_dir"])
     result = write_report(
         frame,
-        Path(params["out_dir"]),
+        out_dir,
         title=f"MedSynth report: {study}",
         stamp={"study": study, "study_config_sha256": config_sha256, "written_at": datetime.now().isoformat()},
         progress=on_progress,
     )
-    return {"path": str(result.html_path), "ratings": len(frame), "seconds": result.seconds}
+    tables_zip = out_dir / f"{out_dir.name}-tables.zip"
+    with zipfile.ZipFile(tables_zip, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(Path(result.tables_dir).rglob("*")):
+            if path.is_file():
+                zf.write(path, arcname=f"tables/{path.relative_to(result.tables_dir).as_posix()}")
+    return {
+        "study": study,
+        "path": str(result.html_path),
+        "tables_zip": str(tables_zip),
+        "ratings": len(frame),
+        "seconds": result.seconds,
+    }
+
+
+def reports_folder(ctx: Any) -> Path:
+    """Where reports are written: ``<data folder>/reports``."""
+    return Path(ctx.workspace.settings.data_dir) / "reports"
+
+
+def latest_report_files(ctx: Any, study: str) -> list[str]:
+    """[report.html, tables zip] of the newest finished report of ``study`` (never another study's)."""
+    if not study:
+        return []
+    with ctx.workspace.database.session() as session:
+        jobs = prog.list_jobs(session, kinds=(REPORT_JOB,), limit=500)
+    for job in jobs:
+        if job.status == "done" and job.result.get("study") == study:
+            files = [job.result.get("path"), job.result.get("tables_zip")]
+            return [str(f) for f in files if f and Path(str(f)).is_file()]
+    return []
 
 
 def queue_report(ctx: Any, study: str) -> int:
@@ -280,7 +379,7 @@ def queue_report(ctx: Any, study: str) -> int:
         name = get_study(session, study).name
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80] or "study"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(tempfile.gettempdir()) / "medsynth-reports" / f"{stem}-{stamp}"
+    out_dir = reports_folder(ctx) / f"{stem}-{stamp}"
     worker = background_worker(ctx)
     worker.handlers.setdefault(REPORT_JOB, report_job)
     return worker.submit(REPORT_JOB, {"study": name, "out_dir": str(out_dir)})
@@ -315,6 +414,9 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
     analysis_available = report_writer() is not None
     private: dict[str, Any] = {"api_visibility": "private", "concurrency_id": "coordinator", "concurrency_limit": 4}
     quiet = {**private, "show_progress": "hidden"}
+    # Sign-in, sign-out and the page check never wait behind console work (nor console work behind them);
+    # a sign-in checks one password (no sleeping: back-off is refused up front, see evalapp.auth).
+    door: dict[str, Any] = {"api_visibility": "private", "concurrency_id": "coordinator-door", "concurrency_limit": 8}
     gr.HTML(f"<style>{CSS}</style>", padding=False)
     with gr.Column(elem_classes=["ms-signin"], visible=True) as signin:
         gr.Markdown("## MedSynth coordinator\nSign in with the coordinator password.")
@@ -335,7 +437,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
                 with gr.Accordion("New study from a TOML config", open=False):
                     config_text = gr.Code(value=EXAMPLE_CONFIG, language=None, label="Config (TOML: paste or edit)")
                     with gr.Row():
-                        upload = gr.UploadButton("Load a .toml file", file_types=[".toml"], scale=0)
+                        upload = gr.UploadButton("Load a .toml file", file_types=[".toml"], type="binary", scale=0)
                         create_button = gr.Button("Create study", variant="primary", scale=0)
                     create_message = gr.Markdown("")
                 with gr.Accordion("Items of the chosen study", open=False):
@@ -383,9 +485,20 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
                     )
                     device = gr.Radio(label="Device", choices=list(DEVICES), value="auto")
                 with gr.Row():
-                    gen_steps = gr.Number(label="Steps (empty: model default)", value=None, minimum=1, maximum=1000)
-                    gen_guidance = gr.Number(label="Guidance (empty: default)", value=None, minimum=0, maximum=100)
-                    gen_seed = gr.Number(label="Base seed", value=0, precision=0, minimum=0)
+                    # Text, not gr.Number: an empty number field is sent as 0 ("less than minimum 1").
+                    gen_steps = gr.Textbox(
+                        label="Steps (1-1000; empty: model default)",
+                        value="",
+                        placeholder="model default",
+                        max_length=12,
+                    )
+                    gen_guidance = gr.Textbox(
+                        label="Guidance (0-100; empty: model default)",
+                        value="",
+                        placeholder="model default",
+                        max_length=12,
+                    )
+                    gen_seed = gr.Textbox(label="Base seed (empty: 0)", value="0", max_length=12)
                 generate_button = gr.Button("Start generation", variant="primary")
                 generate_message = gr.Markdown("")
                 jobs = gr.Dataframe(label="Background jobs", interactive=False, wrap=True)
@@ -401,10 +514,14 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
                 export_out = gr.File(label="Downloads", file_count="multiple", interactive=False)
             with gr.Tab("Analysis"):
                 if analysis_available:
-                    gr.Markdown("Write the analysis report of the chosen study (runs in the background).")
+                    gr.Markdown(
+                        "Write the analysis report of the chosen study (runs in the background, saved under "
+                        "the data folder's `reports/`). The newest report of the chosen study appears below: "
+                        "the HTML page and its tables as a zip."
+                    )
                     report_button = gr.Button("Write report", variant="primary")
                     report_message = gr.Markdown("")
-                    report_file = gr.File(label="Report", interactive=False)
+                    report_file = gr.File(label="Report of the chosen study", file_count="multiple", interactive=False)
                 else:
                     gr.Markdown("The analysis report is not available in this installation yet.")
             with gr.Tab("Live demo"):
@@ -434,9 +551,10 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
 
     def coordinator_signin(password_text: str, request: gr.Request) -> list[Any]:
         text = password_text if isinstance(password_text, str) else ""
-        if len(text) > MAX_PASSWORD_CHARS or not coordinator_login(request, text):
+        result = coordinator_sign_in(request, text[:MAX_PASSWORD_CHARS])
+        if not result.ok or len(text) > MAX_PASSWORD_CHARS:
             return [gr.update(), gr.update(), gr.Timer(active=False), *[gr.update()] * 4,
-                    "Wrong password, or this browser has no session yet (reload the page).", ""]  # fmt: skip
+                    html.escape(result.message() or "Wrong password."), ""]  # fmt: skip
         return [*signed_in_view(), "", ""]
 
     def coordinator_signout(request: gr.Request) -> list[Any]:
@@ -474,22 +592,19 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
         with shown_errors():
             return coord_progress_values(chosen)
 
-    def coord_load_config(file: Any, request: gr.Request) -> str:
+    def coord_load_config(content: bytes | None, request: gr.Request) -> str:
+        # The uploaded bytes only (type="binary"): the handler never opens a path named by the request.
         require_coordinator(request)
-        path = Path(file if isinstance(file, str) else getattr(file, "name", ""))
         with shown_errors():
-            if not path.is_file() or path.stat().st_size > MAX_CONFIG_CHARS * 4:
-                raise InputError("the uploaded file is missing or too large for a study config")
-            try:
-                return path.read_text(encoding="utf-8-sig")
-            except UnicodeDecodeError:
-                raise InputError("the uploaded config is not UTF-8 text") from None
+            return config_text_from_upload(content)
 
     def coord_create_study(text: str, chosen: str | None, request: gr.Request) -> list[Any]:
         require_coordinator(request)
-        with shown_errors():
+        try:
             summary = create_study_from_text(ctx, text)
             name = parse_study_config(text).name
+        except (MedSynthError, ValueError) as exc:  # shown under the config; the tables stay as they are
+            return [f"**Not created:** {html.escape(str(exc))}", *[gr.skip()] * 3]
         return [f"Created {html.escape(summary)}", *overview(name)]
 
     def coord_add_rater(chosen: str, name: str, spec: str, yrs: float | None, request: gr.Request) -> list[Any]:
@@ -523,15 +638,17 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
         chosen: str,
         models: list[str],
         dev: str,
-        steps: float | None,
-        guidance: float | None,
-        seed: float,
+        steps: str | None,
+        guidance: str | None,
+        seed: str | None,
         request: gr.Request,
     ) -> list[Any]:
         require_coordinator(request)
-        with shown_errors():
+        try:
             ids = queue_generation(ctx, chosen, models, dev, steps, guidance, seed)
-        return [f"Queued job(s) {', '.join(map(str, ids))}.", jobs_table(ctx)]
+        except (MedSynthError, ValueError) as exc:  # shown beside the fields; the jobs table stays
+            return [f"**Not queued:** {html.escape(str(exc))}", gr.skip()]
+        return [f"Queued job(s) {', '.join(map(str, ids))} for study {html.escape(chosen)}.", jobs_table(ctx)]
 
     def coord_export(chosen: str, fmt: str, request: gr.Request) -> list[str]:
         require_coordinator(request)
@@ -551,10 +668,10 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
     page_outputs = [signin, console, timer, study, studies, jobs, demo_switch]
     root = gr.context.Context.root_block
     if root is not None:
-        root.load(coordinator_page_state, None, page_outputs, **quiet)
-    signin_button.click(coordinator_signin, [password], [*page_outputs, signin_message, password], **private)
-    password.submit(coordinator_signin, [password], [*page_outputs, signin_message, password], **private)
-    signout_button.click(coordinator_signout, None, [signin, console, timer], **quiet)
+        root.load(coordinator_page_state, None, page_outputs, **door, show_progress="hidden")
+    signin_button.click(coordinator_signin, [password], [*page_outputs, signin_message, password], **door)
+    password.submit(coordinator_signin, [password], [*page_outputs, signin_message, password], **door)
+    signout_button.click(coordinator_signout, None, [signin, console, timer], **door, show_progress="hidden")
     refresh_button.click(coord_refresh, [study], [study, studies, jobs], **private)
     progress_outputs = [progress_note, rater_progress, model_progress, jobs]
     study.change(
@@ -579,21 +696,24 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
 
         def coord_report(chosen: str, request: gr.Request) -> str:
             require_coordinator(request)
-            with shown_errors():
+            try:
                 job_id = queue_report(ctx, chosen)
-            return f"Queued report job {job_id}; it appears below when done (press Refresh report)."
+            except (MedSynthError, ValueError) as exc:
+                return f"**Not queued:** {html.escape(str(exc))}"
+            return (
+                f"Queued report job {job_id} for study {html.escape(chosen)}; "
+                "it appears below when done (this page checks every few seconds)."
+            )
 
-        def coord_report_file(request: gr.Request) -> Any:
+        def coord_report_file(chosen: str | None, request: gr.Request) -> Any:
             require_coordinator(request)
-            with ctx.workspace.database.session() as session:
-                done = [j for j in prog.list_jobs(session, kinds=(REPORT_JOB,)) if j.status == "done"]
-            path = done[0].result.get("path") if done else None
-            return path if path and Path(path).is_file() else None
+            return latest_report_files(ctx, chosen or "") or None
 
         report_button.click(coord_report, [study], [report_message], **private).then(
-            coord_report_file, None, [report_file], **quiet
+            coord_report_file, [study], [report_file], **quiet
         )
-        timer.tick(coord_report_file, None, [report_file], **quiet)
+        study.change(coord_report_file, [study], [report_file], **quiet)
+        timer.tick(coord_report_file, [study], [report_file], **quiet)
 
     return CoordinatorConsole(
         signin=signin,

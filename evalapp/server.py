@@ -11,6 +11,10 @@ Layout of the URL space:
 
 ``serve`` runs it with uvicorn; the access log is off and, if switched on, query strings are redacted, so
 rater tokens never reach a log.
+
+Around Gradio's own routes, :class:`evalapp.http_guard.GradioGuard` closes what MedSynth does not use and
+narrows uploads, file downloads and coordinator sign-in per mount; every response carries the headers of
+:data:`SECURITY_HEADERS`. ``docs/deployment.md`` lists every endpoint and who may use it.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 import importlib
 import logging
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -34,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db.workspace import Workspace
 from evalapp import auth
+from evalapp.http_guard import GradioGuard, MountPolicy
 from evalapp.media_routes import install_media_routes
 from evalapp.rater_view import build_rater_blocks, page_assets
 
@@ -41,10 +48,34 @@ log = logging.getLogger("medsynth.server")
 
 COORDINATOR_PATH = "/coordinator"
 DEMO_PATH = "/demo"
+MAX_UPLOAD_BYTES = 1024 * 1024  # the coordinator's TOML upload; no other app takes files
+SIGNIN_FN = "coordinator_signin"
+# Gradio's page needs inline scripts (its config) and runs event ``js=`` snippets with Function(): hence
+# 'unsafe-inline' and 'unsafe-eval' for scripts. Everything else is same-origin only: no framing, no
+# plugins, no external fonts, scripts or connections (a rater page cannot send anything elsewhere).
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self' 'unsafe-inline' 'unsafe-eval'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "font-src 'self' data:",
+        "media-src 'self' data: blob:",
+        "connect-src 'self'",
+        "worker-src 'self' blob:",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
 SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode("ascii")),
     (b"referrer-policy", b"no-referrer"),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
 
 
@@ -76,7 +107,8 @@ class SessionMiddleware:
     * ``GET /?rater=TOKEN`` is answered here (cookie + redirect to ``/``): the token never reaches Gradio;
     * a page load without a valid session cookie gets a fresh anonymous one (the coordinator's login binds
       to it);
-    * every response gets ``Referrer-Policy: no-referrer`` and ``X-Content-Type-Options: nosniff``.
+    * every response gets the :data:`SECURITY_HEADERS` (CSP with ``frame-ancestors 'none'``,
+      ``Referrer-Policy: no-referrer``, ``X-Content-Type-Options: nosniff``...).
     """
 
     def __init__(self, app: ASGIApp, page_paths: tuple[str, ...]) -> None:
@@ -146,8 +178,32 @@ def optional_builder(module: str, name: str) -> Callable[[AppContext], Any] | No
     return getattr(mod, name)
 
 
-def _mount(app: FastAPI, blocks: gr.Blocks, path: str, *, css: str = "", head: str = "") -> None:
+def files_folder(name: str) -> Path:
+    """A fresh private folder (mode 0700) inside Gradio's upload folder for one mount's output files."""
+    root = Path(gr.utils.get_upload_folder())
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"medsynth-{name}-", dir=root)).resolve()
+
+
+def _mount(
+    app: FastAPI,
+    blocks: gr.Blocks,
+    path: str,
+    *,
+    css: str = "",
+    head: str = "",
+    files_dir: Path | None = None,
+    max_file_size: int = 0,
+    allowed_paths: list[str] | None = None,
+) -> None:
+    """Mount ``blocks`` at ``path``: queue only, no monitoring, Gradio's own path checks on, and every file
+    its handlers return copied into ``files_dir`` (the only folder :class:`GradioGuard` serves for it)."""
     blocks.queue(api_open=False, default_concurrency_limit=4, max_size=512)
+    if files_dir is not None:
+        for block in blocks.blocks.values():
+            block.GRADIO_CACHE = str(files_dir)
+    # Uploaded and returned files are deleted an hour after they were made (and all at a restart).
+    blocks.delete_cache = (600, 3600)
     gr.mount_gradio_app(
         app,
         blocks,
@@ -161,7 +217,17 @@ def _mount(app: FastAPI, blocks: gr.Blocks, path: str, *, css: str = "", head: s
         css=css or None,
         head=head or None,
         theme=gr.themes.Soft(),
+        enable_monitoring=False,
+        max_file_size=max_file_size or 1,
+        allowed_paths=allowed_paths,
     )
+    # Gradio checks that an input file lies in its upload folder (and that a returned file is one the app
+    # may serve) only once the Blocks "has launched", which a mounted app never does: switch it on.
+    blocks.has_launched = True
+
+
+def _fn_ids(blocks: gr.Blocks, name: str) -> frozenset[int]:
+    return frozenset(fid for fid, fn in blocks.fns.items() if getattr(fn, "name", None) == name)
 
 
 def build_app(ctx: AppContext) -> FastAPI:
@@ -182,24 +248,45 @@ def build_app(ctx: AppContext) -> FastAPI:
 
     install_media_routes(app, ctx.workspace.database, ctx.workspace.store)
     pages = ["/"]
+    policies = [MountPolicy(prefix="")]  # the rater page: no uploads, no files
     coordinator = (
         optional_builder("evalapp.coordinator_view", "build_coordinator_tab") if "coordinator" in ctx.views else None
     )
     if coordinator is not None:
         with gr.Blocks(title="MedSynth coordinator", analytics_enabled=False) as blocks:
             coordinator(ctx)
-        _mount(app, blocks, COORDINATOR_PATH)
+        folder = files_folder("coordinator")
+        reports = Path(ctx.workspace.settings.data_dir) / "reports"  # returned reports come from here
+        _mount(
+            app,
+            blocks,
+            COORDINATOR_PATH,
+            files_dir=folder,
+            max_file_size=MAX_UPLOAD_BYTES,
+            allowed_paths=[str(reports)],
+        )
+        policies.append(
+            MountPolicy(
+                prefix=COORDINATOR_PATH,
+                files_dir=folder,
+                coordinator_only=True,
+                max_upload_bytes=MAX_UPLOAD_BYTES,
+                signin_fns=_fn_ids(blocks, SIGNIN_FN),
+            )
+        )
         pages += [COORDINATOR_PATH, COORDINATOR_PATH + "/"]
     demo = optional_builder("evalapp.demo_view", "build_demo_tab") if ctx.demo_enabled and "demo" in ctx.views else None
     if demo is not None:
         with gr.Blocks(title="MedSynth demo", analytics_enabled=False) as blocks:
             demo(ctx)
-        _mount(app, blocks, DEMO_PATH)
+        folder = files_folder("demo")
+        _mount(app, blocks, DEMO_PATH, files_dir=folder)
+        policies.append(MountPolicy(prefix=DEMO_PATH, files_dir=folder))
         pages += [DEMO_PATH, DEMO_PATH + "/"]
     rater_blocks, _ = build_rater_blocks()
     css, head = page_assets()
-    _mount(app, rater_blocks, "/", css=css, head=head)
-    return SessionMiddleware(app, tuple(pages))  # type: ignore[return-value]
+    _mount(app, rater_blocks, "/", css=css, head=head, files_dir=files_folder("rater"))
+    return SessionMiddleware(GradioGuard(app, policies), tuple(pages))  # type: ignore[return-value]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

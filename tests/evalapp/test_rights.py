@@ -265,8 +265,12 @@ def ratings_of(env: AppEnv, rater_pk: int) -> int:
         return len(list(session.scalars(select(Rating.id).where(Rating.rater_id == rater_pk))))
 
 
-def coordinator_inputs(env: AppEnv, who: str) -> tuple[dict[str, Callable[[Browser], list[Any]]], str]:
-    """Inputs per coordinator endpoint (unique names per identity) and the token of the rater to relink."""
+def coordinator_inputs(
+    env: AppEnv, who: str, uploaded: dict[str, Any]
+) -> tuple[dict[str, Callable[[Browser], list[Any]]], str]:
+    """Inputs per coordinator endpoint (unique names per identity) and the token of the rater to relink.
+
+    ``uploaded`` is a file the coordinator uploaded (nobody else may upload): every identity names it."""
     spare = env.add_rater(STUDY, name=f"Spare for {who}")
     relinked = env.add_rater(STUDY, name=f"Relinked for {who}")
     tag = f"{who}-{secrets.token_hex(3)}"
@@ -275,7 +279,7 @@ def coordinator_inputs(env: AppEnv, who: str) -> tuple[dict[str, Callable[[Brows
         "coord_refresh": lambda _b: [STUDY],
         "coord_select_study": lambda _b: [STUDY],
         "coord_tick": lambda _b: [STUDY],
-        "coord_load_config": lambda b: [b.upload("/coordinator", "study.toml", study_toml("up", 1).encode())],
+        "coord_load_config": lambda _b: [uploaded],
         "coord_create_study": lambda _b: [study_toml(f"rights-{tag}", 1), STUDY],
         "coord_add_rater": lambda _b: [STUDY, f"Added by {tag}", "radiology", 3],
         "coord_new_link": lambda _b: [STUDY, relinked.public_id],
@@ -284,7 +288,7 @@ def coordinator_inputs(env: AppEnv, who: str) -> tuple[dict[str, Callable[[Brows
         "coord_export": lambda _b: [STUDY, "csv"],
         "coord_set_demo": lambda _b: [True],
         "coord_report": lambda _b: [STUDY],
-        "coord_report_file": lambda _b: [],
+        "coord_report_file": lambda _b: [STUDY],
     }
     return inputs, relinked.token
 
@@ -314,8 +318,9 @@ def test_coordinator_endpoints(app: App, matrix: Matrix, app_env: AppEnv) -> Non
     """Anonymous and raters fail on every coordinator handler, with no side effect; the coordinator succeeds."""
     names = [n for (m, n) in app.endpoints if access_of(m, n) == Access.COORDINATOR]
     assert len(names) >= 10
+    uploaded = matrix.browsers["coordinator"].upload("/coordinator", "study.toml", study_toml("up", 1).encode())
     for who in IDENTITIES:
-        inputs, old_token = coordinator_inputs(app_env, who)
+        inputs, old_token = coordinator_inputs(app_env, who, uploaded)
         browser = matrix.browsers[who]
         for name in names:
             endpoint = app.endpoints[("/coordinator", name)]
