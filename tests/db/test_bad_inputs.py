@@ -164,7 +164,7 @@ def test_hostile_text_is_stored_verbatim_not_interpreted(workspace: Workspace, t
 
 def test_unknown_names(workspace: Workspace, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown format"):
-        import_dataset(workspace.database, workspace.store, "dicom", tmp_path, name="x")
+        import_dataset(workspace.database, workspace.store, "nifti", tmp_path, name="x")
     with pytest.raises(InputError, match="not found"):
         import_dataset(workspace.database, workspace.store, "csv", tmp_path / "nope", name="x")
     with pytest.raises(MedSynthError, match="no dataset called 'nope'"):
