@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
@@ -112,8 +112,23 @@ def read_text(path: Path) -> str:
         raise InputError(f"bad encoding: not UTF-8 (byte 0x{raw[exc.start]:02x})", path=path, line=line) from None
 
 
+_RESOLVED: dict[tuple[Path, str], Path] = {}
+
+
 def resolve_inside(root: Path, name: str, *, source: Path, line: int | None) -> Path:
-    """Resolve ``name`` under ``root``; refuse absolute paths, ``..`` and symlinks that lead outside."""
+    """Resolve ``name`` under ``root``; refuse absolute paths, ``..`` and symlinks that lead outside.
+
+    Results are remembered for the duration of one import (many rows name the same image)."""
+    cached = _RESOLVED.get((root, name))
+    if cached is not None:
+        return cached
+    resolved = _resolve_inside(root, name, source=source, line=line)
+    if len(_RESOLVED) < 1_000_000:
+        _RESOLVED[(root, name)] = resolved
+    return resolved
+
+
+def _resolve_inside(root: Path, name: str, *, source: Path, line: int | None) -> Path:
     name = name.strip()
     if not name:
         raise InputError("empty file name", path=source, line=line)
@@ -900,13 +915,15 @@ def import_dataset(
             raise ConflictError(f"dataset {name!r} already exists; choose another --name or pass --merge")
 
     sink = ImageSink(store, max_pixels, workers=workers, progress=progress)
+    _RESOLVED.clear()  # the file system may have changed since the last import
     try:
         records, root = _read_records(fmt, path, images_dir, sink, file_column, text_column)
         if not records:
             raise InputError("no cases found", path=path)
         _check_unique_keys(records, path)
 
-        missing = sorted({r.source for r in records if r.image_path is not None and not r.image_path.exists()})
+        absent = {p for p in {r.image_path for r in records} if p is not None and not p.exists()}
+        missing = sorted({r.source for r in records if r.image_path in absent})
         skipped: dict[str, int] = {}
         if missing and not skip_missing:
             listed = len({r.source for r in records})
@@ -929,7 +946,8 @@ def import_dataset(
         paths = list(dict.fromkeys(r.image_path for r in records if r.image_path is not None))
         sink.bar.reset(total=len(paths) + sink.listed)
         sink.bar.update(sink.listed)
-        by_path = {p: sink.add_path(p, next(r.source for r in records if r.image_path == p)) for p in paths}
+        listed_as = {r.image_path: r.source for r in reversed(records) if r.image_path is not None}
+        by_path = {p: sink.add_path(p, listed_as[p]) for p in paths}
         for r in records:
             if r.image_path is not None:
                 r.sha256 = by_path[r.image_path]
@@ -951,6 +969,7 @@ def import_dataset(
             known = {c.key: c for c in session.scalars(select(Case).where(Case.dataset_id == dataset.id))}
         new_images = ensure_image_rows(session, [infos[sha] for sha in used if sha is not None])
         merged = 0
+        rows: list[dict[str, Any]] = []
         for r in records:
             sha = r.sha256
             assert sha is not None, "every record's image was stored above"
@@ -963,17 +982,10 @@ def import_dataset(
                     )
                 merged += 1
                 continue
-            session.add(
-                Case(
-                    dataset_id=dataset.id,
-                    key=r.key,
-                    prompt=r.prompt,
-                    image_sha256=sha,
-                    source_file=r.source,
-                    labels=r.labels,
-                    split=r.split,
-                )
-            )
+            rows.append({"dataset_id": dataset.id, "key": r.key, "prompt": r.prompt, "image_sha256": sha,
+                         "source_file": r.source, "labels": r.labels, "split": r.split})  # fmt: skip
+        for start in range(0, len(rows), 5000):  # one executemany per chunk, not one ORM object per case
+            session.execute(insert(Case), rows[start : start + 5000])
     return ImportSummary(
         dataset=name,
         format=fmt,
