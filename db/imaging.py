@@ -224,12 +224,12 @@ def dicom_image(decoded: DicomImage) -> Image.Image:
 
 def open_image(source: Path | bytes) -> Image.Image:
     """Open a stored image fully loaded: DICOM through :func:`decode_dicom`, everything else through PIL."""
-    data = source if isinstance(source, bytes) else None
-    if data is None:
+    if isinstance(source, bytes):
+        data: bytes | None = source
+    else:
         with open(source, "rb") as fh:
-            head = fh.read(132)
-        if is_dicom(head + b"\0"):
-            data = Path(source).read_bytes()
+            head = fh.read(133)
+        data = Path(source).read_bytes() if is_dicom(head) else None
     if data is not None and is_dicom(data):
         return dicom_image(decode_dicom(data, source=source if isinstance(source, Path) else "DICOM bytes"))
     with Image.open(io.BytesIO(data) if data is not None else source) as img:
