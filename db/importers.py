@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from db.errors import ConflictError, InputError, NotFoundError
-from db.imaging import decode_dicom, is_dicom
+from db.imaging import dicom_header, is_dicom
 from db.media import DEFAULT_MAX_PIXELS, ImageInfo, MediaStore, read_file_checked, sha256_bytes
 from db.models import Case, Dataset, Domain, GeneratedImage, ImageBlob, Model, ModelKind
 from db.session import Database
@@ -836,16 +836,13 @@ def read_dicom_folder(
     records, root = read_csv_folder(path, file_column, text_column, images_dir,
                                     listings=("captions.csv", "metadata.csv", "metadata.jsonl"))  # fmt: skip
     for r in records:
-        if r.image_path is None or not r.image_path.exists():
+        if r.image_path is None or not r.image_path.is_file():
             continue
-        data = read_file_checked(r.image_path)
-        if not is_dicom(data):
+        with r.image_path.open("rb") as fh:
+            head = fh.read(133)
+        if not is_dicom(head):
             raise InputError(f"not a DICOM file (no 'DICM' marker) (listed as {r.source!r})", path=r.image_path)
-        dcm = decode_dicom(data, source=r.image_path)
-        r.labels.update({"modality": dcm.modality, "photometric": dcm.photometric,
-                         "transfer_syntax": dcm.transfer_syntax, "bits_stored": dcm.bits_stored})  # fmt: skip
-        if dcm.window is not None:
-            r.labels["window"] = {"center": dcm.window[0], "width": dcm.window[1]}
+        r.labels.update(dicom_header(r.image_path))  # header only: the pixels are decoded once, when stored
     return records, root
 
 
