@@ -627,13 +627,33 @@ def _by_id(index: dict[str, str], ident: str) -> str:
     return index.get(ident, f"{ident}.jpg")
 
 
+def _listing(path: Path, name: str) -> list[Path]:
+    """The listing file(s): ``path`` itself, ``name`` in the folder, or the folder's Parquet shards
+    (``*.parquet`` or ``data/*.parquet``, as the Hugging Face hub lays datasets out), in name order."""
+    if not path.is_dir():
+        return [path]
+    if (path / name).exists():
+        return [path / name]
+    shards = sorted(path.glob("*.parquet")) or sorted(path.glob("data/*.parquet"))
+    if not shards:
+        raise InputError(f"no {name} and no Parquet shards (*.parquet, data/*.parquet) in the folder", path=path)
+    return shards
+
+
+def _shard_rows(paths: list[Path], *, required: Iterable[str]) -> Iterator[tuple[Path, int, dict[str, Any]]]:
+    """``(file, line or row number, row)`` over every listing file in turn."""
+    for path in paths:
+        for line, row in table_rows(path, delimiter=",", required=required):
+            yield path, line, row
+
+
 def read_kvasir_vqa(path: Path, images_dir: Path | None, sink: ImageSink | None) -> tuple[list[CaseRecord], Path]:
     """Kvasir-VQA as its card saves it: ``metadata.csv`` (``source,question,answer,img_id``) and
     ``images/{img_id}.jpg`` (any image extension); also the hub's Parquet files (``image`` column).
     One case per question: many questions share an image, which is stored once."""
-    if path.is_dir():
-        path = path / "metadata.csv"
-    folder = path.parent
+    shards = _listing(path, "metadata.csv")
+    path = shards[0]
+    folder = path.parent.parent if path.parent.name == "data" and is_parquet(path) else path.parent
     root = images_dir or (folder / "images" if (folder / "images").is_dir() else folder)
     spec = _table_spec(path)
     if spec.embedded and images_dir is not None:
@@ -642,7 +662,7 @@ def read_kvasir_vqa(path: Path, images_dir: Path | None, sink: ImageSink | None)
     index = {} if spec.embedded else _id_index(root)
     records: list[CaseRecord] = []
     per_image: dict[str, int] = {}
-    for line, row in table_rows(path, delimiter=",", required=("source", "question", "answer", "img_id")):
+    for path, line, row in _shard_rows(shards, required=("source", "question", "answer", "img_id")):
         img_id = str(row["img_id"] or "").strip()
         if not img_id:
             raise InputError("empty img_id", path=path, line=line)
@@ -676,12 +696,11 @@ def read_kvasir_vqa_x1(path: Path, images_dir: Path | None, sink: ImageSink | No
       question_class``): one case per question.
     Images ``images/{img_id}.<ext>`` beside the listing (or ``--images``).
     """
-    if path.is_dir():
-        found = [p for p in (path / "kvasir-captions.json", path / "metadata.csv") if p.exists()]
-        if not found:
-            raise InputError("no kvasir-captions.json or metadata.csv in the folder", path=path)
-        path = found[0]
-    folder = path.parent
+    if path.is_dir() and (path / "kvasir-captions.json").exists():
+        path = path / "kvasir-captions.json"
+    shards = [path] if path.suffix.lower() == ".json" else _listing(path, "metadata.csv")
+    path = shards[0]
+    folder = path.parent.parent if path.parent.name == "data" and is_parquet(path) else path.parent
     root = images_dir or (folder / "images" if (folder / "images").is_dir() else folder)
     if path.suffix.lower() == ".json":
         return _read_x1_captions(path, root), root
@@ -692,7 +711,7 @@ def read_kvasir_vqa_x1(path: Path, images_dir: Path | None, sink: ImageSink | No
     index = {} if spec.embedded else _id_index(root)
     records: list[CaseRecord] = []
     per_image: dict[str, int] = {}
-    for line, row in table_rows(path, delimiter=",", required=X1_TABLE_COLUMNS):
+    for path, line, row in _shard_rows(shards, required=X1_TABLE_COLUMNS):
         img_id = str(row["img_id"] or "").strip()
         if not img_id:
             raise InputError("empty img_id", path=path, line=line)
