@@ -18,7 +18,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -487,18 +487,19 @@ def json_safe(value: Any) -> Any:
 
 
 class ImageSink:
-    """Images for one import: hashed first, each distinct image decoded and validated once, in parallel,
-    then stored (content-addressed). Shows a tqdm progress bar with counts."""
+    """Images for one import: hashed first, each distinct image decoded and validated once, in parallel
+    worker threads (Pillow and hashlib release the GIL) while the listing is still being read, then stored
+    (content-addressed). At most a few images per worker wait in memory. Shows a tqdm bar with counts."""
 
     def __init__(self, store: MediaStore, max_pixels: int, *, total: int | None = None,
                  workers: int | None = None, progress: bool | None = None) -> None:  # fmt: skip
         self.store = store
         self.max_pixels = max_pixels
         self.infos: dict[str, ImageInfo] = {}
-        self.pending: dict[str, tuple[bytes, object]] = {}
+        self.running: dict[str, Future[ImageInfo]] = {}
         self.listed = 0
         self.workers = workers or min(8, os.cpu_count() or 1)
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         self.bar = tqdm(total=total, unit="img", desc="images", disable=None if progress is None else not progress,
                         leave=False)  # fmt: skip
 
@@ -506,12 +507,16 @@ class ImageSink:
         """Queue ``data``; returns its sha256. Byte-identical images are decoded once."""
         sha = sha256_bytes(data)
         self.listed += 1
-        if sha not in self.infos and sha not in self.pending:
-            self.pending[sha] = (data, source)
-            if len(self.pending) >= 4 * self.workers:
-                self.flush()
+        if sha not in self.infos and sha not in self.running:
+            if self._pool is None:
+                self.infos[sha] = self.store.put_bytes(data, source=source, max_pixels=self.max_pixels)
+            else:
+                self.running[sha] = self._pool.submit(self.store.put_bytes, data, source=source,
+                                                      max_pixels=self.max_pixels)  # fmt: skip
+                if len(self.running) >= 4 * self.workers:
+                    self._collect(wait_all=False)
         self.bar.update(1)
-        self.bar.set_postfix(distinct=len(self.infos) + len(self.pending), refresh=False)
+        self.bar.set_postfix(distinct=len(self.infos) + len(self.running), refresh=False)
         return sha
 
     def add_path(self, path: Path, source: str) -> str:
@@ -521,38 +526,29 @@ class ImageSink:
             raise InputError(f"{exc} (listed as {source!r})", path=path) from None
         return self.add_bytes(data, path)
 
-    def flush(self) -> None:
-        items = list(self.pending.items())
-        self.pending.clear()
-        if not items:
-            return
-        if self.workers == 1 or len(items) == 1:
-            results = [self._put(item) for item in items]
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers)
-            results = list(self._pool.map(self._put, items))
-        for info in results:
-            self.infos[info.sha256] = info
-
-    def _put(self, item: tuple[str, tuple[bytes, object]]) -> ImageInfo:
-        data, source = item[1]
-        return self.store.put_bytes(data, source=source, max_pixels=self.max_pixels)
+    def _collect(self, *, wait_all: bool) -> None:
+        """Move finished work into ``infos`` (re-raising the first error); wait for half the queue, or all."""
+        keep = 0 if wait_all else 2 * self.workers
+        for sha in list(self.running):
+            future = self.running[sha]
+            if len(self.running) > keep or future.done():
+                self.infos[sha] = future.result()
+                del self.running[sha]
 
     def close_quietly(self) -> None:
         """Stop the bar and the workers after an error (nothing more is stored)."""
-        self.pending.clear()
         self.bar.close()
+        for future in self.running.values():
+            future.cancel()
+        self.running.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> dict[str, ImageInfo]:
         try:
-            self.flush()
+            self._collect(wait_all=True)
         finally:
-            self.bar.close()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self.close_quietly()
         return self.infos
 
 
