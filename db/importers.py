@@ -105,6 +105,12 @@ def read_text(path: Path) -> str:
     raw = read_file_checked(path, max_bytes=512 * 1024 * 1024) if path.exists() else None
     if raw is None:
         raise InputError("file not found", path=path)
+    if raw[:4] == b"PAR1":
+        raise InputError(
+            "this is a Parquet file, not text; Parquet is read by the csv, imagefolder, rocov2, kvasir-vqa and "
+            "kvasir-vqa-x1 formats",
+            path=path,
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
