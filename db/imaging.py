@@ -224,12 +224,12 @@ def dicom_image(decoded: DicomImage) -> Image.Image:
 
 def open_image(source: Path | bytes) -> Image.Image:
     """Open a stored image fully loaded: DICOM through :func:`decode_dicom`, everything else through PIL."""
-    data = source if isinstance(source, bytes) else None
-    if data is None:
+    if isinstance(source, bytes):
+        data: bytes | None = source
+    else:
         with open(source, "rb") as fh:
-            head = fh.read(132)
-        if is_dicom(head + b"\0"):
-            data = Path(source).read_bytes()
+            head = fh.read(133)
+        data = Path(source).read_bytes() if is_dicom(head) else None
     if data is not None and is_dicom(data):
         return dicom_image(decode_dicom(data, source=source if isinstance(source, Path) else "DICOM bytes"))
     with Image.open(io.BytesIO(data) if data is not None else source) as img:
@@ -243,3 +243,27 @@ def display_array(source: Path | bytes | Image.Image, *, center: float | None = 
     for metric features. 16-bit PNG/TIFF, float TIFF and DICOM are windowed, never clipped."""
     img = source if isinstance(source, Image.Image) else open_image(source)
     return np.asarray(to_display_rgb(img, center=center, width=width))
+
+
+def dicom_header(path: Path) -> dict[str, object]:
+    """Labels from a DICOM file's header, read without decoding the pixels: modality, photometric
+    interpretation, transfer syntax, bits stored, and the file's display window when it has one."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"not a readable DICOM file ({exc})", path=path) from None
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    labels: dict[str, object] = {
+        "modality": str(ds.get("Modality", "")),
+        "photometric": str(ds.get("PhotometricInterpretation", "")),
+        "transfer_syntax": f"{tsyntax.name} ({tsyntax})" if tsyntax is not None else "unknown",
+        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+    }
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is not None and width is not None and width > 0:
+        labels["window"] = {"center": center, "width": width}
+    return labels

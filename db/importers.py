@@ -18,17 +18,17 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from db.errors import ConflictError, InputError, NotFoundError
-from db.imaging import decode_dicom, is_dicom
+from db.imaging import dicom_header, is_dicom
 from db.media import DEFAULT_MAX_PIXELS, ImageInfo, MediaStore, read_file_checked, sha256_bytes
 from db.models import Case, Dataset, Domain, GeneratedImage, ImageBlob, Model, ModelKind
 from db.session import Database
@@ -105,6 +105,12 @@ def read_text(path: Path) -> str:
     raw = read_file_checked(path, max_bytes=512 * 1024 * 1024) if path.exists() else None
     if raw is None:
         raise InputError("file not found", path=path)
+    if raw[:4] == b"PAR1":
+        raise InputError(
+            "this is a Parquet file, not text; Parquet is read by the csv, imagefolder, rocov2, kvasir-vqa and "
+            "kvasir-vqa-x1 formats",
+            path=path,
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -112,8 +118,23 @@ def read_text(path: Path) -> str:
         raise InputError(f"bad encoding: not UTF-8 (byte 0x{raw[exc.start]:02x})", path=path, line=line) from None
 
 
+_RESOLVED: dict[tuple[Path, str], Path] = {}
+
+
 def resolve_inside(root: Path, name: str, *, source: Path, line: int | None) -> Path:
-    """Resolve ``name`` under ``root``; refuse absolute paths, ``..`` and symlinks that lead outside."""
+    """Resolve ``name`` under ``root``; refuse absolute paths, ``..`` and symlinks that lead outside.
+
+    Results are remembered for the duration of one import (many rows name the same image)."""
+    cached = _RESOLVED.get((root, name))
+    if cached is not None:
+        return cached
+    resolved = _resolve_inside(root, name, source=source, line=line)
+    if len(_RESOLVED) < 1_000_000:
+        _RESOLVED[(root, name)] = resolved
+    return resolved
+
+
+def _resolve_inside(root: Path, name: str, *, source: Path, line: int | None) -> Path:
     name = name.strip()
     if not name:
         raise InputError("empty file name", path=source, line=line)
@@ -472,18 +493,19 @@ def json_safe(value: Any) -> Any:
 
 
 class ImageSink:
-    """Images for one import: hashed first, each distinct image decoded and validated once, in parallel,
-    then stored (content-addressed). Shows a tqdm progress bar with counts."""
+    """Images for one import: hashed first, each distinct image decoded and validated once, in parallel
+    worker threads (Pillow and hashlib release the GIL) while the listing is still being read, then stored
+    (content-addressed). At most a few images per worker wait in memory. Shows a tqdm bar with counts."""
 
     def __init__(self, store: MediaStore, max_pixels: int, *, total: int | None = None,
                  workers: int | None = None, progress: bool | None = None) -> None:  # fmt: skip
         self.store = store
         self.max_pixels = max_pixels
         self.infos: dict[str, ImageInfo] = {}
-        self.pending: dict[str, tuple[bytes, object]] = {}
+        self.running: dict[str, Future[ImageInfo]] = {}
         self.listed = 0
         self.workers = workers or min(8, os.cpu_count() or 1)
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         self.bar = tqdm(total=total, unit="img", desc="images", disable=None if progress is None else not progress,
                         leave=False)  # fmt: skip
 
@@ -491,12 +513,16 @@ class ImageSink:
         """Queue ``data``; returns its sha256. Byte-identical images are decoded once."""
         sha = sha256_bytes(data)
         self.listed += 1
-        if sha not in self.infos and sha not in self.pending:
-            self.pending[sha] = (data, source)
-            if len(self.pending) >= 4 * self.workers:
-                self.flush()
+        if sha not in self.infos and sha not in self.running:
+            if self._pool is None:
+                self.infos[sha] = self.store.put_bytes(data, source=source, max_pixels=self.max_pixels)
+            else:
+                self.running[sha] = self._pool.submit(self.store.put_bytes, data, source=source,
+                                                      max_pixels=self.max_pixels)  # fmt: skip
+                if len(self.running) >= 4 * self.workers:
+                    self._collect(wait_all=False)
         self.bar.update(1)
-        self.bar.set_postfix(distinct=len(self.infos) + len(self.pending), refresh=False)
+        self.bar.set_postfix(distinct=len(self.infos) + len(self.running), refresh=False)
         return sha
 
     def add_path(self, path: Path, source: str) -> str:
@@ -506,38 +532,29 @@ class ImageSink:
             raise InputError(f"{exc} (listed as {source!r})", path=path) from None
         return self.add_bytes(data, path)
 
-    def flush(self) -> None:
-        items = list(self.pending.items())
-        self.pending.clear()
-        if not items:
-            return
-        if self.workers == 1 or len(items) == 1:
-            results = [self._put(item) for item in items]
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers)
-            results = list(self._pool.map(self._put, items))
-        for info in results:
-            self.infos[info.sha256] = info
-
-    def _put(self, item: tuple[str, tuple[bytes, object]]) -> ImageInfo:
-        data, source = item[1]
-        return self.store.put_bytes(data, source=source, max_pixels=self.max_pixels)
+    def _collect(self, *, wait_all: bool) -> None:
+        """Move finished work into ``infos`` (re-raising the first error); wait for half the queue, or all."""
+        keep = 0 if wait_all else 2 * self.workers
+        for sha in list(self.running):
+            future = self.running[sha]
+            if len(self.running) > keep or future.done():
+                self.infos[sha] = future.result()
+                del self.running[sha]
 
     def close_quietly(self) -> None:
         """Stop the bar and the workers after an error (nothing more is stored)."""
-        self.pending.clear()
         self.bar.close()
+        for future in self.running.values():
+            future.cancel()
+        self.running.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> dict[str, ImageInfo]:
         try:
-            self.flush()
+            self._collect(wait_all=True)
         finally:
-            self.bar.close()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self.close_quietly()
         return self.infos
 
 
@@ -612,13 +629,33 @@ def _by_id(index: dict[str, str], ident: str) -> str:
     return index.get(ident, f"{ident}.jpg")
 
 
+def _listing(path: Path, name: str) -> list[Path]:
+    """The listing file(s): ``path`` itself, ``name`` in the folder, or the folder's Parquet shards
+    (``*.parquet`` or ``data/*.parquet``, as the Hugging Face hub lays datasets out), in name order."""
+    if not path.is_dir():
+        return [path]
+    if (path / name).exists():
+        return [path / name]
+    shards = sorted(path.glob("*.parquet")) or sorted(path.glob("data/*.parquet"))
+    if not shards:
+        raise InputError(f"no {name} and no Parquet shards (*.parquet, data/*.parquet) in the folder", path=path)
+    return shards
+
+
+def _shard_rows(paths: list[Path], *, required: Iterable[str]) -> Iterator[tuple[Path, int, dict[str, Any]]]:
+    """``(file, line or row number, row)`` over every listing file in turn."""
+    for path in paths:
+        for line, row in table_rows(path, delimiter=",", required=required):
+            yield path, line, row
+
+
 def read_kvasir_vqa(path: Path, images_dir: Path | None, sink: ImageSink | None) -> tuple[list[CaseRecord], Path]:
     """Kvasir-VQA as its card saves it: ``metadata.csv`` (``source,question,answer,img_id``) and
     ``images/{img_id}.jpg`` (any image extension); also the hub's Parquet files (``image`` column).
     One case per question: many questions share an image, which is stored once."""
-    if path.is_dir():
-        path = path / "metadata.csv"
-    folder = path.parent
+    shards = _listing(path, "metadata.csv")
+    path = shards[0]
+    folder = path.parent.parent if path.parent.name == "data" and is_parquet(path) else path.parent
     root = images_dir or (folder / "images" if (folder / "images").is_dir() else folder)
     spec = _table_spec(path)
     if spec.embedded and images_dir is not None:
@@ -627,7 +664,7 @@ def read_kvasir_vqa(path: Path, images_dir: Path | None, sink: ImageSink | None)
     index = {} if spec.embedded else _id_index(root)
     records: list[CaseRecord] = []
     per_image: dict[str, int] = {}
-    for line, row in table_rows(path, delimiter=",", required=("source", "question", "answer", "img_id")):
+    for path, line, row in _shard_rows(shards, required=("source", "question", "answer", "img_id")):
         img_id = str(row["img_id"] or "").strip()
         if not img_id:
             raise InputError("empty img_id", path=path, line=line)
@@ -661,12 +698,11 @@ def read_kvasir_vqa_x1(path: Path, images_dir: Path | None, sink: ImageSink | No
       question_class``): one case per question.
     Images ``images/{img_id}.<ext>`` beside the listing (or ``--images``).
     """
-    if path.is_dir():
-        found = [p for p in (path / "kvasir-captions.json", path / "metadata.csv") if p.exists()]
-        if not found:
-            raise InputError("no kvasir-captions.json or metadata.csv in the folder", path=path)
-        path = found[0]
-    folder = path.parent
+    if path.is_dir() and (path / "kvasir-captions.json").exists():
+        path = path / "kvasir-captions.json"
+    shards = [path] if path.suffix.lower() == ".json" else _listing(path, "metadata.csv")
+    path = shards[0]
+    folder = path.parent.parent if path.parent.name == "data" and is_parquet(path) else path.parent
     root = images_dir or (folder / "images" if (folder / "images").is_dir() else folder)
     if path.suffix.lower() == ".json":
         return _read_x1_captions(path, root), root
@@ -677,7 +713,7 @@ def read_kvasir_vqa_x1(path: Path, images_dir: Path | None, sink: ImageSink | No
     index = {} if spec.embedded else _id_index(root)
     records: list[CaseRecord] = []
     per_image: dict[str, int] = {}
-    for line, row in table_rows(path, delimiter=",", required=X1_TABLE_COLUMNS):
+    for path, line, row in _shard_rows(shards, required=X1_TABLE_COLUMNS):
         img_id = str(row["img_id"] or "").strip()
         if not img_id:
             raise InputError("empty img_id", path=path, line=line)
@@ -821,16 +857,13 @@ def read_dicom_folder(
     records, root = read_csv_folder(path, file_column, text_column, images_dir,
                                     listings=("captions.csv", "metadata.csv", "metadata.jsonl"))  # fmt: skip
     for r in records:
-        if r.image_path is None or not r.image_path.exists():
+        if r.image_path is None or not r.image_path.is_file():
             continue
-        data = read_file_checked(r.image_path)
-        if not is_dicom(data):
+        with r.image_path.open("rb") as fh:
+            head = fh.read(133)
+        if not is_dicom(head):
             raise InputError(f"not a DICOM file (no 'DICM' marker) (listed as {r.source!r})", path=r.image_path)
-        dcm = decode_dicom(data, source=r.image_path)
-        r.labels.update({"modality": dcm.modality, "photometric": dcm.photometric,
-                         "transfer_syntax": dcm.transfer_syntax, "bits_stored": dcm.bits_stored})  # fmt: skip
-        if dcm.window is not None:
-            r.labels["window"] = {"center": dcm.window[0], "width": dcm.window[1]}
+        r.labels.update(dicom_header(r.image_path))  # header only: the pixels are decoded once, when stored
     return records, root
 
 
@@ -900,13 +933,15 @@ def import_dataset(
             raise ConflictError(f"dataset {name!r} already exists; choose another --name or pass --merge")
 
     sink = ImageSink(store, max_pixels, workers=workers, progress=progress)
+    _RESOLVED.clear()  # the file system may have changed since the last import
     try:
         records, root = _read_records(fmt, path, images_dir, sink, file_column, text_column)
         if not records:
             raise InputError("no cases found", path=path)
         _check_unique_keys(records, path)
 
-        missing = sorted({r.source for r in records if r.image_path is not None and not r.image_path.exists()})
+        absent = {p for p in {r.image_path for r in records} if p is not None and not p.exists()}
+        missing = sorted({r.source for r in records if r.image_path in absent})
         skipped: dict[str, int] = {}
         if missing and not skip_missing:
             listed = len({r.source for r in records})
@@ -929,7 +964,8 @@ def import_dataset(
         paths = list(dict.fromkeys(r.image_path for r in records if r.image_path is not None))
         sink.bar.reset(total=len(paths) + sink.listed)
         sink.bar.update(sink.listed)
-        by_path = {p: sink.add_path(p, next(r.source for r in records if r.image_path == p)) for p in paths}
+        listed_as = {r.image_path: r.source for r in reversed(records) if r.image_path is not None}
+        by_path = {p: sink.add_path(p, listed_as[p]) for p in paths}
         for r in records:
             if r.image_path is not None:
                 r.sha256 = by_path[r.image_path]
@@ -951,6 +987,7 @@ def import_dataset(
             known = {c.key: c for c in session.scalars(select(Case).where(Case.dataset_id == dataset.id))}
         new_images = ensure_image_rows(session, [infos[sha] for sha in used if sha is not None])
         merged = 0
+        rows: list[dict[str, Any]] = []
         for r in records:
             sha = r.sha256
             assert sha is not None, "every record's image was stored above"
@@ -963,17 +1000,10 @@ def import_dataset(
                     )
                 merged += 1
                 continue
-            session.add(
-                Case(
-                    dataset_id=dataset.id,
-                    key=r.key,
-                    prompt=r.prompt,
-                    image_sha256=sha,
-                    source_file=r.source,
-                    labels=r.labels,
-                    split=r.split,
-                )
-            )
+            rows.append({"dataset_id": dataset.id, "key": r.key, "prompt": r.prompt, "image_sha256": sha,
+                         "source_file": r.source, "labels": r.labels, "split": r.split})  # fmt: skip
+        for start in range(0, len(rows), 5000):  # one executemany per chunk, not one ORM object per case
+            session.execute(insert(Case), rows[start : start + 5000])
     return ImportSummary(
         dataset=name,
         format=fmt,

@@ -105,3 +105,19 @@ def test_colour_dicom_passes_through() -> None:
     assert decoded.pixels.dtype == np.uint8 and np.array_equal(decoded.pixels, ref)
     img = to_display_rgb(Image.fromarray(decoded.pixels))
     assert np.array_equal(np.asarray(img), ref)
+
+
+def test_csv_listing_may_name_dicom_files(workspace: Workspace, tmp_path: Path) -> None:
+    root = dicom_folder(tmp_path)
+    (root / "captions.csv").rename(root / "metadata.csv")
+    summary = import_dataset(workspace.database, workspace.store, "csv", root, name="dcm-csv")
+    assert summary.cases == 5
+
+
+def test_parquet_given_to_a_text_format_says_so(workspace: Workspace, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"Prompt": ["a polyp"], "Filename": ["a.jpg"]}), tmp_path / "prompt-gt.parquet")
+    with pytest.raises(InputError, match="this is a Parquet file, not text"):
+        import_dataset(workspace.database, workspace.store, "medvqa-gi", tmp_path / "prompt-gt.parquet", name="x")

@@ -80,8 +80,12 @@ def test_kvasir_vqa_parquet_with_embedded_images(workspace: Workspace, shared_da
     images = {r["file"]: (shared_data / "gi" / r["file"]).read_bytes() for r in rows}
     table = [{"image": {"bytes": images[r["file"]], "path": None}, "source": r["source"], "question": r["question"],
               "answer": r["answer"], "img_id": r["img_id"]} for r in rows]  # fmt: skip
+    # the hub's layout: data/raw-0000k-of-00002.parquet, the same image in both shards
+    (tmp_path / "Kvasir-VQA" / "data").mkdir(parents=True)
+    write_parquet(tmp_path / "Kvasir-VQA" / "data" / "raw-00000-of-00002.parquet", table[:200])
+    write_parquet(tmp_path / "Kvasir-VQA" / "data" / "raw-00001-of-00002.parquet", table[200:])
     write_parquet(tmp_path / "raw-00000.parquet", table)
-    summary = import_dataset(workspace.database, workspace.store, "kvasir-vqa", tmp_path / "raw-00000.parquet",
+    summary = import_dataset(workspace.database, workspace.store, "kvasir-vqa", tmp_path / "Kvasir-VQA",
                              name="kvp", workers=2)  # fmt: skip
     assert (summary.cases, summary.images, summary.duplicate_images) == (395, 40, 395 - 40)
     with workspace.database.session() as s:
