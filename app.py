@@ -303,7 +303,8 @@ def cmd_train_msdm(args: argparse.Namespace) -> int:
     if args.text_encoder:
         config.model = dataclasses.replace(config.model, text_encoder=args.text_encoder)
     overrides = {"mixed_precision": args.mixed_precision, "gradient_accumulation_steps": args.gradient_accumulation,
-                 "checkpoint_every": args.checkpoint_every, "validate_every": args.validate_every}  # fmt: skip
+                 "checkpoint_every": args.checkpoint_every, "validate_every": args.validate_every,
+                 "perceptual_net": args.perceptual_net, "perceptual_weights": args.perceptual_weights}  # fmt: skip
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     result = train_msdm(config, examples, Path(args.out), vae=args.vae, steps=args.steps, vae_steps=args.vae_steps,
                         batch_size=args.batch_size, lr=args.lr, resume=args.resume, device=args.device,
@@ -493,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-accumulation", type=int, help="micro-batches per optimizer step")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: the config's)")
     p.add_argument("--validate-every", type=int, help="steps between validation grids (default: the config's)")
+    p.add_argument("--perceptual-net", choices=["lpips-vgg", "fixed-random"], help="VAE perceptual loss net")
+    p.add_argument("--perceptual-weights", help="VGG16.pth,LPIPS_VGG.pth for lpips-vgg (the paper config's)")
     p = add("lora", cmd_train_lora, "fine-tune a LoRA adapter on a pretrained pipeline", train_sub)
     p.add_argument("--dataset", required=True)
     p.add_argument("--base", required=True, help="hub id or folder of the base pipeline")

@@ -164,6 +164,56 @@ def attribute_accuracy(predicted: Sequence[dict[str, Any]], wanted: Sequence[dic
     return acc
 
 
+def findings_hits_per_prompt(
+    predicted: Sequence[dict[str, Any]], wanted: Sequence[dict[str, Any]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: how many of its findings the image shows, and how many it asks for.
+
+    ``hits.sum() / counts.sum()`` is :func:`attribute_accuracy`'s ``findings_mean``; prompts are the unit
+    the bootstrap resamples.
+    """
+    hits, counts = [], []
+    for pred, want in zip(predicted, wanted, strict=True):
+        attrs = [a for a in applicable(want) if a != "domain"]
+        hits.append(sum(pred.get(a) == want[a] for a in attrs))
+        counts.append(len(attrs))
+    return np.asarray(hits, dtype=float), np.asarray(counts, dtype=float)
+
+
+def ratio_ci(
+    hits: np.ndarray, counts: np.ndarray, *, seed: int = 0, n_resamples: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI (``scipy.stats.bootstrap``, prompts resampled) of ``sum(hits) / sum(counts)``.
+
+    ``hits`` may be a paired difference of two rows' hits (the same prompts and counts): the CI is then
+    that of the difference in ``findings_mean``.
+    """
+    from scipy.stats import bootstrap
+
+    h, c = np.asarray(hits, dtype=float), np.asarray(counts, dtype=float)
+    if h.size < 2 or c.sum() == 0:
+        return (float("nan"), float("nan"))
+
+    def stat(hh: np.ndarray, cc: np.ndarray, axis: int = -1) -> np.ndarray:
+        return hh.sum(axis=axis) / cc.sum(axis=axis)
+
+    res = bootstrap(
+        (h, c), stat, paired=True, vectorized=True, n_resamples=n_resamples, confidence_level=level,
+        method="percentile", rng=seed,
+    )  # fmt: skip
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def training_captions(n_per_domain: int = 1000, seed: int = 0) -> set[str]:
+    """The captions of the procedural training set ``generate_samples(n_per_domain, seed)`` (no rendering):
+    the demo model was trained on ``n_per_domain=1000, seed=0``."""
+    captions = set()
+    for d_idx, domain in enumerate(DOMAINS):
+        for i in range(n_per_domain):
+            captions.add(caption_for(sample_attributes(domain, np.random.default_rng([seed, d_idx, i]))))
+    return captions
+
+
 def shuffle_within_domain(wanted: Sequence[dict[str, Any]], rng: np.random.Generator) -> list[int]:
     """A permutation of prompt indices that only swaps prompts of the same domain."""
     order = list(range(len(wanted)))
@@ -185,14 +235,33 @@ def chance_accuracy(wanted: Sequence[dict[str, Any]], seed: int = 0, rounds: int
     return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
 
 
-def benchmark_prompts(n_per_domain: int, seed: int = 0) -> tuple[list[str], list[dict[str, Any]]]:
-    """Random demo prompts (attributes drawn like the dataset's) and the attributes they ask for."""
+def benchmark_prompts(
+    n_per_domain: int, seed: int = 0, *, exclude: set[str] | None = None
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Random demo prompts (attributes drawn like the dataset's) and the attributes they ask for.
+
+    With ``exclude`` (e.g. :func:`training_captions`) only caption combinations outside it are kept, so
+    the benchmark measures adherence to prompts the model never saw rather than recall of training pairs.
+
+    Raises
+    ------
+    ValueError
+        When too few unseen combinations exist for ``n_per_domain``.
+    """
     prompts, wanted = [], []
     for d_idx, domain in enumerate(DOMAINS):
-        for i in range(n_per_domain):
+        kept, i = 0, 0
+        while kept < n_per_domain:
+            if i > 200 * n_per_domain + 1000:
+                raise ValueError(f"only {kept} unseen {domain} prompts found; lower n_per_domain")
             attrs = sample_attributes(domain, np.random.default_rng([seed, 100 + d_idx, i]))
-            prompts.append(caption_for(attrs))
-            wanted.append(parse_caption(prompts[-1]))
+            i += 1
+            caption = caption_for(attrs)
+            if exclude is not None and caption in exclude:
+                continue
+            prompts.append(caption)
+            wanted.append(parse_caption(caption))
+            kept += 1
     return prompts, wanted
 
 
@@ -216,9 +285,18 @@ class AdherenceRow:
     accuracy: dict[str, float]
     seconds_per_image: float
     extra: dict[str, Any] = field(default_factory=dict)
+    #: per prompt: findings shown and findings asked for (for CIs and paired differences)
+    findings_hits: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    findings_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def findings_ci(self) -> tuple[float, float]:
+        """95% bootstrap CI of ``findings_mean``, prompts resampled."""
+        return ratio_ci(self.findings_hits, self.findings_counts)
 
 
-GenerateFn = Callable[[list[str]], list[Image.Image]]
+#: makes one image per prompt, image ``i`` from its own seed ``seeds[i]`` (no noise shared across images)
+GenerateFn = Callable[[list[str], list[int]], list[Image.Image]]
 
 
 def score_generator(
@@ -230,11 +308,13 @@ def score_generator(
     *,
     shuffle_seed: int | None = None,
     batch_size: int = 16,
+    seed: int = 0,
 ) -> AdherenceRow:
     """Generate an image per prompt and score it against ``wanted``.
 
-    With ``shuffle_seed`` the generator gets the prompts shuffled within each domain (the control):
-    image ``i`` is made from prompt ``order[i]`` but scored against ``wanted[i]``.
+    Image ``i`` gets its own seed ``seed * 1_000_003 + i``, the same for every setting compared, so rows
+    differ by sampler and prompt only. With ``shuffle_seed`` the generator gets the prompts shuffled within
+    each domain (the control): image ``i`` is made from prompt ``order[i]`` but scored against ``wanted[i]``.
     """
     order = list(range(len(prompts)))
     if shuffle_seed is not None:
@@ -242,11 +322,14 @@ def score_generator(
     fed = [prompts[j] for j in order]
     started = time.perf_counter()
     images: list[Image.Image] = []
+    seeds = [seed * 1_000_003 + i for i in range(len(fed))]
     for i in range(0, len(fed), batch_size):
-        images += generate_fn(fed[i : i + batch_size])
+        images += generate_fn(fed[i : i + batch_size], seeds[i : i + batch_size])
     seconds = (time.perf_counter() - started) / max(1, len(fed))
-    acc = attribute_accuracy(predict_attributes(classifier, images), wanted)
-    return AdherenceRow(name, acc, seconds)
+    predicted = predict_attributes(classifier, images)
+    acc = attribute_accuracy(predicted, wanted)
+    hits, counts = findings_hits_per_prompt(predicted, wanted)
+    return AdherenceRow(name, acc, seconds, findings_hits=hits, findings_counts=counts)
 
 
 DEMO_CLASSIFIER_FILE = "adherence_classifier.safetensors"

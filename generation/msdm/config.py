@@ -17,9 +17,13 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 
 @dataclass
 class VAEConfig:
-    """``diffusers.AutoencoderKL`` shape; the down-sampling factor is ``2 ** (levels - 1)``."""
+    """``diffusers.AutoencoderKL`` shape; the down-sampling factor is ``2 ** (levels - 1)``.
 
-    block_out_channels: tuple[int, ...] = (64, 128, 256, 512)
+    The default (the paper config's) has 14.0 M parameters, the closest ``AutoencoderKL`` gets to the
+    reference MSDM VAE's 13.4 M at four levels and 8 latent channels (docs/compare.md, "paper vs reference").
+    """
+
+    block_out_channels: tuple[int, ...] = (32, 64, 128, 256)
     latent_channels: int = 8
     layers_per_block: int = 2
     norm_num_groups: int = 32
@@ -96,10 +100,14 @@ class TrainConfig:
     #: train the (fully convolutional) VAE on random square crops of this size; None = whole image
     vae_crop: int | None = None
     perceptual_weight: float = 0.1
+    #: ``lpips-vgg`` (the paper's LPIPS; needs ``perceptual_weights``) or ``fixed-random`` (no download)
+    perceptual_net: str = "lpips-vgg"
+    #: "VGG16.pth,LPIPS_VGG.pth": torchvision's vgg16 state dict and the lpips package's v0.1 vgg.pth
+    perceptual_weights: str | None = None
     kl_weight: float = 1e-6
     # UNet stage
     unet_steps: int = 100_000
-    batch_size: int = 32
+    batch_size: int = 64
     lr: float = 1e-4
     lr_warmup_steps: int = 500
     text_dropout: float = 0.2
@@ -166,6 +174,7 @@ def tiny_config() -> TrainConfig:
         vae_lr=1e-3,
         vae_crop=32,
         perceptual_weight=0.0,
+        perceptual_net="fixed-random",
         kl_weight=1e-6,
         unet_steps=3000,
         batch_size=32,

@@ -250,12 +250,15 @@ def generate(
     *,
     num_inference_steps: int = 20,
     guidance_scale: float = 3.5,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     height: int | None = None,
     width: int | None = None,
     sampler: Sampler | None = None,
 ) -> list[Image.Image]:
     """Sample one image per prompt with a seeded generator (same seed + device = same images).
+
+    ``seed`` is one seed for the batch, or one per prompt (each image then has its own noise, whatever
+    batch it is drawn in).
 
     Raises
     ------
@@ -268,7 +271,12 @@ def generate(
     check_resolution(height, width, factor)
     if sampler is not None:
         set_sampler(pipe, sampler)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if isinstance(seed, int):
+        generator: torch.Generator | list[torch.Generator] = torch.Generator(device="cpu").manual_seed(seed)
+    else:
+        if len(seed) != len(prompts):
+            raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts")
+        generator = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seed]
     out = pipe(
         list(prompts),
         height=height,

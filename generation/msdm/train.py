@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from db.errors import InputError
 from generation.msdm.config import TrainConfig
-from generation.msdm.losses import FixedFeatureNet, perceptual_loss, text_dropout_mask
+from generation.msdm.losses import make_perceptual_net, perceptual_loss, text_dropout_mask
 from generation.msdm.pipeline import (
     assemble_pipeline,
     build_noise_scheduler,
@@ -47,7 +47,14 @@ from generation.text_encoders import load_text_encoder
 
 ImageLike = Image.Image | str | Path
 #: settings that may change between a run and its resume (more steps, other bookkeeping)
-_NOT_RESUME_SETTINGS = ("unet_steps", "checkpoint_every", "validate_every", "validation_prompts", "num_workers")
+_NOT_RESUME_SETTINGS = (
+    "unet_steps",
+    "checkpoint_every",
+    "validate_every",
+    "validation_prompts",
+    "num_workers",
+    "perceptual_weights",  # where the files lie may change; which net is used may not
+)
 _STAGES = {"vae": 1, "unet": 2}
 
 
@@ -133,8 +140,12 @@ def train_vae(
     steps: int,
     resume: bool,
     progress: bool,
+    perceptual: torch.nn.Module | None = None,
 ) -> tuple[AutoencoderKL, list[float]]:
-    """Train the ``AutoencoderKL`` on ``pixels`` (uint8, N x 3 x H x W); MSE + perceptual + KL."""
+    """Train the ``AutoencoderKL`` on ``pixels`` (uint8, N x 3 x H x W); MSE + perceptual + KL.
+
+    ``perceptual`` is the net of :func:`generation.msdm.losses.make_perceptual_net` (made from the config
+    when not given)."""
     cfg = config.model
     torch.manual_seed(config.seed)
     vae = build_vae(cfg.vae)
@@ -149,7 +160,10 @@ def train_vae(
         sched.load_state_dict(state["lr_scheduler"])
         start, losses = state["step"], state["losses"]
     wrapped, opt = accelerator.prepare(_VAEStep(vae), opt)
-    feat_net = FixedFeatureNet().to(accelerator.device) if config.perceptual_weight > 0 else None
+    feat_net = None
+    if config.perceptual_weight > 0:
+        net = perceptual or make_perceptual_net(config.perceptual_net, config.perceptual_weights)
+        feat_net = net.to(accelerator.device)
     crop = config.vae_crop or cfg.resolution
     latent_hw = (crop // cfg.vae.downsample_factor,) * 2
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="vae", disable=not progress)
@@ -281,6 +295,12 @@ def train_msdm(
     # Everything that can fail is loaded and checked before the first step: an offline or gated text
     # encoder fails in seconds, not after hours of VAE training.
     text = load_text_encoder(cfg.text_encoder, cfg.max_text_length)
+    perceptual = None
+    if vae is None and config.perceptual_weight > 0 and config.vae_steps > 0:
+        try:
+            perceptual = make_perceptual_net(config.perceptual_net, config.perceptual_weights)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     captions = [c for _, c in images]
     settings = {
         **{k: v for k, v in config.to_dict().items() if k not in _NOT_RESUME_SETTINGS},
@@ -289,8 +309,8 @@ def train_msdm(
         "vae_given": vae is not None,
     }
     if not accelerator.is_main_process:
-        return _train_msdm(config, images, out, accelerator, text, vae, resume, include_text_encoder, progress,
-                           data_description, command, on_step, started)  # fmt: skip
+        return _train_msdm(config, images, out, accelerator, text, perceptual, vae, resume, include_text_encoder,
+                           progress, data_description, command, on_step, started)  # fmt: skip
     with out_dir_lock(out):
         ckpt_root = out / "checkpoints"
         earlier_run = any(ckpt_root.glob("*/step_*.pt")) or (ckpt_root / "vae_final").is_dir()
@@ -301,8 +321,8 @@ def train_msdm(
         if not resume:
             (ckpt_root / SETTINGS_FILE).unlink(missing_ok=True)
         check_resume_settings(ckpt_root, settings)
-        return _train_msdm(config, images, out, accelerator, text, vae, resume, include_text_encoder, progress,
-                           data_description, command, on_step, started)  # fmt: skip
+        return _train_msdm(config, images, out, accelerator, text, perceptual, vae, resume, include_text_encoder,
+                           progress, data_description, command, on_step, started)  # fmt: skip
 
 
 def _train_msdm(
@@ -311,6 +331,7 @@ def _train_msdm(
     out: Path,
     accelerator: Any,
     text: tuple[Any, Any, Any],
+    perceptual: torch.nn.Module | None,
     vae: AutoencoderKL | str | Path | None,
     resume: bool,
     include_text_encoder: bool,
@@ -343,7 +364,8 @@ def _train_msdm(
         vae = AutoencoderKL.from_pretrained(vae)
     if vae is None:
         vae, vae_losses = train_vae(
-            config, pixels, accelerator, ckpt_root / "vae", steps=config.vae_steps, resume=resume, progress=progress
+            config, pixels, accelerator, ckpt_root / "vae", steps=config.vae_steps, resume=resume, progress=progress,
+            perceptual=perceptual,
         )
         vae.register_to_config(scaling_factor=1.0)
     vae = vae.to(device).eval().requires_grad_(False)

@@ -73,8 +73,8 @@ def test_committed_classifier_reads_real_frames_well_above_chance(classifier, tm
 def test_an_oracle_generator_adheres_and_its_shuffled_control_falls_to_chance(classifier):
     prompts, wanted = benchmark_prompts(40, seed=5)
 
-    def oracle(batch):  # draws exactly what each prompt asks for
-        return [render_image(parse_caption(p), np.random.default_rng(k)) for k, p in enumerate(batch)]
+    def oracle(batch, seeds):  # draws exactly what each prompt asks for
+        return [render_image(parse_caption(p), np.random.default_rng(s)) for p, s in zip(batch, seeds, strict=True)]
 
     good = score_generator("oracle", oracle, prompts, wanted, classifier)
     control = score_generator("shuffled", oracle, prompts, wanted, classifier, shuffle_seed=0)
@@ -82,3 +82,27 @@ def test_an_oracle_generator_adheres_and_its_shuffled_control_falls_to_chance(cl
     assert good.accuracy["findings_mean"] >= chance + 0.3
     assert abs(control.accuracy["findings_mean"] - chance) < 0.12
     assert control.accuracy["domain"] == good.accuracy["domain"]
+
+
+def test_rows_carry_a_bootstrap_ci_and_held_out_prompts_are_unseen(classifier):
+    from generation.adherence import findings_hits_per_prompt, ratio_ci, training_captions
+
+    seen = training_captions(4, seed=0)  # a model trained on few frames leaves combinations unseen
+    prompts, wanted = benchmark_prompts(5, seed=7, exclude=seen)
+    assert len(prompts) == 10 and not set(prompts) & seen
+    with pytest.raises(ValueError, match="only 0 unseen endoscopy prompts"):
+        benchmark_prompts(1, exclude=training_captions(1000, seed=0))  # the demo model saw all 64
+    seeds_seen: list[int] = []
+
+    def oracle(batch, seeds):
+        seeds_seen.extend(seeds)
+        return [render_image(parse_caption(p), np.random.default_rng(s)) for p, s in zip(batch, seeds, strict=True)]
+
+    row = score_generator("oracle", oracle, prompts, wanted, classifier, batch_size=16)
+    assert len(set(seeds_seen)) == len(prompts)  # one generator per image, none shared across batches
+    low, high = row.findings_ci
+    assert low <= row.accuracy["findings_mean"] <= high and high - low < 0.5
+    used = list(seeds_seen)
+    hits, counts = findings_hits_per_prompt(predict_attributes(classifier, oracle(prompts, used)), wanted)
+    assert hits.sum() / counts.sum() == pytest.approx(row.accuracy["findings_mean"])
+    assert all(np.isnan(ratio_ci(np.array([1.0]), np.array([2.0]))))  # one prompt: no CI

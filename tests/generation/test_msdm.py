@@ -281,3 +281,75 @@ def test_lora_on_an_msdm_base_registers_as_msdm(tmp_path):
     (tmp_path / "sd").mkdir()
     (tmp_path / "sd" / "model_index.json").write_text("{}")
     assert model_kind_for(tmp_path / "sd") == "diffusers"
+
+
+def _vgg_and_lpips_files(tmp_path):
+    """Weight files in the published formats: torchvision vgg16 (features.N.*, plus classifier keys) and
+    the lpips package's vgg.pth (linK.model.1.weight), with seeded random values."""
+
+    gen = torch.Generator().manual_seed(0)
+    vgg, cin, index = {}, 3, 0
+    for item in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+        if item == "M":
+            index += 1
+            continue
+        vgg[f"features.{index}.weight"] = torch.randn(item, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
+        vgg[f"features.{index}.bias"] = torch.zeros(item)
+        cin, index = item, index + 2
+    vgg["classifier.0.weight"] = torch.zeros(2, 2)  # a full torchvision state dict has these too
+    widths = (64, 128, 256, 512, 512)
+    lins = {f"lin{k}.model.1.weight": torch.rand(1, w, 1, 1, generator=gen) for k, w in enumerate(widths)}
+    torch.save(vgg, tmp_path / "vgg16.pth")
+    torch.save(lins, tmp_path / "vgg.pth")
+    return vgg, lins
+
+
+def test_lpips_vgg_loads_published_formats_and_matches_the_formula(tmp_path):
+    from generation.msdm.losses import LPIPSVGG, make_perceptual_net, perceptual_loss
+
+    vgg, lins = _vgg_and_lpips_files(tmp_path)
+    net = make_perceptual_net("lpips-vgg", f"{tmp_path / 'vgg16.pth'},{tmp_path / 'vgg.pth'}")
+    assert isinstance(net, LPIPSVGG)
+    gen = torch.Generator().manual_seed(1)
+    x, y = (torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1 for _ in range(2))
+    # the published LPIPS formula written out with plain conv calls on the file's tensors
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+
+    conv, pool = torch.nn.functional.conv2d, torch.nn.functional.max_pool2d
+
+    def feats(img):
+        h, out = (img - shift) / scale, []
+        for block in ((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28)):
+            for i in block:
+                h = torch.relu(conv(h, vgg[f"features.{i}.weight"], vgg[f"features.{i}.bias"], padding=1))
+            out.append(h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
+            h = pool(h, 2)
+        return out
+
+    expected = sum(
+        torch.nn.functional.conv2d((a - b) ** 2, lins[f"lin{k}.model.1.weight"]).mean(dim=(1, 2, 3))
+        for k, (a, b) in enumerate(zip(feats(x), feats(y), strict=True))
+    )
+    torch.testing.assert_close(net(x, y), expected)
+    assert torch.all(net(x, x) == 0) and torch.all(net(x, y) > 0)
+    torch.testing.assert_close(perceptual_loss(net, x, y), expected.mean())
+
+
+def test_paper_config_without_lpips_weights_names_how_to_give_them(tmp_path):
+    from generation.msdm.losses import make_perceptual_net
+
+    cfg = get_config("paper")
+    assert (cfg.perceptual_net, cfg.batch_size) == ("lpips-vgg", 64)
+    from generation.msdm.pipeline import build_vae
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_vae(cfg.model.vae).parameters())
+    assert 13e6 < params < 14.5e6  # the reference MSDM VAE has 13.4 M
+    with pytest.raises(ValueError, match="--perceptual-weights VGG16.pth,LPIPS_VGG.pth"):
+        make_perceptual_net("lpips-vgg", None)
+    with pytest.raises(ValueError, match="does not exist"):
+        make_perceptual_net("lpips-vgg", f"{tmp_path / 'a.pth'},{tmp_path / 'b.pth'}")
+    torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="are not torchvision VGG-16"):
+        make_perceptual_net("lpips-vgg", f"{tmp_path / 'bad.pth'},{tmp_path / 'bad.pth'}")
