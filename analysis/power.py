@@ -37,13 +37,17 @@ from analysis.mrmc import ORResult
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ORComponents",
     "TuringComponents",
     "components_from_logit_sds",
+    "format_plan",
+    "mrmc_plan_text",
     "or_power",
     "plan_mrmc",
     "plan_turing",
     "simulate_2afc",
     "turing_equivalence_power",
+    "turing_plan_text",
 ]
 
 
@@ -165,14 +169,15 @@ def plan_turing(
 ) -> pd.DataFrame:
     """Power of the Turing equivalence claim for each raters x items design (rows: raters).
 
-    With ``answers_per_rater`` = K, designs with N < K are left empty (NaN). The attribute
+    With ``answers_per_rater`` = K, designs with N < K, or with fewer answers than raters + pairs
+    (most pairs answered once: pair and error variance not separable), are left empty. The attribute
     ``attrs["target"]`` holds ``power``; cells at or above it meet the plan.
     """
     table = pd.DataFrame(index=pd.Index(list(raters), name="raters"), columns=[f"{n} pairs" for n in items])
     for r in raters:
         for n in items:
-            k = answers_per_rater
-            if k is not None and k > n:
+            k = n if answers_per_rater is None else answers_per_rater
+            if k > n or r * k < r + n:  # too few answers to separate pair and error variance
                 continue
             table.loc[r, f"{n} pairs"] = turing_equivalence_power(
                 r, n, components, margin=margin, answers_per_rater=k, true_accuracy=true_accuracy, alpha=alpha
@@ -277,3 +282,90 @@ def simulate_2afc(
         item = np.concatenate([rng.permutation(n_items)[:answers_per_rater] for _ in range(n_raters)])
     correct = rng.random(len(rater)) < special.expit(logit_mean + a[rater] + b[item])
     return rater, item, correct.astype(float)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The `study plan` service
+# ---------------------------------------------------------------------------------------------------
+
+
+def format_plan(table: pd.DataFrame) -> str:
+    """A power table as text; cells that reach ``table.attrs["target"]`` are starred."""
+    target = float(table.attrs.get("target", 0.8))
+    shown = table.map(lambda v: "" if pd.isna(v) else f"{v:.2f}{'*' if v >= target else ' '}")
+    return shown.to_string() + f"\n(* = power >= {target:.2f})"
+
+
+def _read_table(path: str) -> pd.DataFrame:
+    from db.errors import InputError
+
+    try:
+        return pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read the pilot table: {err}") from err
+
+
+def turing_plan_text(
+    *,
+    margin: float,
+    power: float,
+    sd_rater: float,
+    sd_item: float,
+    true_accuracy: float = 0.5,
+    answers_per_rater: int | None = None,
+    pilot: str | None = None,
+    raters: Sequence[int] = (4, 6, 8, 10, 15, 20),
+    items: Sequence[int] = (50, 100, 200, 400),
+) -> str:
+    """``study plan turing``: components from a pilot ratings table or from logit SDs; the power table."""
+    from analysis.turing import _headline_answers, crossed_mean
+
+    if pilot:
+        answers = _headline_answers(_read_table(pilot))
+        fit = crossed_mean(answers["rater"].to_numpy(), answers["item"].to_numpy(), answers["_correct"].to_numpy())
+        components = TuringComponents(fit.var_rater, fit.var_item, fit.var_error)
+        source = f"pilot {pilot}: {fit.n_raters} raters, {fit.n_items} pairs, accuracy {fit.estimate:.3f}"
+    else:
+        components = components_from_logit_sds(sd_rater, sd_item, true_accuracy)
+        source = f"rater SD {sd_rater:g}, item SD {sd_item:g} (logit scale)"
+    table = plan_turing(components, margin=margin, power=power, raters=raters, items=items,
+                        answers_per_rater=answers_per_rater, true_accuracy=true_accuracy)  # fmt: skip
+    design = "each rater answers all pairs" if answers_per_rater is None else f"{answers_per_rater} pairs per rater"
+    return (
+        f"Turing equivalence |accuracy - 0.5| < {margin:g} (TOST, alpha 0.05), true accuracy {true_accuracy:g}; "
+        f"{design}.\nVariance components ({source}): rater {components.var_rater:.4g}, "
+        f"item {components.var_item:.4g}, error {components.var_error:.4g}.\n"
+        f"Power by raters (rows) x distinct pairs (columns):\n{format_plan(table)}"
+    )
+
+
+def mrmc_plan_text(
+    *,
+    effect: float,
+    power: float,
+    components: ORComponents | None = None,
+    roc: str | None = None,
+    readers: Sequence[int] = (4, 6, 8, 10, 15),
+    cases: Sequence[int] = (50, 100, 200, 400, 800),
+) -> str:
+    """``study plan mrmc``: OR components from a pilot ROC table (reader, test, case, truth, score) or given."""
+    from analysis.mrmc import or_analysis
+    from db.errors import InputError
+
+    if roc:
+        try:
+            result = or_analysis(_read_table(roc))
+        except ValueError as err:
+            raise InputError(f"{roc}: {err}") from err
+        components = ORComponents.from_result(result)
+    if components is None:
+        raise InputError(
+            "give a pilot ROC table (--roc) or all of --var-tr --var-error --cov1 --cov2 --cov3 --pilot-cases"
+        )
+    table = plan_mrmc(components, effect, power=power, readers=readers, cases=cases)
+    return (
+        f"MRMC AUC difference {effect:g} between two modalities, RRRC OR test (Hillis, Obuchowski & Berbaum 2011), "
+        f"alpha 0.05.\nOR components (pilot of {components.n_cases} cases): var(TR) {components.var_tr:.4g}, "
+        f"var(error) {components.var_error:.4g}, cov1 {components.cov1:.4g}, cov2 {components.cov2:.4g}, "
+        f"cov3 {components.cov3:.4g}.\nPower by readers (rows) x cases (columns):\n{format_plan(table)}"
+    )

@@ -62,3 +62,17 @@ def test_turing_plan_table_grows_with_raters_and_items() -> None:
     assert table.attrs["target"] == 0.8
     with pytest.raises(ValueError, match="margin"):
         turing_equivalence_power(8, 100, components_from_logit_sds(0, 0), margin=0.6)
+
+
+def test_study_plan_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path, shared_data: Path) -> None:
+    from app import main
+
+    assert main(["study", "plan", "turing", "--answers-per-rater", "100", "--sd-rater", "0.3", "--sd-item", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "10" in out and "0.89*" in out and "100 pairs per rater" in out
+    roc = pd.read_csv(shared_data / "mrmc" / "VanDyke.csv").rename(columns={"treatment": "test", "rating": "score"})
+    roc.to_csv(tmp_path / "pilot.csv", index=False)
+    assert main(["study", "plan", "mrmc", "--roc", str(tmp_path / "pilot.csv"), "--effect", "0.05"]) == 0
+    assert "pilot of 114 cases" in capsys.readouterr().out
+    assert main(["study", "plan", "mrmc"]) == 2
+    assert "--roc" in capsys.readouterr().err
