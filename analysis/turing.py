@@ -8,23 +8,27 @@ Definitions used throughout (signal detection for 2AFC; Macmillan & Creelman 200
 * signal: "generated on the right"; noise: "generated on the left".
 * hit: answered ``right`` when generated on the right; false alarm: answered ``right`` when
   generated on the left.
-* sensitivity = hit rate ``H`` = P(answer right | generated right);
-  specificity = ``1 - F`` = P(answer left | generated left), ``F`` the false-alarm rate.
-  In a 2AFC test accuracy is their average when the sides are balanced.
+* ``accuracy_generated_right`` = hit rate ``H`` = P(answer right | generated right) and
+  ``accuracy_generated_left`` = ``1 - F`` = P(answer left | generated left), ``F`` the false-alarm
+  rate: "accuracy when the generated image was on the right / left". (Signal-detection texts call
+  them sensitivity and specificity; the tables avoid those words, which clinicians read as
+  disease-detection terms.) Accuracy is their average when the sides are balanced.
 * ``d' = (z(H) - z(F)) / sqrt(2)``: the 2AFC sensitivity on the scale of a single-interval task.
   Rates of exactly 0 or 1 would make ``z`` infinite, so ``d'`` and the bias ``c`` use the
   log-linear correction (Hautus 1995), applied to every cell: ``H = (hits + 0.5) / (n_signal + 1)``,
-  ``F = (false_alarms + 0.5) / (n_noise + 1)``. Reported ``sensitivity`` / ``specificity`` are
-  the raw rates.
+  ``F = (false_alarms + 0.5) / (n_noise + 1)``. The reported accuracies by side are the raw rates.
 * position bias ``c = -(z(H) + z(F)) / 2``: negative means a leaning to answer ``right``.
   It is tested with Fisher's exact test of accuracy by side (no bias: accuracy is the same
   whichever side the generated image is on) and a binomial test of the share of ``right``
   answers against 0.5.
 
-Accuracy is tested against chance (0.5) with an exact two-sided binomial test, with
-Clopper-Pearson intervals. A model whose images raters cannot tell from real ones (accuracy near
-0.5, ``d'`` near 0) is the goal. Pooled tests treat answers as independent; the per-rater table
-and the ``raters_above_chance`` summary do not.
+The headline (:func:`headline`) tests accuracy against chance (0.5) with raters and pairs random,
+and equivalence (TOST) within a margin; it is the result to report. The tables of
+:func:`turing_test` are descriptive: their exact binomial tests and Clopper-Pearson intervals treat
+a group's answers as independent, which holds within one rater only approximately and across raters
+not at all (a quarter to almost half of null studies "reject"; ``benchmarks/inference_calibration.py``).
+Per-rater and subgroup tables carry Holm-adjusted p-values (``p_holm``) across their rows.
+A model whose images raters cannot tell from real ones (accuracy near 0.5, ``d'`` near 0) is the goal.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import special, stats
 
+from analysis.scores import holm
 from db.errors import InputError
 
 __all__ = [
@@ -65,8 +70,8 @@ _SUMMARY_COLUMNS: tuple[str, ...] = (
     "ci_low",
     "ci_high",
     "p_value",
-    "sensitivity",
-    "specificity",
+    "accuracy_generated_right",
+    "accuracy_generated_left",
     "d_prime",
     "criterion_c",
 )
@@ -98,8 +103,8 @@ def _summaries(
                     stats.binomtest(int(k), int(m), 0.5).pvalue if m else np.nan
                     for k, m in zip(correct, n, strict=True)
                 ],
-                "sensitivity": hits / np.where(n_signal > 0, n_signal, np.nan),
-                "specificity": (n_noise - false_alarms) / np.where(n_noise > 0, n_noise, np.nan),
+                "accuracy_generated_right": hits / np.where(n_signal > 0, n_signal, np.nan),
+                "accuracy_generated_left": (n_noise - false_alarms) / np.where(n_noise > 0, n_noise, np.nan),
                 "d_prime": (z_hit - z_false_alarm) / np.sqrt(2.0),
                 "criterion_c": -(z_hit + z_false_alarm) / 2.0,
             }
@@ -147,12 +152,13 @@ def two_afc_summary(
     -------
     dict
         ``n, n_correct, accuracy, ci_low, ci_high, p_value`` (exact binomial vs 0.5, two-sided),
-        ``sensitivity, specificity, d_prime, criterion_c`` (see the module docstring).
+        ``accuracy_generated_right, accuracy_generated_left, d_prime, criterion_c`` (see the module
+        docstring).
 
     Examples
     --------
     >>> out = two_afc_summary([True, True, False, False], [True, False, False, False])
-    >>> float(out["accuracy"]), float(out["sensitivity"]), float(out["specificity"])
+    >>> float(out["accuracy"]), float(out["accuracy_generated_right"]), float(out["accuracy_generated_left"])
     (0.75, 0.5, 1.0)
     """
     signal = np.asarray(generated_right, dtype=bool)
@@ -182,15 +188,26 @@ def _grouped(answers: pd.DataFrame, by: str | Sequence[str], confidence_level: f
     flags = answers[keys].assign(signal=signal, noise=~signal, hit=signal & said, fa=~signal & said)
     sums = flags.groupby(keys, sort=True, observed=True, dropna=False).sum().reset_index()
     summary = _summaries(sums["signal"], sums["noise"], sums["hit"], sums["fa"], confidence_level)
+    summary.insert(summary.columns.get_loc("p_value") + 1, "p_holm", holm(summary["p_value"].to_numpy()))
     return pd.concat([sums[keys], summary], axis=1)
 
 
-def attention_failures(frame: pd.DataFrame, max_failure_rate: float = 0.0) -> pd.DataFrame:
+DEFAULT_MAX_FAILURE_RATE = 0.2
+DEFAULT_MIN_FAILURES = 2
+
+
+def attention_failures(
+    frame: pd.DataFrame,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
+    min_failures: int = DEFAULT_MIN_FAILURES,
+) -> pd.DataFrame:
     """Per rater: attention items answered, failed, and whether the rater is flagged.
 
     An attention item shows a deliberately broken generated image; answering the other image
-    (``correct`` is false) or giving no answer is a failure. A rater is flagged when their
-    failure rate exceeds ``max_failure_rate`` (default 0: any failure flags).
+    (``correct`` is false) or giving no answer is a failure. Marking the pair "cannot assess" is
+    not a failure (a broken image may well be unassessable) and the pair is not counted. A rater
+    is flagged when more than ``max_failure_rate`` (default 20 %) of their counted attention pairs
+    are failures *and* at least ``min_failures`` (default 2) are: one slip is not carelessness.
 
     Returns
     -------
@@ -200,6 +217,8 @@ def attention_failures(frame: pd.DataFrame, max_failure_rate: float = 0.0) -> pd
     """
     raters = frame.drop_duplicates("rater")[["rater", "rater_name"]].sort_values("rater")
     attention = frame[frame["item_kind"] == "attention"]
+    if "cannot_assess" in attention:
+        attention = attention[~attention["cannot_assess"].astype("boolean").fillna(False).to_numpy(dtype=bool)]
     failed = ~attention["correct"].astype("boolean").fillna(False).to_numpy(dtype=bool)
     counts = (
         pd.DataFrame({"rater": attention["rater"].to_numpy(), "failed": failed})
@@ -210,7 +229,8 @@ def attention_failures(frame: pd.DataFrame, max_failure_rate: float = 0.0) -> pd
     table[["n_attention", "n_failed"]] = table[["n_attention", "n_failed"]].fillna(0).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         table["failure_rate"] = table["n_failed"] / table["n_attention"].where(table["n_attention"] > 0)
-    table["flagged"] = (table["failure_rate"] > max_failure_rate).fillna(False).astype(bool)
+    table["flagged"] = ((table["failure_rate"] > max_failure_rate) & (table["n_failed"] >= min_failures)).fillna(False)
+    table["flagged"] = table["flagged"].astype(bool)
     return table.reset_index(drop=True)
 
 
@@ -319,7 +339,7 @@ def turing_test(
     frame: pd.DataFrame,
     *,
     exclude_flagged_raters: bool = False,
-    max_failure_rate: float = 0.0,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
     years_bins: Sequence[float] = YEARS_BINS,
     item_kinds: Sequence[str] = ("normal",),
     confidence_level: float = 0.95,
@@ -334,7 +354,7 @@ def turing_test(
         Leave out raters flagged by :func:`attention_failures`; the attention table and the
         excluded raters are reported either way.
     max_failure_rate : float
-        Attention failure rate above which a rater is flagged.
+        Attention failure rate above which a rater (with 2+ failures) is flagged; default 0.2.
     years_bins : sequence of float
         Edges of the experience bins (left-closed), e.g. ``[0, 5)``, ``[5, 10)``, ...
     item_kinds : sequence of str

@@ -10,6 +10,7 @@ from scipy import stats
 from analysis.power import simulate_2afc
 from analysis.synthetic import synthetic_ratings
 from analysis.turing import (
+    attention_failures,
     binomial_test_half,
     chance_tests,
     crossed_mean,
@@ -30,8 +31,8 @@ def test_two_afc_summary_definitions() -> None:
     n_signal, n_noise = generated_right.sum(), (~generated_right).sum()
     correct = int((generated_right == answered_right).sum())
     assert out["n_correct"] == correct
-    assert out["sensitivity"] == pytest.approx(hits / n_signal)
-    assert out["specificity"] == pytest.approx(1 - false_alarms / n_noise)
+    assert out["accuracy_generated_right"] == pytest.approx(hits / n_signal)
+    assert out["accuracy_generated_left"] == pytest.approx(1 - false_alarms / n_noise)
     z_h = stats.norm.ppf((hits + 0.5) / (n_signal + 1))
     z_f = stats.norm.ppf((false_alarms + 0.5) / (n_noise + 1))
     assert out["d_prime"] == pytest.approx((z_h - z_f) / np.sqrt(2))
@@ -170,3 +171,26 @@ def test_headline_test_holds_its_level_where_the_pooled_binomial_does_not(design
         assert abs(np.mean(new) - 0.05) <= 3.5 * np.sqrt(0.05 * 0.95 / 400), (sd_rater, sd_item, np.mean(new))
         if sd_rater > 0:
             assert np.mean(pooled) > 0.2  # the old headline test fails here
+
+
+def test_attention_cannot_assess_is_no_failure_and_one_slip_does_not_flag() -> None:
+    rows = []
+    for rater, outcomes in {"slip": [True] * 9 + [False], "careless": [False, False, True, True],
+                            "honest": [True, True, None]}.items():  # fmt: skip
+        for k, outcome in enumerate(outcomes):
+            rows.append({"rater": rater, "rater_name": rater, "item_kind": "attention", "item": f"a{k}",
+                         "correct": outcome, "cannot_assess": outcome is None})  # fmt: skip
+    table = attention_failures(pd.DataFrame(rows).astype({"correct": "boolean"})).set_index("rater")
+    assert table.loc["honest", "n_attention"] == 2 and table.loc["honest", "n_failed"] == 0
+    assert not table.loc["slip", "flagged"]  # one miss in ten
+    assert table.loc["careless", "flagged"]  # two of four
+    assert not attention_failures(pd.DataFrame(rows).astype({"correct": "boolean"}), 0.0, 3)["flagged"].any()
+
+
+def test_per_rater_and_subgroup_tables_are_holm_adjusted() -> None:
+    from analysis.scores import holm
+
+    result = turing_test(synthetic_ratings(n_raters=6, n_items=90, seed=1))
+    for table in (result.per_rater, result.by_model, result.by_specialty, result.by_experience):
+        np.testing.assert_allclose(table["p_holm"], holm(table["p_value"].to_numpy()))
+    assert {"accuracy_generated_left", "accuracy_generated_right"} <= set(result.per_rater.columns)
