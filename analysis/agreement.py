@@ -47,6 +47,7 @@ __all__ = [
     "gwet_ac1",
     "icc",
     "icc_coefficient",
+    "icc_unbalanced",
     "intra_rater_reliability",
     "item_terms",
     "krippendorff_alpha",
@@ -690,6 +691,74 @@ def icc(ratings: ArrayLike, confidence_level: float = 0.95) -> pd.DataFrame:
             "pval": [p1, p3, p3, p1, p3, p3],
             "ci_low": [lo for lo, _ in intervals],
             "ci_high": [hi for _, hi in intervals],
+        }
+    )
+
+
+def icc_unbalanced(ratings: ArrayLike, confidence_level: float = 0.95) -> pd.DataFrame:
+    """One-way random ICC(1) and ICC(1,k0) for sparse (K-of-N) designs: every rating is used.
+
+    Items are the targets; each item may be rated by a different number and set of raters (raters
+    are not identified, as in Shrout & Fleiss's case 1). Unbalanced one-way ANOVA (Searle 1971):
+    ``MSB = sum n_i (m_i - m)^2 / (C - 1)``, ``MSW = sum (y - m_i)^2 / (N - C)``,
+    ``n0 = (N - sum n_i^2 / N) / (C - 1)``; ``ICC1 = (MSB - MSW) / (MSB + (n0 - 1) MSW)``, ``ICC1k``
+    the reliability of the mean of ``n0`` ratings, ``(MSB - MSW) / MSB``. Confidence intervals are the
+    F intervals with ``n0`` in place of k (Donner 1986). With every item rated by every rater this is
+    pingouin's ``ICC1`` / ``ICC1k`` exactly. Items rated once add to ``C`` and ``N`` but not to MSW.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``Type, Description, ICC, F, df1, df2, pval, ci_low, ci_high, n_items, n_ratings, n0``.
+
+    Examples
+    --------
+    >>> table = icc_unbalanced([[1, 2, 3, np.nan], [1, np.nan, 4, 5], [np.nan, 2, 3, 5]])
+    >>> round(float(table.loc[0, "ICC"]), 4), float(table.loc[0, "n0"])
+    (0.9525, 2.222222222222222)
+    """
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}")
+    data = as_ratings(ratings)
+    counts = (~np.isnan(data)).sum(axis=0).astype(float)
+    used = counts > 0
+    data, counts = data[:, used], counts[used]
+    n_items, n_ratings = len(counts), float(counts.sum())
+    if n_items < 2 or n_ratings - n_items < 1:
+        raise ValueError(
+            f"ICC needs at least 2 items and one item rated twice; got {n_items} items, {int(n_ratings)} ratings"
+        )
+    centred = data - np.nanmean(data)
+    item_means = np.nansum(centred, axis=0) / counts
+    grand = np.nansum(centred) / n_ratings
+    msb = float((counts * (item_means - grand) ** 2).sum()) / (n_items - 1)
+    msw = float(np.nansum((centred - item_means) ** 2)) / (n_ratings - n_items)
+    n0 = (n_ratings - float((counts**2).sum()) / n_ratings) / (n_items - 1)
+    df1, df2 = n_items - 1, n_ratings - n_items
+    f_value = msb / msw if msw > 0 else np.inf
+    alpha = 1 - confidence_level
+    f_low = f_value / stats.f.ppf(1 - alpha / 2, df1, df2)
+    f_high = f_value * stats.f.ppf(1 - alpha / 2, df2, df1)
+    rows = [
+        ("ICC1", "Single raters absolute (one-way, unbalanced)", (msb - msw) / (msb + (n0 - 1) * msw),
+         (f_low - 1) / (f_low + n0 - 1), (f_high - 1) / (f_high + n0 - 1)),
+        ("ICC1k", f"Average of n0 = {n0:.2f} raters (one-way, unbalanced)", (msb - msw) / msb,
+         1 - 1 / f_low, 1 - 1 / f_high),
+    ]  # fmt: skip
+    return pd.DataFrame(
+        {
+            "Type": [r[0] for r in rows],
+            "Description": [r[1] for r in rows],
+            "ICC": [r[2] for r in rows],
+            "F": f_value,
+            "df1": df1,
+            "df2": df2,
+            "pval": float(stats.f.sf(f_value, df1, df2)),
+            "ci_low": [r[3] for r in rows],
+            "ci_high": [r[4] for r in rows],
+            "n_items": n_items,
+            "n_ratings": int(n_ratings),
+            "n0": n0,
         }
     )
 
