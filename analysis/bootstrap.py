@@ -17,6 +17,11 @@ Which units are resampled is named in every result:
     (model differences) and statistics without a closed form.
 
 Percentile intervals; p-values of contrasts are normal-theory, ``2 Phi(-|d| / se_boot)``.
+
+This module is the home of MedSynth's bootstrap of ratings: the item bootstrap of agreement statistics
+(:func:`bootstrap_ci`, :func:`bootstrap_cis`, :class:`ItemResampler`, implemented beside the statistics'
+item terms in :mod:`analysis.agreement`) is re-exported here. (``analysis.metrics.bootstrap_ci`` is a
+different thing: a bootstrap over image feature sets, owned by the metrics code.)
 """
 
 from __future__ import annotations
@@ -29,11 +34,21 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+from analysis.agreement import BootstrapCI, ItemResampler, bootstrap_ci, bootstrap_cis
+
 logger = logging.getLogger(__name__)
 
 Resample = Literal["items", "raters", "two-way"]
 
-__all__ = ["GroupMeansBootstrap", "Resample", "bootstrap_group_means"]
+__all__ = [
+    "BootstrapCI",
+    "GroupMeansBootstrap",
+    "ItemResampler",
+    "Resample",
+    "bootstrap_ci",
+    "bootstrap_cis",
+    "bootstrap_group_means",
+]
 
 
 @dataclass(frozen=True)

@@ -142,18 +142,23 @@ def model_scores(
     seed: int = 0,
     confidence_level: float = 0.95,
     item_kinds: Sequence[str] = ("normal",),
+    resample: Literal["items", "two-way"] = "items",
 ) -> pd.DataFrame:
     """Mean realism and accuracy per model with bootstrap CIs, and the real images' (the ceiling).
 
-    The mean is over all ratings of the model's items; the interval resamples items with all
-    their ratings (percentile method), seeded.
+    The mean is over all ratings of the model's items; the interval (percentile method, seeded)
+    resamples items with all their ratings (``resample="items"``: generalises to new items read by
+    these raters) or raters and items independently (``"two-way"``, :mod:`analysis.bootstrap`:
+    generalises to new raters too; conservative). The ``ci_resample`` column names the choice.
 
     Returns
     -------
     pandas.DataFrame
-        ``question, model, n_items, n_ratings, mean, ci_low, ci_high, sd, share_4_or_5``; the real
-        images appear as model ``real (ceiling)``.
+        ``question, model, n_items, n_ratings, mean, ci_low, ci_high, sd, share_4_or_5,
+        ci_resample``; the real images appear as model ``real (ceiling)``.
     """
+    if resample not in ("items", "two-way"):
+        raise ValueError(f"resample must be 'items' or 'two-way', got {resample!r}")
     rows: list[dict[str, object]] = []
     alpha = (1 - confidence_level) / 2
     resamplers: dict[int, ItemResampler] = {}  # one draw per item count, shared by models and questions
@@ -178,7 +183,10 @@ def model_scores(
                 distribution = means[:, 0] / means[:, 1]
             low, high = np.nanquantile(distribution, [alpha, 1 - alpha])
             values = score_rows[f"{question}_{kind}"].to_numpy(dtype=float, na_value=np.nan)
-            values = values[~np.isnan(values) & ((row_models == model) | (model == REAL))]
+            mine = ~np.isnan(values) & ((row_models == model) | (model == REAL))
+            if resample == "two-way":
+                low, high = _two_way_interval(frame, score_rows, mine, values, n_resamples, seed, confidence_level)
+            values = values[mine]
             rows.append(
                 {
                     "question": question,
@@ -190,10 +198,30 @@ def model_scores(
                     "ci_high": float(high),
                     "sd": float(values.std(ddof=1)) if len(values) > 1 else np.nan,
                     "share_4_or_5": float((values >= 4).mean()),
+                    "ci_resample": resample,
                 }
             )
     columns = ["question", "model", "n_items", "n_ratings", "mean", "ci_low", "ci_high", "sd", "share_4_or_5"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=[*columns, "ci_resample"])
+
+
+def _two_way_interval(
+    frame: pd.DataFrame,
+    score_rows: pd.DataFrame,
+    mine: np.ndarray,
+    values: np.ndarray,
+    n_resamples: int,
+    seed: int,
+    confidence_level: float,
+) -> tuple[float, float]:
+    """Percentile interval of a mean resampling raters and items (see :mod:`analysis.bootstrap`)."""
+    from analysis.bootstrap import bootstrap_group_means
+
+    raters = frame.loc[score_rows.index, "rater"].to_numpy()
+    items = score_rows["item"].to_numpy()
+    boot = bootstrap_group_means(raters[mine], items[mine], values[mine], n_resamples=n_resamples, seed=seed)
+    _, _, low, high = boot.interval([1.0], confidence_level)
+    return low, high
 
 
 def _case_means(per_item: pd.DataFrame) -> pd.DataFrame:
@@ -415,5 +443,6 @@ def model_differences(
 
 
 def _holm_rows(family: list[dict[str, object]]) -> list[dict[str, object]]:
-    adjusted = holm([float(row.get("p_value", np.nan)) for row in family])  # type: ignore[arg-type]
+    p_values = np.array([row.get("p_value", np.nan) for row in family], dtype=float)
+    adjusted = holm(p_values)
     return [{**row, "p_holm": float(p)} for row, p in zip(family, adjusted, strict=True)]

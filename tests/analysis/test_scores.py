@@ -105,3 +105,13 @@ def test_model_differences_use_the_or_analysis_and_holm() -> None:
         assert row["difference"] == pytest.approx(means[first] - means[second])
         assert row["ci_low"] < row["difference"] < row["ci_high"] and "two-way" in row["method"]
     assert (realism["p_holm"] >= realism["p_value"]).all()
+
+
+def test_model_scores_two_way_interval_is_named_and_wider() -> None:
+    frame = synthetic_ratings(n_raters=6, n_items=90, seed=1)
+    items = model_scores(frame, n_resamples=300, seed=1)
+    both = model_scores(frame, n_resamples=300, seed=1, resample="two-way")
+    assert set(items["ci_resample"]) == {"items"} and set(both["ci_resample"]) == {"two-way"}
+    np.testing.assert_allclose(items["mean"], both["mean"])
+    assert ((both["ci_high"] - both["ci_low"]) > (items["ci_high"] - items["ci_low"])).all()  # raters vary
+    assert ((both["ci_low"] < both["mean"]) & (both["mean"] < both["ci_high"])).all()
