@@ -14,7 +14,9 @@ coefficient is ``finish(terms.sum(axis=0))``. That makes the item bootstrap a ma
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -28,6 +30,7 @@ Level = Literal["nominal", "ordinal", "interval", "ratio"]
 WeightsKind = Literal["linear", "quadratic"]
 BootstrapMethod = Literal["percentile", "bca"]
 IccForm = Literal["ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k"]
+AgreementResample = Literal["items", "raters+items"]
 
 FloatArray = NDArray[np.float64]
 
@@ -1124,6 +1127,7 @@ def _rows_for_group(
     resampler_for: Callable[[int], ItemResampler],
     method: BootstrapMethod,
     confidence_level: float,
+    resample: AgreementResample = "items",
 ) -> list[dict[str, object]]:
     rater_codes, raters = pd.factorize(frame["rater"], sort=True)
     item_codes, items = pd.factorize(frame["item"], sort=True)
@@ -1148,6 +1152,12 @@ def _rows_for_group(
     results = bootstrap_cis(
         keyed, resampler_for(len(items)), method, confidence_level=confidence_level, on_error="record"
     )
+    if resample == "raters+items":
+        z = float(special.ndtri(0.5 + confidence_level / 2))
+        for key, (statistic, values) in keyed.items():
+            result = results[key]
+            se = math.sqrt(result.standard_error**2 + _rater_jackknife_variance(statistic, values))
+            results[key] = dataclasses.replace(result, low=result.estimate - z * se, high=result.estimate + z * se)
     return [
         {
             **bases[question],
@@ -1155,10 +1165,24 @@ def _rows_for_group(
             "estimate": results[f"{question}/{statistic_name}"].estimate,
             "ci_low": results[f"{question}/{statistic_name}"].low,
             "ci_high": results[f"{question}/{statistic_name}"].high,
+            "ci_resample": resample,
             "note": results[f"{question}/{statistic_name}"].note,
         }
         for question, statistic_name in statistics
     ]
+
+
+def _rater_jackknife_variance(statistic: Callable[..., float], values: FloatArray) -> float:
+    """Leave-one-rater-out jackknife variance, ``(R - 1) / R * sum (theta_-r - mean)^2``; NaN-safe."""
+    n_raters = values.shape[0]
+    if n_raters < 3:
+        return float("nan")
+    keep = ~np.eye(n_raters, dtype=bool)
+    theta = np.array([_safe(statistic, values[row]) for row in keep])
+    theta = theta[np.isfinite(theta)]
+    if len(theta) < 2:
+        return float("nan")
+    return float((len(theta) - 1) / len(theta) * ((theta - theta.mean()) ** 2).sum())
 
 
 def agreement_table(
@@ -1171,8 +1195,16 @@ def agreement_table(
     method: BootstrapMethod = "percentile",
     confidence_level: float = 0.95,
     item_kinds: Sequence[str] = ("normal",),
+    resample: AgreementResample = "items",
 ) -> pd.DataFrame:
     """Inter-rater agreement per question (optionally per model or per rater specialty) with bootstrap CIs.
+
+    ``resample="items"`` (default): items resampled, raters fixed; the CI speaks for new items
+    rated by these raters. ``"raters+items"``: the CI also speaks for new raters: a normal interval
+    with ``SE^2 = SE_items^2 (bootstrap) + leave-one-rater-out jackknife variance`` (rater jackknife as
+    Gwet 2008 recommends for agreement coefficients; resampling raters with replacement would pair a
+    rater with their own copy). Slightly conservative (the error term enters both parts). The
+    ``ci_resample`` column names the choice.
 
     Only ``item_kinds`` items count (default ``normal``: attention items are deliberately broken
     and repeats would count an item twice). Per model keeps that model's items; per specialty
@@ -1193,6 +1225,8 @@ def agreement_table(
         raise ValueError(f"unknown questions {sorted(unknown)}; choose from {list(QUESTIONS)}")
     if by not in (None, "model", "specialty"):
         raise ValueError(f"by must be None, 'model' or 'specialty', got {by!r}")
+    if resample not in get_args(AgreementResample):
+        raise ValueError(f"resample must be one of {get_args(AgreementResample)}, got {resample!r}")
     data = frame[frame["item_kind"].isin(item_kinds)]
     resamplers: dict[int, ItemResampler] = {}
 
@@ -1204,9 +1238,9 @@ def agreement_table(
     groups = [("all", data)] if by is None else list(data.groupby(by, sort=True, observed=True))
     rows: list[dict[str, object]] = []
     for group, part in groups:
-        for row in _rows_for_group(part, questions, resampler_for, method, confidence_level):
+        for row in _rows_for_group(part, questions, resampler_for, method, confidence_level, resample):
             rows.append({"by": by or "all", "group": str(group), **row})
-    columns = ["by", "group", "question", "statistic", "estimate", "ci_low", "ci_high"]
+    columns = ["by", "group", "question", "statistic", "estimate", "ci_low", "ci_high", "ci_resample"]
     columns += ["n_raters", "n_items", "n_ratings", "note"]
     return pd.DataFrame(rows, columns=columns)
 

@@ -297,3 +297,22 @@ def test_unbalanced_icc_equals_pingouin_on_a_balanced_subset_and_anova_on_sparse
     msb, msw = anova["mean_sq"].iloc[0], anova["mean_sq"].iloc[1]
     assert table.loc["ICC1", "F"] == pytest.approx(msb / msw, rel=1e-10)
     assert 0.5 < table.loc["ICC1", "ci_low"] < table.loc["ICC1", "ICC"] < table.loc["ICC1", "ci_high"] < 0.9
+
+
+def test_raters_plus_items_interval_adds_the_rater_jackknife_from_the_reference_alpha() -> None:
+    from analysis.agreement import _rater_jackknife_variance
+
+    data = random_ratings(5, raters=6, items=80, missing=0.1)
+    mine = _rater_jackknife_variance(functools.partial(krippendorff_alpha, level="ordinal"), data)
+    theta = np.array(
+        [
+            krippendorff.alpha(reliability_data=np.delete(data, r, axis=0), level_of_measurement="ordinal")
+            for r in range(6)
+        ]
+    )
+    assert mine == pytest.approx(5 / 6 * ((theta - theta.mean()) ** 2).sum(), rel=1e-9)
+    frame = synthetic_ratings(n_raters=6, n_items=90, seed=1)
+    items = agreement_table(frame, questions=["realism_generated"], n_resamples=200)
+    both = agreement_table(frame, questions=["realism_generated"], n_resamples=200, resample="raters+items")
+    assert set(items["ci_resample"]) == {"items"} and set(both["ci_resample"]) == {"raters+items"}
+    assert ((both["ci_high"] - both["ci_low"]) > (items["ci_high"] - items["ci_low"])).all()
