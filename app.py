@@ -364,6 +364,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_plan(args: argparse.Namespace) -> int:
+    """How many raters and cases: a Turing equivalence claim or an MRMC AUC difference (analysis.power)."""
+    from analysis.power import ORComponents, mrmc_plan_text, turing_plan_text
+
+    if args.question == "turing":
+        print(turing_plan_text(margin=args.margin, power=args.power, sd_rater=args.sd_rater, sd_item=args.sd_item,
+                               true_accuracy=args.true_accuracy, answers_per_rater=args.answers_per_rater,
+                               pilot=args.pilot))  # fmt: skip
+        return 0
+    given = (args.var_tr, args.var_error, args.cov1, args.cov2, args.cov3, args.pilot_cases)
+    components = ORComponents(*given) if all(v is not None for v in given) else None  # type: ignore[arg-type]
+    print(mrmc_plan_text(effect=args.effect, power=args.power, components=components, roc=args.roc))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 
@@ -424,6 +439,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_study_list, "list studies", study_sub)
     p = add("show", cmd_study_show, "show a study", study_sub)
     p.add_argument("name")
+    p = add("plan", cmd_study_plan, "how many raters and cases: Turing equivalence or MRMC AUC power", study_sub)
+    p.add_argument("question", choices=["turing", "mrmc"])
+    p.add_argument("--power", type=float, default=0.8, help="target power (default 0.8; table cells at it are starred)")
+    p.add_argument("--margin", type=float, default=0.1, help="turing: equivalence margin around 0.5 (default 0.1)")
+    p.add_argument("--sd-rater", type=float, default=0.5, help="turing: rater SD, logit scale (default 0.5)")
+    p.add_argument("--sd-item", type=float, default=1.0, help="turing: pair SD, logit scale (default 1)")
+    p.add_argument("--true-accuracy", type=float, default=0.5, help="turing: assumed true accuracy (default 0.5)")
+    p.add_argument("--answers-per-rater", type=int, help="turing: K pairs per rater (K-of-N); default all")
+    p.add_argument("--pilot", help="turing: pilot ratings table (csv/parquet export) for the variance components")
+    p.add_argument("--effect", type=float, default=0.05, help="mrmc: AUC difference to detect (default 0.05)")
+    p.add_argument("--roc", help="mrmc: pilot ROC data csv (reader, test, case, truth, score)")
+    for name in ("var-tr", "var-error", "cov1", "cov2", "cov3"):
+        p.add_argument(f"--{name}", type=float, help="mrmc: OR component of a pilot (instead of --roc)")
+    p.add_argument("--pilot-cases", type=int, help="mrmc: number of cases of that pilot")
 
     rater = add("rater", lambda a: _help(a, rater), "add, list and revoke raters")
     rater_sub = rater.add_subparsers(dest="rater_command", metavar="ACTION")

@@ -14,7 +14,9 @@ coefficient is ``finish(terms.sum(axis=0))``. That makes the item bootstrap a ma
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -28,6 +30,7 @@ Level = Literal["nominal", "ordinal", "interval", "ratio"]
 WeightsKind = Literal["linear", "quadratic"]
 BootstrapMethod = Literal["percentile", "bca"]
 IccForm = Literal["ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k"]
+AgreementResample = Literal["items", "raters+items"]
 
 FloatArray = NDArray[np.float64]
 
@@ -47,6 +50,7 @@ __all__ = [
     "gwet_ac1",
     "icc",
     "icc_coefficient",
+    "icc_unbalanced",
     "intra_rater_reliability",
     "item_terms",
     "krippendorff_alpha",
@@ -694,6 +698,74 @@ def icc(ratings: ArrayLike, confidence_level: float = 0.95) -> pd.DataFrame:
     )
 
 
+def icc_unbalanced(ratings: ArrayLike, confidence_level: float = 0.95) -> pd.DataFrame:
+    """One-way random ICC(1) and ICC(1,k0) for sparse (K-of-N) designs: every rating is used.
+
+    Items are the targets; each item may be rated by a different number and set of raters (raters
+    are not identified, as in Shrout & Fleiss's case 1). Unbalanced one-way ANOVA (Searle 1971):
+    ``MSB = sum n_i (m_i - m)^2 / (C - 1)``, ``MSW = sum (y - m_i)^2 / (N - C)``,
+    ``n0 = (N - sum n_i^2 / N) / (C - 1)``; ``ICC1 = (MSB - MSW) / (MSB + (n0 - 1) MSW)``, ``ICC1k``
+    the reliability of the mean of ``n0`` ratings, ``(MSB - MSW) / MSB``. Confidence intervals are the
+    F intervals with ``n0`` in place of k (Donner 1986). With every item rated by every rater this is
+    pingouin's ``ICC1`` / ``ICC1k`` exactly. Items rated once add to ``C`` and ``N`` but not to MSW.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``Type, Description, ICC, F, df1, df2, pval, ci_low, ci_high, n_items, n_ratings, n0``.
+
+    Examples
+    --------
+    >>> table = icc_unbalanced([[1, 2, 3, np.nan], [1, np.nan, 4, 5], [np.nan, 2, 3, 5]])
+    >>> round(float(table.loc[0, "ICC"]), 4), float(table.loc[0, "n0"])
+    (0.9525, 2.222222222222222)
+    """
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}")
+    data = as_ratings(ratings)
+    counts = (~np.isnan(data)).sum(axis=0).astype(float)
+    used = counts > 0
+    data, counts = data[:, used], counts[used]
+    n_items, n_ratings = len(counts), float(counts.sum())
+    if n_items < 2 or n_ratings - n_items < 1:
+        raise ValueError(
+            f"ICC needs at least 2 items and one item rated twice; got {n_items} items, {int(n_ratings)} ratings"
+        )
+    centred = data - np.nanmean(data)
+    item_means = np.nansum(centred, axis=0) / counts
+    grand = np.nansum(centred) / n_ratings
+    msb = float((counts * (item_means - grand) ** 2).sum()) / (n_items - 1)
+    msw = float(np.nansum((centred - item_means) ** 2)) / (n_ratings - n_items)
+    n0 = (n_ratings - float((counts**2).sum()) / n_ratings) / (n_items - 1)
+    df1, df2 = n_items - 1, n_ratings - n_items
+    f_value = msb / msw if msw > 0 else np.inf
+    alpha = 1 - confidence_level
+    f_low = f_value / stats.f.ppf(1 - alpha / 2, df1, df2)
+    f_high = f_value * stats.f.ppf(1 - alpha / 2, df2, df1)
+    rows = [
+        ("ICC1", "Single raters absolute (one-way, unbalanced)", (msb - msw) / (msb + (n0 - 1) * msw),
+         (f_low - 1) / (f_low + n0 - 1), (f_high - 1) / (f_high + n0 - 1)),
+        ("ICC1k", f"Average of n0 = {n0:.2f} raters (one-way, unbalanced)", (msb - msw) / msb,
+         1 - 1 / f_low, 1 - 1 / f_high),
+    ]  # fmt: skip
+    return pd.DataFrame(
+        {
+            "Type": [r[0] for r in rows],
+            "Description": [r[1] for r in rows],
+            "ICC": [r[2] for r in rows],
+            "F": f_value,
+            "df1": df1,
+            "df2": df2,
+            "pval": float(stats.f.sf(f_value, df1, df2)),
+            "ci_low": [r[3] for r in rows],
+            "ci_high": [r[4] for r in rows],
+            "n_items": n_items,
+            "n_ratings": int(n_ratings),
+            "n0": n0,
+        }
+    )
+
+
 _DECOMPOSABLE: dict[Callable[..., float], Callable[..., ItemTerms]] = {
     krippendorff_alpha: _alpha_terms,
     fleiss_kappa: _fleiss_terms,
@@ -1055,6 +1127,7 @@ def _rows_for_group(
     resampler_for: Callable[[int], ItemResampler],
     method: BootstrapMethod,
     confidence_level: float,
+    resample: AgreementResample = "items",
 ) -> list[dict[str, object]]:
     rater_codes, raters = pd.factorize(frame["rater"], sort=True)
     item_codes, items = pd.factorize(frame["item"], sort=True)
@@ -1079,6 +1152,12 @@ def _rows_for_group(
     results = bootstrap_cis(
         keyed, resampler_for(len(items)), method, confidence_level=confidence_level, on_error="record"
     )
+    if resample == "raters+items":
+        z = float(special.ndtri(0.5 + confidence_level / 2))
+        for key, (statistic, values) in keyed.items():
+            result = results[key]
+            se = math.sqrt(result.standard_error**2 + _rater_jackknife_variance(statistic, values))
+            results[key] = dataclasses.replace(result, low=result.estimate - z * se, high=result.estimate + z * se)
     return [
         {
             **bases[question],
@@ -1086,10 +1165,24 @@ def _rows_for_group(
             "estimate": results[f"{question}/{statistic_name}"].estimate,
             "ci_low": results[f"{question}/{statistic_name}"].low,
             "ci_high": results[f"{question}/{statistic_name}"].high,
+            "ci_resample": resample,
             "note": results[f"{question}/{statistic_name}"].note,
         }
         for question, statistic_name in statistics
     ]
+
+
+def _rater_jackknife_variance(statistic: Callable[..., float], values: FloatArray) -> float:
+    """Leave-one-rater-out jackknife variance, ``(R - 1) / R * sum (theta_-r - mean)^2``; NaN-safe."""
+    n_raters = values.shape[0]
+    if n_raters < 3:
+        return float("nan")
+    keep = ~np.eye(n_raters, dtype=bool)
+    theta = np.array([_safe(statistic, values[row]) for row in keep])
+    theta = theta[np.isfinite(theta)]
+    if len(theta) < 2:
+        return float("nan")
+    return float((len(theta) - 1) / len(theta) * ((theta - theta.mean()) ** 2).sum())
 
 
 def agreement_table(
@@ -1102,8 +1195,16 @@ def agreement_table(
     method: BootstrapMethod = "percentile",
     confidence_level: float = 0.95,
     item_kinds: Sequence[str] = ("normal",),
+    resample: AgreementResample = "items",
 ) -> pd.DataFrame:
     """Inter-rater agreement per question (optionally per model or per rater specialty) with bootstrap CIs.
+
+    ``resample="items"`` (default): items resampled, raters fixed; the CI speaks for new items
+    rated by these raters. ``"raters+items"``: the CI also speaks for new raters: a normal interval
+    with ``SE^2 = SE_items^2 (bootstrap) + leave-one-rater-out jackknife variance`` (rater jackknife as
+    Gwet 2008 recommends for agreement coefficients; resampling raters with replacement would pair a
+    rater with their own copy). Slightly conservative (the error term enters both parts). The
+    ``ci_resample`` column names the choice.
 
     Only ``item_kinds`` items count (default ``normal``: attention items are deliberately broken
     and repeats would count an item twice). Per model keeps that model's items; per specialty
@@ -1124,6 +1225,8 @@ def agreement_table(
         raise ValueError(f"unknown questions {sorted(unknown)}; choose from {list(QUESTIONS)}")
     if by not in (None, "model", "specialty"):
         raise ValueError(f"by must be None, 'model' or 'specialty', got {by!r}")
+    if resample not in get_args(AgreementResample):
+        raise ValueError(f"resample must be one of {get_args(AgreementResample)}, got {resample!r}")
     data = frame[frame["item_kind"].isin(item_kinds)]
     resamplers: dict[int, ItemResampler] = {}
 
@@ -1135,9 +1238,9 @@ def agreement_table(
     groups = [("all", data)] if by is None else list(data.groupby(by, sort=True, observed=True))
     rows: list[dict[str, object]] = []
     for group, part in groups:
-        for row in _rows_for_group(part, questions, resampler_for, method, confidence_level):
+        for row in _rows_for_group(part, questions, resampler_for, method, confidence_level, resample):
             rows.append({"by": by or "all", "group": str(group), **row})
-    columns = ["by", "group", "question", "statistic", "estimate", "ci_low", "ci_high"]
+    columns = ["by", "group", "question", "statistic", "estimate", "ci_low", "ci_high", "ci_resample"]
     columns += ["n_raters", "n_items", "n_ratings", "note"]
     return pd.DataFrame(rows, columns=columns)
 

@@ -467,6 +467,11 @@ class ORTest:
         ``ci_lower``, ``ci_upper`` (clipped to [0, 1]); each uses only that test's data.
     reader_differences, reader_cis
         FRRC only: pairwise differences per reader, and a CI for every reader x test AUC.
+    note
+        Why the global test is undefined (``statistic`` and ``p_value`` NaN), if it is:
+        ``"modalities identical"``, ``"all ratings tied"``, ``"perfect separation"``,
+        ``"zero error variance"`` or ``"readers identical"``; empty otherwise. Mean squares and
+        (co)variances below ``1e-12`` times the squared largest AUC are rounding noise and set to 0.
     """
 
     analysis: Analysis
@@ -480,6 +485,7 @@ class ORTest:
     test_cis: pd.DataFrame
     reader_differences: pd.DataFrame | None = None
     reader_cis: pd.DataFrame | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -547,7 +553,7 @@ class ORResult:
         )
 
     def global_tests(self) -> pd.DataFrame:
-        """The test of equal AUC across tests, one row per analysis."""
+        """The test of equal AUC across tests, one row per analysis (``note``: why it is undefined)."""
         return pd.DataFrame(
             [
                 {
@@ -558,6 +564,7 @@ class ORResult:
                     "df2": t.df2,
                     "p_value": t.p_value,
                     "denominator": t.denominator,
+                    "note": t.note,
                 }
                 for t in (self.rrrc, self.frrc, self.rrfc)
             ]
@@ -628,6 +635,31 @@ def _cis(labels: dict[str, Any], est: np.ndarray, se: np.ndarray, df: np.ndarray
     return frame
 
 
+_ZERO_RELATIVE = 1e-12
+
+
+def _zero_below(value: float, eps: float) -> float:
+    return 0.0 if math.isfinite(value) and abs(value) < eps else value
+
+
+def _undefined_reason(layout: _Layout, auc: np.ndarray, var_e: float) -> str:
+    """Why the test of equal AUC is undefined, or "" (see :class:`ORTest`)."""
+    scores = layout.scores[~np.isnan(layout.scores)]
+    if scores.size and np.all(scores == scores[0]):
+        return "all ratings tied"
+    if var_e == 0.0 and np.all((auc == 0.0) | (auc == 1.0)):
+        return "perfect separation"
+    n_t, n_r = len(layout.tests), len(layout.readers)
+    by_test = layout.scores.reshape(n_t, n_r, -1)
+    if all(np.array_equal(by_test[0], by_test[t], equal_nan=True) for t in range(1, n_t)):
+        return "modalities identical"
+    if var_e == 0.0:
+        return "zero error variance"
+    if n_r > 1 and all(np.array_equal(by_test[:, 0], by_test[:, r], equal_nan=True) for r in range(1, n_r)):
+        return "readers identical"
+    return ""
+
+
 def _or_tests(
     auc: np.ndarray, cov: np.ndarray, layout: _Layout, conf_level: float
 ) -> tuple[dict[str, float], ORTest, ORTest, ORTest, np.ndarray]:
@@ -651,6 +683,14 @@ def _or_tests(
     cov3 = _mean_where(cov, ~same_t & ~same_r)
     var_t = np.array([np.diag(cov)[ct == t].mean() for t in range(n_t)])
     cov2_t = np.array([_mean_where(cov, same_t & ~same_r & (ct[:, None] == t)) for t in range(n_t)])
+    # Mean squares and (co)variances are squares of AUC differences: below a scale-relative epsilon
+    # they are rounding noise (identical modalities gave MS(T) 1.5e-31 / MS(T*R) 3e-32, i.e. F = 5).
+    eps = _ZERO_RELATIVE * max(float(np.max(np.abs(a))) ** 2, np.finfo(float).tiny)
+    ms_t, ms_r, ms_tr, var_e, cov1, cov2, cov3 = (
+        _zero_below(v, eps) for v in (ms_t, ms_r, ms_tr, var_e, cov1, cov2, cov3)
+    )
+    ms_r_t, var_t, cov2_t = (np.where(np.abs(v) < eps, 0.0, v) for v in (ms_r_t, var_t, cov2_t))
+    note = _undefined_reason(layout, a, var_e) if n_t > 1 else ""
     comps = {
         "ms_t": ms_t,
         "ms_r": ms_r,
@@ -666,14 +706,16 @@ def _or_tests(
     test_labels = {"test": list(tests)}
 
     def global_test(stat: float, df2: float, kind: Literal["F", "X2"]) -> float:
-        if not np.isfinite(stat):
+        if not np.isfinite(stat) or note:
             return math.nan
+        if kind == "F" and math.isinf(df2):  # F(df1, inf) = chi2(df1) / df1
+            return float(stats.chi2.sf(stat * df1, df1))
         return float(stats.chi2.sf(stat, df1) if kind == "X2" else stats.f.sf(stat, df1, df2))
 
     with np.errstate(divide="ignore", invalid="ignore"):
         # random readers, random cases (Hillis ddf)
         den = ms_tr + n_r * max(cov2 - cov3, 0.0) if n_t > 1 else math.nan
-        f_rrrc = ms_t / den if den > 0 else math.nan
+        f_rrrc = ms_t / den if den > 0 and not note else math.nan
         ddf = den**2 / (ms_tr**2 / ((n_t - 1) * (n_r - 1))) if ms_tr > 0 else math.inf
         num_single = ms_r_t + n_r * np.maximum(cov2_t, 0.0)
         df_single = np.where(ms_r_t > 0, num_single**2 / (ms_r_t**2 / (n_r - 1)), np.inf)
@@ -689,11 +731,12 @@ def _or_tests(
             test_cis=_cis(test_labels, m_t, np.sqrt(num_single / n_r), df_single, conf_level).assign(
                 ms_r=ms_r_t, cov2=cov2_t
             ),
+            note=note,
         )
 
         # fixed readers, random cases
         den_fr = var_e - cov1 + (n_r - 1) * max(cov2 - cov3, 0.0) if n_t > 1 else math.nan
-        x2 = (n_t - 1) * ms_t / den_fr if den_fr > 0 else math.nan
+        x2 = (n_t - 1) * ms_t / den_fr if den_fr > 0 and not note else math.nan
         se_t_fr = np.sqrt((var_t + (n_r - 1) * np.maximum(cov2_t, 0.0)) / n_r)
         reader_diffs = []
         for j, rdr in enumerate(layout.readers):
@@ -724,11 +767,12 @@ def _or_tests(
             ),
             reader_differences=pd.concat(reader_diffs, ignore_index=True),
             reader_cis=reader_cis,
+            note=note,
         )
 
         # random readers, fixed cases: conventional test x reader ANOVA
         df_tr = float((n_t - 1) * (n_r - 1)) if n_t > 1 else math.nan
-        f_rrfc = ms_t / ms_tr if ms_tr > 0 else math.nan
+        f_rrfc = ms_t / ms_tr if ms_tr > 0 and not note else math.nan
         rrfc = ORTest(
             analysis="RRFC",
             statistic_name="F",
@@ -741,6 +785,7 @@ def _or_tests(
             test_cis=_cis(test_labels, m_t, np.sqrt(ms_r_t / n_r), np.full(n_t, float(n_r - 1)), conf_level).assign(
                 ms_r=ms_r_t
             ),
+            note=note,
         )
     return comps, rrrc, frrc, rrfc, ms_r_t
 
@@ -1097,11 +1142,15 @@ def mrmc_report_section(
                 f"{score}: raters left out (did not read 2+ generated and 2+ real images of every model): "
                 + ", ".join(map(str, result.dropped_readers))
             )
+        test_text = (
+            f"undefined ({result.rrrc.note})"
+            if result.rrrc.note
+            else f"F({result.rrrc.df1:.0f}, {result.rrrc.df2:.2f}) = {result.rrrc.statistic:.3f}, "
+            f"p = {result.rrrc.p_value:.4g}"
+        )
         section["notes"].append(
             f"{score}: {len(result.readers)} raters x {len(result.tests)} models, design {result.design}, "
-            f"{cov_method} covariance; RRRC test of equal AUC across models: "
-            f"F({result.rrrc.df1:.0f}, {result.rrrc.df2:.2f}) = {result.rrrc.statistic:.3f}, "
-            f"p = {result.rrrc.p_value:.4g}."
+            f"{cov_method} covariance; RRRC test of equal AUC across models: {test_text}."
         )
         for name, table in result.tables().items():
             section["tables"][f"{score}/{name}"] = table

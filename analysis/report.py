@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 
 from analysis.agreement import BootstrapMethod, agreement_table, icc, intra_rater_reliability, ratings_matrix
 from analysis.scores import SCORE_QUESTIONS, friedman_table, model_comparisons, model_scores
-from analysis.turing import turing_test
+from analysis.turing import DEFAULT_MAX_FAILURE_RATE, headline, turing_test
 
 __all__ = ["ReportConfig", "ReportResult", "ReportSection", "write_report"]
 
@@ -91,7 +91,7 @@ class ReportConfig:
     method: BootstrapMethod = "percentile"
     confidence_level: float = 0.95
     exclude_flagged_raters: bool = False
-    max_failure_rate: float = 0.0
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE
     include_mrmc: bool = True
 
 
@@ -323,6 +323,19 @@ def _analysis_sections(
         "method": config.method,
         "confidence_level": config.confidence_level,
     }
+    step("headline Turing result")
+    headline_section = ReportSection(
+        "Headline: can raters tell generated from real?",
+        tables={
+            "turing_headline": headline(frame, descriptive=True),
+            "turing_headline_by_model": headline(frame, by="model"),
+        },
+        notes=[
+            "Accuracy of 'which image is generated?' (0.5 = chance = indistinguishable). Inference treats raters "
+            "AND pairs as random (method column); p_value tests accuracy = 0.5, p_equivalence (TOST) tests "
+            "|accuracy - 0.5| < 0.1. The pooled binomial row is descriptive only: it treats answers as independent."
+        ],
+    )
     step("agreement")
     overall = agreement_table(frame, **boot)
     step("agreement by model and specialty")
@@ -355,10 +368,10 @@ def _analysis_sections(
     )
     flagged = turing.attention.loc[turing.attention["flagged"], "rater"].astype(str).tolist()
     turing_notes = [
-        "2AFC: signal = generated on the right; sensitivity = P(answer right | generated right), "
-        "specificity = P(answer left | generated left); d' = (z(H) - z(F)) / sqrt(2) with the log-linear "
-        "correction; exact binomial tests against 0.5. Accuracy near 0.5 means raters cannot tell the "
-        "model's images from real ones.",
+        "2AFC: accuracy_generated_right / _left = accuracy when the generated image was on the right / left; "
+        "d' = (z(H) - z(F)) / sqrt(2) with the log-linear correction. These tables are descriptive: their exact "
+        "binomial tests treat answers as independent (p_holm: Holm across rows); the headline section has the "
+        "inference. Accuracy near 0.5 means raters cannot tell the model's images from real ones.",
         f"Raters flagged by attention checks: {', '.join(flagged) if flagged else 'none'}; "
         + (
             f"excluded from the Turing test: {', '.join(turing.excluded_raters) or 'none'}."
@@ -391,7 +404,7 @@ def _analysis_sections(
             "rank-biserial) means, Holm-corrected per question and family."
         ],
     )
-    return [agreement, intra, turing_section, scores], boot
+    return [headline_section, agreement, intra, turing_section, scores], boot
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ __all__ = [
     "holm",
     "item_means",
     "model_comparisons",
+    "model_differences",
     "model_scores",
     "rank_biserial_paired",
 ]
@@ -141,18 +142,23 @@ def model_scores(
     seed: int = 0,
     confidence_level: float = 0.95,
     item_kinds: Sequence[str] = ("normal",),
+    resample: Literal["items", "two-way"] = "items",
 ) -> pd.DataFrame:
     """Mean realism and accuracy per model with bootstrap CIs, and the real images' (the ceiling).
 
-    The mean is over all ratings of the model's items; the interval resamples items with all
-    their ratings (percentile method), seeded.
+    The mean is over all ratings of the model's items; the interval (percentile method, seeded)
+    resamples items with all their ratings (``resample="items"``: generalises to new items read by
+    these raters) or raters and items independently (``"two-way"``, :mod:`analysis.bootstrap`:
+    generalises to new raters too; conservative). The ``ci_resample`` column names the choice.
 
     Returns
     -------
     pandas.DataFrame
-        ``question, model, n_items, n_ratings, mean, ci_low, ci_high, sd, share_4_or_5``; the real
-        images appear as model ``real (ceiling)``.
+        ``question, model, n_items, n_ratings, mean, ci_low, ci_high, sd, share_4_or_5,
+        ci_resample``; the real images appear as model ``real (ceiling)``.
     """
+    if resample not in ("items", "two-way"):
+        raise ValueError(f"resample must be 'items' or 'two-way', got {resample!r}")
     rows: list[dict[str, object]] = []
     alpha = (1 - confidence_level) / 2
     resamplers: dict[int, ItemResampler] = {}  # one draw per item count, shared by models and questions
@@ -177,7 +183,10 @@ def model_scores(
                 distribution = means[:, 0] / means[:, 1]
             low, high = np.nanquantile(distribution, [alpha, 1 - alpha])
             values = score_rows[f"{question}_{kind}"].to_numpy(dtype=float, na_value=np.nan)
-            values = values[~np.isnan(values) & ((row_models == model) | (model == REAL))]
+            mine = ~np.isnan(values) & ((row_models == model) | (model == REAL))
+            if resample == "two-way":
+                low, high = _two_way_interval(frame, score_rows, mine, values, n_resamples, seed, confidence_level)
+            values = values[mine]
             rows.append(
                 {
                     "question": question,
@@ -189,10 +198,30 @@ def model_scores(
                     "ci_high": float(high),
                     "sd": float(values.std(ddof=1)) if len(values) > 1 else np.nan,
                     "share_4_or_5": float((values >= 4).mean()),
+                    "ci_resample": resample,
                 }
             )
     columns = ["question", "model", "n_items", "n_ratings", "mean", "ci_low", "ci_high", "sd", "share_4_or_5"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=[*columns, "ci_resample"])
+
+
+def _two_way_interval(
+    frame: pd.DataFrame,
+    score_rows: pd.DataFrame,
+    mine: np.ndarray,
+    values: np.ndarray,
+    n_resamples: int,
+    seed: int,
+    confidence_level: float,
+) -> tuple[float, float]:
+    """Percentile interval of a mean resampling raters and items (see :mod:`analysis.bootstrap`)."""
+    from analysis.bootstrap import bootstrap_group_means
+
+    raters = frame.loc[score_rows.index, "rater"].to_numpy()
+    items = score_rows["item"].to_numpy()
+    boot = bootstrap_group_means(raters[mine], items[mine], values[mine], n_resamples=n_resamples, seed=seed)
+    _, _, low, high = boot.interval([1.0], confidence_level)
+    return low, high
 
 
 def _case_means(per_item: pd.DataFrame) -> pd.DataFrame:
@@ -339,3 +368,81 @@ def friedman_table(frame: pd.DataFrame, *, item_kinds: Sequence[str] = ("normal"
     return pd.DataFrame(
         rows, columns=["question", "n_models", "n_blocks", "statistic", "p_value", "kendalls_w", "note"]
     )
+
+
+METHOD_TURING_DIFF = "MRMC Obuchowski-Rockette RRRC on 2AFC (AUC = proportion correct), Hillis df; raters+cases random"
+METHOD_SCORE_DIFF = "two-way (raters x cases) cluster bootstrap, percentile CI, normal p; conservative (Owen 2007)"
+
+
+def model_differences(
+    frame: pd.DataFrame,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence_level: float = 0.95,
+    item_kinds: Sequence[str] = ("normal",),
+) -> pd.DataFrame:
+    """Every pair of models: difference in Turing accuracy, mean realism and mean accuracy score.
+
+    Raters and cases are random throughout. The Turing accuracy difference comes from the MRMC OR
+    analysis of the 2AFC answers (:func:`analysis.mrmc.mrmc_from_ratings`, ``score="2afc"``; raters
+    missing a model are left out). The score differences resample raters and cases (prompt + real
+    image, shared by the models) with :func:`analysis.bootstrap.bootstrap_group_means`. P-values
+    are Holm-adjusted across the pairs of each question.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``question, first, second, difference (first - second), ci_low, ci_high, p_value, p_holm,
+        method`` (``note`` says why a question could not be analysed).
+    """
+    from analysis.bootstrap import bootstrap_group_means
+    from analysis.mrmc import mrmc_from_ratings
+
+    rows: list[dict[str, object]] = []
+    family: list[dict[str, object]] = []
+    try:
+        result = mrmc_from_ratings(frame, score="2afc", conf_level=confidence_level)
+        for diff in result.rrrc.differences.itertuples(index=False):
+            family.append({"question": "turing_accuracy", "first": diff.test_a, "second": diff.test_b,
+                           "difference": diff.estimate, "ci_low": diff.ci_lower, "ci_high": diff.ci_upper,
+                           "p_value": diff.p_value, "method": METHOD_TURING_DIFF,
+                           "note": result.rrrc.note})  # fmt: skip
+    except ValueError as err:
+        family.append({"question": "turing_accuracy", "method": METHOD_TURING_DIFF, "note": str(err)})
+    rows.extend(_holm_rows(family))
+    keep = frame["item_kind"].isin(item_kinds).to_numpy(dtype=bool)
+    part = frame.loc[keep]
+    for question in SCORE_QUESTIONS:
+        values = pd.to_numeric(part[f"{question}_generated"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        present = ~np.isnan(values)
+        models = sorted(part.loc[present, "model"].astype(str).unique())
+        if len(models) < 2:
+            continue
+        boot = bootstrap_group_means(
+            part.loc[present, "rater"].to_numpy(),
+            part.loc[present, "case"].to_numpy(),
+            values[present],
+            part.loc[present, "model"].astype(str).to_numpy(),
+            resample="two-way",
+            n_resamples=n_resamples,
+            seed=seed,
+        )
+        family = []
+        for a, b in itertools.combinations(range(len(boot.groups)), 2):
+            weights = np.zeros(len(boot.groups))
+            weights[a], weights[b] = 1.0, -1.0
+            estimate, se, low, high = boot.interval(weights, confidence_level)
+            p_value = float(2.0 * stats.norm.sf(abs(estimate) / se)) if se > 0 else np.nan
+            family.append({"question": question, "first": boot.groups[a], "second": boot.groups[b],
+                           "difference": estimate, "ci_low": low, "ci_high": high, "p_value": p_value,
+                           "method": METHOD_SCORE_DIFF, "note": ""})  # fmt: skip
+        rows.extend(_holm_rows(family))
+    columns = ["question", "first", "second", "difference", "ci_low", "ci_high", "p_value", "p_holm", "method", "note"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _holm_rows(family: list[dict[str, object]]) -> list[dict[str, object]]:
+    p_values = np.array([row.get("p_value", np.nan) for row in family], dtype=float)
+    adjusted = holm(p_values)
+    return [{**row, "p_holm": float(p)} for row, p in zip(family, adjusted, strict=True)]

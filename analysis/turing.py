@@ -8,28 +8,33 @@ Definitions used throughout (signal detection for 2AFC; Macmillan & Creelman 200
 * signal: "generated on the right"; noise: "generated on the left".
 * hit: answered ``right`` when generated on the right; false alarm: answered ``right`` when
   generated on the left.
-* sensitivity = hit rate ``H`` = P(answer right | generated right);
-  specificity = ``1 - F`` = P(answer left | generated left), ``F`` the false-alarm rate.
-  In a 2AFC test accuracy is their average when the sides are balanced.
+* ``accuracy_generated_right`` = hit rate ``H`` = P(answer right | generated right) and
+  ``accuracy_generated_left`` = ``1 - F`` = P(answer left | generated left), ``F`` the false-alarm
+  rate: "accuracy when the generated image was on the right / left". (Signal-detection texts call
+  them sensitivity and specificity; the tables avoid those words, which clinicians read as
+  disease-detection terms.) Accuracy is their average when the sides are balanced.
 * ``d' = (z(H) - z(F)) / sqrt(2)``: the 2AFC sensitivity on the scale of a single-interval task.
   Rates of exactly 0 or 1 would make ``z`` infinite, so ``d'`` and the bias ``c`` use the
   log-linear correction (Hautus 1995), applied to every cell: ``H = (hits + 0.5) / (n_signal + 1)``,
-  ``F = (false_alarms + 0.5) / (n_noise + 1)``. Reported ``sensitivity`` / ``specificity`` are
-  the raw rates.
+  ``F = (false_alarms + 0.5) / (n_noise + 1)``. The reported accuracies by side are the raw rates.
 * position bias ``c = -(z(H) + z(F)) / 2``: negative means a leaning to answer ``right``.
   It is tested with Fisher's exact test of accuracy by side (no bias: accuracy is the same
   whichever side the generated image is on) and a binomial test of the share of ``right``
   answers against 0.5.
 
-Accuracy is tested against chance (0.5) with an exact two-sided binomial test, with
-Clopper-Pearson intervals. A model whose images raters cannot tell from real ones (accuracy near
-0.5, ``d'`` near 0) is the goal. Pooled tests treat answers as independent; the per-rater table
-and the ``raters_above_chance`` summary do not.
+The headline (:func:`headline`) tests accuracy against chance (0.5) with raters and pairs random,
+and equivalence (TOST) within a margin; it is the result to report. The tables of
+:func:`turing_test` are descriptive: their exact binomial tests and Clopper-Pearson intervals treat
+a group's answers as independent, which holds within one rater only approximately and across raters
+not at all (a quarter to almost half of null studies "reject"; ``benchmarks/inference_calibration.py``).
+Per-rater and subgroup tables carry Holm-adjusted p-values (``p_holm``) across their rows.
+A model whose images raters cannot tell from real ones (accuracy near 0.5, ``d'`` near 0) is the goal.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,11 +43,18 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import special, stats
 
+from analysis.scores import holm
+from db.errors import InputError
+
 __all__ = [
+    "CrossedMean",
     "TuringResult",
     "attention_failures",
     "binomial_test_half",
+    "chance_tests",
     "confusion_matrix",
+    "crossed_mean",
+    "headline",
     "position_bias",
     "turing_test",
     "two_afc_summary",
@@ -58,8 +70,8 @@ _SUMMARY_COLUMNS: tuple[str, ...] = (
     "ci_low",
     "ci_high",
     "p_value",
-    "sensitivity",
-    "specificity",
+    "accuracy_generated_right",
+    "accuracy_generated_left",
     "d_prime",
     "criterion_c",
 )
@@ -91,8 +103,8 @@ def _summaries(
                     stats.binomtest(int(k), int(m), 0.5).pvalue if m else np.nan
                     for k, m in zip(correct, n, strict=True)
                 ],
-                "sensitivity": hits / np.where(n_signal > 0, n_signal, np.nan),
-                "specificity": (n_noise - false_alarms) / np.where(n_noise > 0, n_noise, np.nan),
+                "accuracy_generated_right": hits / np.where(n_signal > 0, n_signal, np.nan),
+                "accuracy_generated_left": (n_noise - false_alarms) / np.where(n_noise > 0, n_noise, np.nan),
                 "d_prime": (z_hit - z_false_alarm) / np.sqrt(2.0),
                 "criterion_c": -(z_hit + z_false_alarm) / 2.0,
             }
@@ -140,12 +152,13 @@ def two_afc_summary(
     -------
     dict
         ``n, n_correct, accuracy, ci_low, ci_high, p_value`` (exact binomial vs 0.5, two-sided),
-        ``sensitivity, specificity, d_prime, criterion_c`` (see the module docstring).
+        ``accuracy_generated_right, accuracy_generated_left, d_prime, criterion_c`` (see the module
+        docstring).
 
     Examples
     --------
     >>> out = two_afc_summary([True, True, False, False], [True, False, False, False])
-    >>> float(out["accuracy"]), float(out["sensitivity"]), float(out["specificity"])
+    >>> float(out["accuracy"]), float(out["accuracy_generated_right"]), float(out["accuracy_generated_left"])
     (0.75, 0.5, 1.0)
     """
     signal = np.asarray(generated_right, dtype=bool)
@@ -175,15 +188,26 @@ def _grouped(answers: pd.DataFrame, by: str | Sequence[str], confidence_level: f
     flags = answers[keys].assign(signal=signal, noise=~signal, hit=signal & said, fa=~signal & said)
     sums = flags.groupby(keys, sort=True, observed=True, dropna=False).sum().reset_index()
     summary = _summaries(sums["signal"], sums["noise"], sums["hit"], sums["fa"], confidence_level)
+    summary.insert(summary.columns.get_loc("p_value") + 1, "p_holm", holm(summary["p_value"].to_numpy()))
     return pd.concat([sums[keys], summary], axis=1)
 
 
-def attention_failures(frame: pd.DataFrame, max_failure_rate: float = 0.0) -> pd.DataFrame:
+DEFAULT_MAX_FAILURE_RATE = 0.2
+DEFAULT_MIN_FAILURES = 2
+
+
+def attention_failures(
+    frame: pd.DataFrame,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
+    min_failures: int = DEFAULT_MIN_FAILURES,
+) -> pd.DataFrame:
     """Per rater: attention items answered, failed, and whether the rater is flagged.
 
     An attention item shows a deliberately broken generated image; answering the other image
-    (``correct`` is false) or giving no answer is a failure. A rater is flagged when their
-    failure rate exceeds ``max_failure_rate`` (default 0: any failure flags).
+    (``correct`` is false) or giving no answer is a failure. Marking the pair "cannot assess" is
+    not a failure (a broken image may well be unassessable) and the pair is not counted. A rater
+    is flagged when more than ``max_failure_rate`` (default 20 %) of their counted attention pairs
+    are failures *and* at least ``min_failures`` (default 2) are: one slip is not carelessness.
 
     Returns
     -------
@@ -193,6 +217,8 @@ def attention_failures(frame: pd.DataFrame, max_failure_rate: float = 0.0) -> pd
     """
     raters = frame.drop_duplicates("rater")[["rater", "rater_name"]].sort_values("rater")
     attention = frame[frame["item_kind"] == "attention"]
+    if "cannot_assess" in attention:
+        attention = attention[~attention["cannot_assess"].astype("boolean").fillna(False).to_numpy(dtype=bool)]
     failed = ~attention["correct"].astype("boolean").fillna(False).to_numpy(dtype=bool)
     counts = (
         pd.DataFrame({"rater": attention["rater"].to_numpy(), "failed": failed})
@@ -203,7 +229,8 @@ def attention_failures(frame: pd.DataFrame, max_failure_rate: float = 0.0) -> pd
     table[["n_attention", "n_failed"]] = table[["n_attention", "n_failed"]].fillna(0).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         table["failure_rate"] = table["n_failed"] / table["n_attention"].where(table["n_attention"] > 0)
-    table["flagged"] = (table["failure_rate"] > max_failure_rate).fillna(False).astype(bool)
+    table["flagged"] = ((table["failure_rate"] > max_failure_rate) & (table["n_failed"] >= min_failures)).fillna(False)
+    table["flagged"] = table["flagged"].astype(bool)
     return table.reset_index(drop=True)
 
 
@@ -312,7 +339,7 @@ def turing_test(
     frame: pd.DataFrame,
     *,
     exclude_flagged_raters: bool = False,
-    max_failure_rate: float = 0.0,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
     years_bins: Sequence[float] = YEARS_BINS,
     item_kinds: Sequence[str] = ("normal",),
     confidence_level: float = 0.95,
@@ -327,7 +354,7 @@ def turing_test(
         Leave out raters flagged by :func:`attention_failures`; the attention table and the
         excluded raters are reported either way.
     max_failure_rate : float
-        Attention failure rate above which a rater is flagged.
+        Attention failure rate above which a rater (with 2+ failures) is flagged; default 0.2.
     years_bins : sequence of float
         Edges of the experience bins (left-closed), e.g. ``[0, 5)``, ``[5, 10)``, ...
     item_kinds : sequence of str
@@ -363,3 +390,246 @@ def turing_test(
         attention=attention,
         excluded_raters=excluded,
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Headline: raters and cases random
+# ---------------------------------------------------------------------------------------------------
+
+HEADLINE_COLUMNS: tuple[str, ...] = (
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_equivalence",
+    "n_raters",
+    "n_items",
+    "n_answers",
+    "method",
+)
+METHOD_MOMENTS = "random raters + random items: method-of-moments variance, Satterthwaite df (t)"
+METHOD_POOLED = "pooled binomial, DESCRIPTIVE ONLY (treats answers as independent; exact Clopper-Pearson)"
+
+
+@dataclass(frozen=True)
+class CrossedMean:
+    """The mean of a (possibly sparse) rater x item table with raters and items random.
+
+    Model: ``y_ri = mu + a_r + b_i + e_ri`` with independent ``a_r ~ (0, var_rater)``,
+    ``b_i ~ (0, var_item)``, ``e_ri ~ (0, var_error)``; at most one observation per cell.
+    ``estimate`` is the mean of all observations; ``variance`` its variance under the model,
+    ``var_rater * sum(n_r^2)/n^2 + var_item * sum(n_i^2)/n^2 + var_error / n``, with the components
+    estimated by U-statistics (mean squared differences of pairs of observations sharing the rater,
+    sharing the item, or sharing neither; Gao & Owen 2017). The component estimates are unbiased
+    and kept as they are (possibly negative; the total variance is floored at 0): clipping them
+    at 0 inflates the variance and the test falls to a 0.01 level on independent answers. ``df`` is
+    Satterthwaite's for the sum of the rater, item and error terms (R - 1, C - 1 and n - R - C + 1
+    df), computed from the components clipped at 0. In a balanced crossed table ``variance`` is the
+    classic ``(MS_R + MS_C - MS_E) / (R C)``. Chosen by simulation over plain clipping and the raw
+    Satterthwaite df: it alone held 0.04-0.06 in all scenarios (``benchmarks/inference_calibration.py``).
+    """
+
+    estimate: float
+    variance: float
+    df: float
+    var_rater: float
+    var_item: float
+    var_error: float
+    n_raters: int
+    n_items: int
+    n: int
+
+    @property
+    def std_err(self) -> float:
+        return math.sqrt(self.variance) if self.variance > 0 else 0.0
+
+
+def _pair_msd(codes: np.ndarray, y: np.ndarray, size: int) -> tuple[float, float]:
+    """Sum of squared differences over unordered pairs within groups, and the number of pairs."""
+    n_g = np.bincount(codes, minlength=size).astype(float)
+    s1 = np.bincount(codes, weights=y, minlength=size)
+    s2 = np.bincount(codes, weights=y * y, minlength=size)
+    return float((n_g * s2 - s1 * s1).sum()), float((n_g * (n_g - 1.0) / 2.0).sum())
+
+
+def crossed_mean(raters: ArrayLike, items: ArrayLike, values: ArrayLike) -> CrossedMean:
+    """Mean of ``values`` with its variance when raters and items are both random (see :class:`CrossedMean`).
+
+    Examples
+    --------
+    >>> y = np.array([1.0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0])
+    >>> out = crossed_mean(np.repeat([0, 1, 2], 4), np.tile([0, 1, 2, 3], 3), y)
+    >>> round(out.estimate, 4), out.n_raters, out.n_items
+    (0.5833, 3, 4)
+    """
+    y = np.asarray(values, dtype=float)
+    r_code = pd.factorize(np.asarray(raters))[0]
+    i_code = pd.factorize(np.asarray(items))[0]
+    if not (len(y) == len(r_code) == len(i_code)):
+        raise ValueError("raters, items and values must have equal length")
+    if len(y) == 0 or not np.isfinite(y).all():
+        raise ValueError("values must be finite and non-empty")
+    n_r, n_i, n = int(r_code.max()) + 1, int(i_code.max()) + 1, len(y)
+    if len(np.unique(r_code.astype(np.int64) * n_i + i_code)) != n:
+        raise ValueError("at most one observation per rater x item cell")
+    y_c = y - y.mean()  # numerically safer
+    ss_r, p_r = _pair_msd(r_code, y_c, n_r)
+    ss_i, p_i = _pair_msd(i_code, y_c, n_i)
+    ss_all, p_all = _pair_msd(np.zeros(n, dtype=np.int64), y_c, 1)
+    ss_x, p_x = ss_all - ss_r - ss_i, p_all - p_r - p_i
+    scale = float(np.var(y)) if n > 1 else 0.0
+    eps = 1e-12 * max(scale, 1e-300)
+
+    def msd(ss: float, pairs: float) -> float:
+        return ss / pairs if pairs > 0 else math.nan
+
+    m_r, m_i, m_x = msd(ss_r, p_r), msd(ss_i, p_i), msd(ss_x, p_x)
+    if not math.isfinite(m_x):  # one rater or one item: no pair crosses both
+        m_x = max(v for v in (m_r, m_i, 0.0) if math.isfinite(v))
+    if not math.isfinite(m_r):
+        m_r = m_x  # one item per rater: rater and error not separable, lump into items + error
+    if not math.isfinite(m_i):
+        m_i = m_x
+    var_rater = (m_x - m_r) / 2.0
+    var_item = (m_x - m_i) / 2.0
+    var_error = max((m_r + m_i - m_x) / 2.0, 0.0)
+    var_rater, var_item, var_error = (v if abs(v) > eps else 0.0 for v in (var_rater, var_item, var_error))
+    w_r = float((np.bincount(r_code) ** 2).sum()) / n**2
+    w_i = float((np.bincount(i_code) ** 2).sum()) / n**2
+    w_e = 1.0 / n
+    # unbiased: negative component estimates are kept (clipping them at 0 makes the test conservative);
+    # only the total is kept at least at the error term's share
+    variance = max(w_r * var_rater + w_i * var_item + w_e * var_error, 0.0)
+    # df from the components clipped at 0: with the raw (possibly negative) estimates a small
+    # variance gets a small df and the test turns conservative (0.03 on independent answers).
+    clip_r, clip_i = max(var_rater, 0.0), max(var_item, 0.0)
+    terms = np.array([w_r * clip_r + w_e * var_error, w_i * clip_i + w_e * var_error, -w_e * var_error])
+    dfs = np.array([max(n_r - 1, 1), max(n_i - 1, 1), max(n - n_r - n_i + 1, 1)], dtype=float)
+    denominator = float((terms**2 / dfs).sum())
+    df = float(terms.sum()) ** 2 / denominator if denominator > 0 else math.inf
+    return CrossedMean(
+        estimate=float(y.mean()),
+        variance=float(variance),
+        df=float(max(df, 1.0)),
+        var_rater=var_rater,
+        var_item=var_item,
+        var_error=var_error,
+        n_raters=n_r,
+        n_items=n_i,
+        n=n,
+    )
+
+
+def chance_tests(
+    estimate: float, std_err: float, df: float, margin: float, confidence_level: float
+) -> tuple[float, float, float, float]:
+    """``(ci_low, ci_high, p_value, p_equivalence)`` of a t-based estimate of a proportion vs 0.5.
+
+    ``p_value``: two-sided test of accuracy = 0.5. ``p_equivalence``: two one-sided tests (TOST,
+    Schuirmann 1987) of ``|accuracy - 0.5| < margin``, the larger of the two one-sided p-values.
+    With a zero standard error the tests are undefined (NaN) and the interval is the point.
+
+    Examples
+    --------
+    >>> [round(v, 4) for v in chance_tests(0.52, 0.02, 30.0, 0.1, 0.95)]
+    [0.4792, 0.5608, 0.3253, 0.0002]
+    """
+    if not 0.0 < margin < 0.5:
+        raise ValueError(f"margin must lie in (0, 0.5), got {margin}")
+    if not 0.0 < confidence_level < 1.0:
+        raise ValueError(f"confidence_level must lie in (0, 1), got {confidence_level}")
+    if not std_err > 0:
+        return estimate, estimate, math.nan, math.nan
+    t = stats.t(df)
+    q = float(t.ppf(0.5 + confidence_level / 2.0))
+    p_value = float(2.0 * t.sf(abs(estimate - 0.5) / std_err))
+    p_lower = float(t.sf((estimate - (0.5 - margin)) / std_err))
+    p_upper = float(t.cdf((estimate - (0.5 + margin)) / std_err))
+    low, high = max(estimate - q * std_err, 0.0), min(estimate + q * std_err, 1.0)
+    return low, high, p_value, max(p_lower, p_upper)
+
+
+def _headline_answers(ratings: pd.DataFrame) -> pd.DataFrame:
+    """Normal items with a left/right answer, first reading per rater and item, not cannot-assess."""
+    missing = [c for c in ("rater", "item", "which_generated", "generated_side") if c not in ratings]
+    if missing:
+        raise InputError(f"ratings lack the column(s) {missing} (see docs/ratings-table.md)")
+    rows = ratings
+    if "item_kind" in rows:
+        rows = rows[rows["item_kind"].eq("normal").fillna(False).to_numpy(dtype=bool)]
+    if "cannot_assess" in rows:
+        rows = rows[~rows["cannot_assess"].astype("boolean").fillna(False).to_numpy(dtype=bool)]
+    answer = rows["which_generated"].to_numpy(dtype=object, na_value=None)
+    rows = rows[(answer == "left") | (answer == "right")]
+    if "position" in rows:
+        rows = rows.sort_values(["rater", "position"], kind="stable")
+    rows = rows.drop_duplicates(["rater", "item"], keep="first")
+    correct = rows["which_generated"].to_numpy(dtype=object) == rows["generated_side"].to_numpy(dtype=object)
+    return rows.assign(_correct=correct.astype(float))
+
+
+def headline(
+    ratings: pd.DataFrame,
+    by: str | None = None,
+    margin: float = 0.1,
+    confidence_level: float = 0.95,
+    *,
+    descriptive: bool = False,
+) -> pd.DataFrame:
+    """The headline Turing result: accuracy with raters AND cases random, test vs chance, equivalence.
+
+    Uses the answers to "which image is generated?" on normal items (attention and repeat items and
+    pairs marked cannot-assess are left out; a rater's first reading of an item counts). The
+    accuracy is the share of correct answers; its variance treats raters and items (pairs) as random
+    (:func:`crossed_mean`: crossed, nested or K-of-N designs), with a t reference on Satterthwaite
+    df. This holds its level where the pooled binomial does not (``benchmarks/inference_calibration.py``).
+
+    Parameters
+    ----------
+    ratings : pandas.DataFrame
+        The tidy ratings table (docs/ratings-table.md).
+    by : str, optional
+        A column to group by (``model``, ``specialty``...): one row per group.
+    margin : float
+        Equivalence margin: ``p_equivalence`` tests ``|accuracy - 0.5| < margin`` (TOST).
+    confidence_level : float
+    descriptive : bool
+        Also add, per group, the pooled exact binomial row, labelled descriptive in ``method``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``[by,] accuracy, ci_low, ci_high, p_value, p_equivalence, n_raters, n_items, n_answers,
+        method``. Tests are NaN (and ``method`` says why) where the variance is zero.
+    """
+    answers = _headline_answers(ratings)
+    if by is not None and by not in answers:
+        raise InputError(f"ratings have no column {by!r} to group the headline by")
+    groups = [("all", answers)] if by is None else list(answers.groupby(by, sort=True, observed=True))
+    rows: list[dict[str, object]] = []
+    for key, part in groups:
+        label = {by: key} if by is not None else {}
+        if len(part) == 0:
+            continue
+        y = part["_correct"].to_numpy(dtype=float)
+        counts = {
+            "n_raters": int(part["rater"].nunique()),
+            "n_items": int(part["item"].nunique()),
+            "n_answers": len(part),
+        }
+        fit = crossed_mean(part["rater"].to_numpy(), part["item"].to_numpy(), y)
+        low, high, p_value, p_equivalence = chance_tests(fit.estimate, fit.std_err, fit.df, margin, confidence_level)
+        method = METHOD_MOMENTS + f", df = {fit.df:.1f}"
+        if not fit.std_err > 0:
+            method += "; tests undefined: " + (
+                "all answers identical" if np.all(y == y[0]) else "zero estimated variance"
+            )
+        rows.append({**label, "accuracy": fit.estimate, "ci_low": low, "ci_high": high, "p_value": p_value,
+                     "p_equivalence": p_equivalence, **counts, "method": method})  # fmt: skip
+        if descriptive:
+            k, n = int(y.sum()), len(y)
+            ci = stats.binomtest(k, n, 0.5).proportion_ci(confidence_level, method="exact")
+            rows.append({**label, "accuracy": k / n, "ci_low": ci.low, "ci_high": ci.high,
+                         "p_value": float(binomial_test_half(k, n)), "p_equivalence": math.nan, **counts,
+                         "method": METHOD_POOLED})  # fmt: skip
+    return pd.DataFrame(rows, columns=([by] if by is not None else []) + list(HEADLINE_COLUMNS))

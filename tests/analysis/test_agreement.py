@@ -265,3 +265,54 @@ def test_intra_rater_reliability_pairs_repeats_with_originals() -> None:
     assert pooled["n_pairs"].item() == pairs.shape[1]
     expected = krippendorff.alpha(pairs, level_of_measurement="ordinal", value_domain=[1, 2, 3, 4, 5])
     assert pooled["krippendorff_alpha"].item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_unbalanced_icc_equals_pingouin_on_a_balanced_subset_and_anova_on_sparse_data() -> None:
+    import statsmodels.api as sm
+    from statsmodels.formula.api import ols
+
+    from analysis.agreement import icc_unbalanced
+
+    data = random_ratings(8, raters=5, items=60, missing=0.0)
+    mine = icc_unbalanced(data).set_index("Type")
+    reference = _pingouin_icc(data).set_index("Type")
+    for form in ("ICC1", "ICC1k"):
+        assert mine.loc[form, "ICC"] == pytest.approx(reference.loc[form, "ICC"], rel=1e-10)
+        assert mine.loc[form, "F"] == pytest.approx(reference.loc[form, "F"], rel=1e-10)
+        ci = (round(mine.loc[form, "ci_low"], 2), round(mine.loc[form, "ci_high"], 2))
+        assert ci == pytest.approx(tuple(reference.loc[form, "CI95%"]), abs=1e-12)  # pingouin rounds to 2 places
+    # K-of-N: each item rated by 2 of 8 raters; icc() has no complete item, this uses every rating
+    rng = np.random.default_rng(3)
+    sparse = np.full((8, 120), np.nan)
+    truth = rng.normal(3, 1, 120)
+    for item in range(120):
+        raters = rng.choice(8, 2 + item % 2, replace=False)
+        sparse[raters, item] = np.round(truth[item] + rng.normal(0, 0.7, len(raters)))
+    with pytest.raises(ValueError, match="complete items"):
+        icc(sparse)
+    table = icc_unbalanced(sparse).set_index("Type")
+    rater_idx, item_idx = np.nonzero(~np.isnan(sparse))
+    long = pd.DataFrame({"y": sparse[rater_idx, item_idx], "item": item_idx.astype(str)})
+    anova = sm.stats.anova_lm(ols("y ~ C(item)", data=long).fit())
+    msb, msw = anova["mean_sq"].iloc[0], anova["mean_sq"].iloc[1]
+    assert table.loc["ICC1", "F"] == pytest.approx(msb / msw, rel=1e-10)
+    assert 0.5 < table.loc["ICC1", "ci_low"] < table.loc["ICC1", "ICC"] < table.loc["ICC1", "ci_high"] < 0.9
+
+
+def test_raters_plus_items_interval_adds_the_rater_jackknife_from_the_reference_alpha() -> None:
+    from analysis.agreement import _rater_jackknife_variance
+
+    data = random_ratings(5, raters=6, items=80, missing=0.1)
+    mine = _rater_jackknife_variance(functools.partial(krippendorff_alpha, level="ordinal"), data)
+    theta = np.array(
+        [
+            krippendorff.alpha(reliability_data=np.delete(data, r, axis=0), level_of_measurement="ordinal")
+            for r in range(6)
+        ]
+    )
+    assert mine == pytest.approx(5 / 6 * ((theta - theta.mean()) ** 2).sum(), rel=1e-9)
+    frame = synthetic_ratings(n_raters=6, n_items=90, seed=1)
+    items = agreement_table(frame, questions=["realism_generated"], n_resamples=200)
+    both = agreement_table(frame, questions=["realism_generated"], n_resamples=200, resample="raters+items")
+    assert set(items["ci_resample"]) == {"items"} and set(both["ci_resample"]) == {"raters+items"}
+    assert ((both["ci_high"] - both["ci_low"]) > (items["ci_high"] - items["ci_low"])).all()

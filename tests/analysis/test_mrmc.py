@@ -709,3 +709,43 @@ def test_report_section() -> None:
     section = mrmc_report_section(partial, scores=("realism",), figures=False)
     assert section["results"]["realism"].dropped_readers == ("dee",)
     assert any("dee" in n for n in section["notes"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Degenerate inputs: the test is undefined and says why, instead of a number made of rounding noise
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_identical_modalities_give_no_f_from_rounding(van_dyke: pd.DataFrame) -> None:
+    van_dyke = van_dyke.rename(columns={"treatment": "test", "rating": "score"})
+    one = van_dyke[van_dyke["test"] == van_dyke["test"].min()]
+    res = or_analysis(pd.concat([one, one.assign(test="copy")]))
+    assert res.ms_t == 0.0 and res.ms_tr == 0.0  # were 1.5e-31 and 3e-32: F = 5.0, p = 0.076
+    for analysis in (res.rrrc, res.frrc, res.rrfc):
+        assert np.isnan(analysis.statistic) and np.isnan(analysis.p_value)
+        assert analysis.note == "modalities identical"
+    assert (res.global_tests()["note"] == "modalities identical").all()
+
+
+def test_identical_readers_give_no_astronomical_ddf(van_dyke: pd.DataFrame) -> None:
+    van_dyke = van_dyke.rename(columns={"treatment": "test", "rating": "score"})
+    first = van_dyke[van_dyke["reader"] == van_dyke["reader"].min()]
+    res = or_analysis(pd.concat([first, first.assign(reader="twin")]))
+    assert res.ms_tr == 0.0 and res.rrrc.note == "readers identical" and np.isnan(res.rrrc.p_value)
+    assert not (np.isfinite(res.rrrc.df2) and res.rrrc.df2 > 1e6)  # was 7e56
+
+
+def test_all_ratings_tied_and_perfect_separation_are_named(van_dyke: pd.DataFrame) -> None:
+    van_dyke = van_dyke.rename(columns={"treatment": "test", "rating": "score"})
+    tied = or_analysis(van_dyke.assign(score=3))
+    assert tied.rrrc.note == "all ratings tied" and np.isnan(tied.rrrc.statistic)
+    separated = van_dyke.assign(score=van_dyke["truth"] * 4 + 1 + (van_dyke["test"] == van_dyke["test"].max()))
+    res = or_analysis(separated)
+    assert res.rrrc.note == "perfect separation" and np.isnan(res.rrrc.p_value)
+    assert (res.auc["auc"] == 1.0).all() and res.var_error == 0.0
+
+
+def test_ordinary_data_have_no_note(van_dyke: pd.DataFrame) -> None:
+    van_dyke = van_dyke.rename(columns={"treatment": "test", "rating": "score"})
+    res = or_analysis(van_dyke)
+    assert res.rrrc.note == "" and res.rrrc.p_value == pytest.approx(0.05166569, abs=1e-8)

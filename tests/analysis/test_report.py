@@ -35,6 +35,9 @@ def test_report_writes_html_and_stamped_tables(frame: pd.DataFrame, tmp_path: Pa
     page = result.html_path.read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") >= 5
     assert "Visual Turing test" in page and "Inter-rater agreement" in page
+    assert result.sections[0].startswith("Headline")  # the report leads with the headline Turing table
+    lead = pd.read_csv(result.tables["turing_headline"]["csv"])
+    assert "random" in lead["method"].iloc[0] and "DESCRIPTIVE" in lead["method"].iloc[1]
     assert calls == sorted(calls) and calls[-1] == 1.0
     for name in ("agreement_overall", "turing_per_rater", "model_scores", "model_comparisons", "attention_checks"):
         paths = result.tables[name]

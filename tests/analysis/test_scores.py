@@ -85,3 +85,33 @@ def test_unpaired_design_uses_mann_whitney_and_friedman_needs_three_models() -> 
     assert row["p_value"].item() == pytest.approx(stats.mannwhitneyu(a, b).pvalue, rel=1e-10)
     assert row["effect_size"].item() == pytest.approx(cliffs_delta(a, b))
     assert friedman_table(frame)["note"].str.contains("3 models").all()
+
+
+def test_model_differences_use_the_or_analysis_and_holm() -> None:
+    from analysis.mrmc import mrmc_from_ratings
+    from analysis.scores import holm, model_differences
+
+    frame = synthetic_ratings(n_raters=6, n_items=90, seed=1)
+    table = model_differences(frame, n_resamples=300, seed=2)
+    turing = table[table["question"] == "turing_accuracy"].reset_index(drop=True)
+    reference = mrmc_from_ratings(frame, score="2afc").rrrc.differences
+    np.testing.assert_allclose(turing["difference"], reference["estimate"], rtol=1e-12)
+    np.testing.assert_allclose(turing["p_value"], reference["p_value"], rtol=1e-12)
+    np.testing.assert_allclose(turing["p_holm"], holm(reference["p_value"]), rtol=1e-12)
+    realism = table[table["question"] == "realism"].set_index(["first", "second"])
+    normal = frame[frame["item_kind"] == "normal"]
+    means = normal.groupby("model")["realism_generated"].mean()
+    for (first, second), row in realism.iterrows():
+        assert row["difference"] == pytest.approx(means[first] - means[second])
+        assert row["ci_low"] < row["difference"] < row["ci_high"] and "two-way" in row["method"]
+    assert (realism["p_holm"] >= realism["p_value"]).all()
+
+
+def test_model_scores_two_way_interval_is_named_and_wider() -> None:
+    frame = synthetic_ratings(n_raters=6, n_items=90, seed=1)
+    items = model_scores(frame, n_resamples=300, seed=1)
+    both = model_scores(frame, n_resamples=300, seed=1, resample="two-way")
+    assert set(items["ci_resample"]) == {"items"} and set(both["ci_resample"]) == {"two-way"}
+    np.testing.assert_allclose(items["mean"], both["mean"])
+    assert ((both["ci_high"] - both["ci_low"]) > (items["ci_high"] - items["ci_low"])).all()  # raters vary
+    assert ((both["ci_low"] < both["mean"]) & (both["mean"] < both["ci_high"])).all()
