@@ -10,7 +10,7 @@ from analysis.features.base import (
     state_dict_sha256,
     to_rgb,
 )
-from analysis.features.hf import CLIPExtractor, DINOv2Extractor, preprocess_from_config
+from analysis.features.hf import BiomedCLIPExtractor, CLIPExtractor, DINOv2Extractor, preprocess_from_config
 from analysis.features.inception import (
     FID_WEIGHTS_URL,
     FIDInceptionV3,
@@ -20,6 +20,7 @@ from analysis.features.inception import (
 __all__ = [
     "COLOUR_HANDLING",
     "FID_WEIGHTS_URL",
+    "BiomedCLIPExtractor",
     "CLIPExtractor",
     "DINOv2Extractor",
     "FIDInceptionV3",
