@@ -504,8 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="automated metrics, comma-separated: fd,kid,cmmd (default: none)")
     p.add_argument(
         "--extractor",
-        default="inception",
-        help="feature extractor for --metrics: inception[:PATH], dinov2:HUB_ID, clip:HUB_ID, tiny-clip",
+        default="handcrafted",
+        help="feature extractor for --metrics: handcrafted (default, committed, offline; not FID), "
+        "inception[:/path/to/weights.pth] (FID), biomedclip:HUB_ID_OR_FOLDER, dinov2:..., clip:..., tiny-clip",
     )
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of items (default 1000)")
     p.add_argument("--seed", type=int, default=0)

@@ -32,6 +32,7 @@ from db.errors import InputError
 __all__ = [
     "MS_SSIM_WEIGHTS",
     "FrechetDistance",
+    "HumanMetricComparison",
     "KIDResult",
     "MedVQAGI2025Scores",
     "MetricResult",
@@ -48,7 +49,7 @@ __all__ = [
     "fd_score",
     "feature_stats",
     "frechet_distance",
-    "human_metric_correlation",
+    "human_metric_comparison",
     "kid",
     "kid_metric",
     "load_images",
@@ -58,6 +59,7 @@ __all__ = [
     "metrics_tables",
     "ms_ssim",
     "ms_ssim_diversity",
+    "nearest_real_distance",
     "ssim",
     "text_image_alignment",
 ]
@@ -982,50 +984,254 @@ def compare_models(
 # -------------------------------------------------------------------------------- human vs automated
 
 
-def human_metric_correlation(
+HUMAN_SCORES = {"realism": "realism_generated", "accuracy": "accuracy_generated"}
+"""Expert scores compared with the automated metrics: question label -> ratings-table column."""
+
+
+@dataclass(frozen=True)
+class HumanMetricComparison:
+    """Expert scores against automated metrics: correlations with bootstrap CIs and a ranking table.
+
+    ``per_case``: per-image metrics against the mean expert score of each generated image, per model and
+    pooled (Spearman and Kendall tau-b, percentile CIs from resampling cases). ``per_model``: model-level
+    metrics against each model's mean expert score across models (CIs resample cases, so they carry the
+    experts' uncertainty only; NA below 3 models). ``ranking``: the order of the models by the experts and
+    by each metric, and whether they agree. ``scatter``: the points behind every correlation.
+    """
+
+    per_case: pd.DataFrame
+    per_model: pd.DataFrame
+    ranking: pd.DataFrame
+    scatter: pd.DataFrame
+    n_boot: int
+    seed: int
+    level: float
+
+
+def _rank_correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman rho and Kendall tau-b, NaN when undefined (fewer than 3 points or a constant).
+
+    Spearman is Pearson's r of average ranks; tau-b is ``sum sign(dx) sign(dy) / sqrt(n_x n_y)`` over pairs,
+    where ``n_x``, ``n_y`` count the pairs untied in x, y (the definitions ``scipy.stats`` implements; the
+    tests check them against it). Written in numpy because the case bootstrap calls it thousands of times.
+    """
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan")
+    rx, ry = scipy.stats.rankdata(x), scipy.stats.rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    rho = float(rx @ ry / np.sqrt((rx @ rx) * (ry @ ry)))
+    if n > 2000:  # the pairwise form needs n^2 memory
+        return rho, float(scipy.stats.kendalltau(x, y).statistic)
+    sx, sy = np.sign(x[:, None] - x[None, :]), np.sign(y[:, None] - y[None, :])
+    tau = float((sx * sy).sum() / np.sqrt(np.abs(sx).sum() * np.abs(sy).sum()))
+    return rho, tau
+
+
+def _case_bootstrap(
+    cases: np.ndarray, stat: Callable[[np.ndarray], tuple[float, float]], n_boot: int, level: float, seed: int
+) -> list[tuple[float, float]]:
+    """Percentile CIs of both values ``stat(rows)`` returns, resampling whole cases with replacement.
+
+    ``cases`` labels each row; a resample takes every row of each drawn case. Resamples where a value is
+    undefined (a constant) are dropped; with fewer than half of them left the CI is NaN.
+    """
+    codes, uniques = pd.factorize(cases)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+    members = [order[starts[i] : starts[i + 1]] for i in range(len(uniques))]
+    rng = np.random.default_rng(seed)
+    values = np.empty((n_boot, 2))
+    for b in range(n_boot):
+        values[b] = stat(np.concatenate([members[i] for i in rng.integers(0, len(uniques), len(uniques))]))
+    alpha = (1.0 - level) / 2.0
+    out = []
+    for column in values.T:
+        finite = column[np.isfinite(column)]
+        ok = len(finite) >= max(10, n_boot // 2)
+        out.append(
+            (float(np.quantile(finite, alpha)), float(np.quantile(finite, 1 - alpha)))
+            if ok
+            else (float("nan"), float("nan"))
+        )
+    return out
+
+
+_CORR_COLUMNS = [
+    "spearman_rho",
+    "spearman_ci_low",
+    "spearman_ci_high",
+    "kendall_tau",
+    "kendall_ci_low",
+    "kendall_ci_high",
+]
+
+
+def _correlation_row(
+    cases: np.ndarray,
+    stat: Callable[[np.ndarray], tuple[float, float]],
+    bootstrap: bool,
+    n_boot: int,
+    level: float,
+    seed: int,
+) -> dict[str, float]:
+    rho, tau = stat(np.arange(len(cases)))
+    nan = (float("nan"), float("nan"))
+    (s_low, s_high), (k_low, k_high) = _case_bootstrap(cases, stat, n_boot, level, seed) if bootstrap else (nan, nan)
+    return dict(zip(_CORR_COLUMNS, (rho, s_low, s_high, tau, k_low, k_high), strict=True))
+
+
+def _per_case_rows(
+    per_image: pd.DataFrame, image_metrics: pd.DataFrame, n_boot: int, level: float, seed: int
+) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+    joined = per_image.merge(image_metrics.astype({"generated_image": str}), on="generated_image", how="inner")
+    long = joined.melt(
+        id_vars=["generated_image", "model", "case", "metric", "value"],
+        value_vars=list(HUMAN_SCORES),
+        var_name="question",
+        value_name="human",
+    )
+    rows, scatter = [], []
+    for (metric, question), part in long.groupby(["metric", "question"], sort=True):
+        part = part.dropna(subset=["value", "human"])
+        scatter.append(part.assign(level="image"))
+        for model, points in [("all models", part), *part.groupby("model", sort=True)]:
+            x, y = points["value"].to_numpy(float), points["human"].to_numpy(float)
+
+            def stat(take: np.ndarray, x: np.ndarray = x, y: np.ndarray = y) -> tuple[float, float]:
+                return _rank_correlations(x[take], y[take])
+
+            row = {"metric": metric, "question": question, "model": model, "n_images": len(points)}
+            row["n_cases"] = points["case"].nunique()
+            cases = points["case"].to_numpy()
+            rows.append(row | _correlation_row(cases, stat, len(points) >= 3, n_boot, level, seed))
+    return rows, scatter
+
+
+def _per_model_rows(
+    per_image: pd.DataFrame, model_metrics: pd.DataFrame, n_boot: int, level: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[pd.DataFrame]]:
+    corr_rows, rank_rows, scatter = [], [], []
+    metric_values = model_metrics.astype({"model": str})
+    for question in HUMAN_SCORES:
+        points_all = per_image.dropna(subset=[question])
+        human_mean = points_all.groupby("model")[question].mean()
+        for metric, part in metric_values.groupby("metric", sort=True):
+            values = part.set_index("model")["value"].astype(float)
+            lower_better = bool(part["lower_is_better"].iloc[0])
+            models = sorted(set(values.index) & set(human_mean.index))
+            if not models:
+                continue
+            h, m = human_mean.loc[models].to_numpy(float), values.loc[models].to_numpy(float)
+            scatter.append(
+                pd.DataFrame(
+                    {"metric": metric, "question": question, "model": models, "value": m, "human": h, "level": "model"}
+                )
+            )
+            # Experts rank higher scores better; the metric is turned so that higher is better too.
+            m_good = -m if lower_better else m
+            points = points_all[points_all["model"].isin(models)]
+            codes = pd.Categorical(points["model"], categories=models).codes
+            scores = points[question].to_numpy(float)
+
+            def stat(
+                take: np.ndarray, codes: np.ndarray = codes, scores: np.ndarray = scores, m_good: np.ndarray = m_good
+            ) -> tuple[float, float]:
+                counts = np.bincount(codes[take], minlength=len(m_good))
+                sums = np.bincount(codes[take], weights=scores[take], minlength=len(m_good))
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    means = sums / counts
+                return _rank_correlations(means, m_good) if np.isfinite(means).all() else (np.nan, np.nan)
+
+            row = {"metric": metric, "question": question, "n_models": len(models)}
+            row |= _correlation_row(points["case"].to_numpy(), stat, len(models) >= 3, n_boot, level, seed)
+            corr_rows.append(row | {"direction": "lower is better" if lower_better else "higher is better"})
+            human_order = [models[i] for i in np.argsort(-h, kind="stable")]
+            metric_order = [models[i] for i in np.argsort(-m_good, kind="stable")]
+            rank_rows.append(
+                {
+                    "metric": metric,
+                    "question": question,
+                    "n_models": len(models),
+                    "expert_order": " > ".join(human_order),
+                    "metric_order": " > ".join(metric_order),
+                    "same_order": human_order == metric_order,
+                    "kendall_tau_orders": float(scipy.stats.kendalltau(h, m_good).statistic)
+                    if len(models) >= 2
+                    else float("nan"),
+                }
+            )
+    return corr_rows, rank_rows, scatter
+
+
+def human_metric_comparison(
     ratings: pd.DataFrame,
-    metrics: pd.DataFrame,
-    level: Literal["model", "prompt"],
-    score: str = "realism_generated",
-) -> pd.DataFrame:
-    """Spearman correlation between mean human scores and each automated metric, per model or per prompt.
+    model_metrics: pd.DataFrame | None = None,
+    image_metrics: pd.DataFrame | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> HumanMetricComparison:
+    """Do the automated metrics agree with the experts? Correlations (per case, per model) and model rankings.
 
     Parameters
     ----------
     ratings : DataFrame
-        The tidy ratings table (``docs/ratings-table.md``); needs ``level`` and ``score`` columns.
-    metrics : DataFrame
-        One row per ``level`` value, one numeric column per metric (e.g. ``FD_inception``).
-    level : {"model", "prompt"}
-        Unit of analysis; human scores are averaged within it.
-
-    Returns
-    -------
-    DataFrame
-        Columns ``metric, level, rho, p_value, n`` (``scipy.stats.spearmanr``, two-sided).
+        The tidy ratings table; normal items, non-missing ``realism_generated`` / ``accuracy_generated``.
+    model_metrics : DataFrame, optional
+        One row per (model, metric): ``model, metric, value, lower_is_better`` (e.g. FD, KID, CMMD).
+    image_metrics : DataFrame, optional
+        One row per (generated image, metric): ``generated_image, metric, value, lower_is_better`` (e.g. the
+        distance to the nearest real image, image-prompt alignment).
+    n_boot, seed, level : int, int, float
+        Case-bootstrap resamples, seed of ``numpy.random.default_rng``, CI level.
     """
-    if level not in ("model", "prompt"):
-        raise InputError(f"level must be 'model' or 'prompt', got {level!r}")
-    for frame, name, cols in ((ratings, "ratings", (level, score)), (metrics, "metrics", (level,))):
-        missing = [c for c in cols if c not in frame.columns]
-        if missing:
-            raise InputError(f"{name} lacks column(s) {missing}")
-    if metrics[level].duplicated().any():
-        raise InputError(f"metrics has more than one row per {level}")
-    human = ratings.groupby(level)[score].mean().astype(float).rename("human")
-    merged = metrics.merge(human, left_on=level, right_index=True, how="inner")
-    rows = []
-    for col in metrics.columns.drop(level):
-        if not pd.api.types.is_numeric_dtype(metrics[col]):
-            continue
-        pair = merged[[col, "human"]].dropna()
-        if len(pair) < 3:
-            rho, p = float("nan"), float("nan")
-        else:
-            res = scipy.stats.spearmanr(pair["human"], pair[col])
-            rho, p = float(res.statistic), float(res.pvalue)
-        rows.append({"metric": col, "level": level, "rho": rho, "p_value": p, "n": len(pair)})
-    return pd.DataFrame(rows, columns=["metric", "level", "rho", "p_value", "n"])
+    needed = {"item_kind", "case", "model", "generated_image", *HUMAN_SCORES.values()}
+    missing = sorted(needed - set(ratings.columns))
+    if missing:
+        raise InputError(f"ratings table lacks column(s) {missing}; see docs/ratings-table.md")
+    if n_boot < 2 or not 0 < level < 1:
+        raise InputError(f"need n_boot >= 2 and 0 < level < 1, got {n_boot}, {level}")
+    normal = ratings[ratings["item_kind"].astype(str) == "normal"]
+    scores = {q: pd.to_numeric(normal[c].astype("Float64"), errors="coerce") for q, c in HUMAN_SCORES.items()}
+    # One expert value per generated image, the mean over its ratings: raters are not independent units.
+    per_image = (
+        normal.assign(**scores)
+        .groupby(["generated_image", "model", "case"], observed=True)[list(HUMAN_SCORES)]
+        .mean()
+        .reset_index()
+        .astype({"generated_image": str, "model": str, "case": str})
+    )
+    case_rows: list[dict[str, Any]] = []
+    model_rows: list[dict[str, Any]] = []
+    rank_rows: list[dict[str, Any]] = []
+    scatter: list[pd.DataFrame] = []
+    if image_metrics is not None and not image_metrics.empty:
+        case_rows, scatter = _per_case_rows(per_image, image_metrics, n_boot, level, seed)
+    if model_metrics is not None and not model_metrics.empty:
+        model_rows, rank_rows, more = _per_model_rows(per_image, model_metrics, n_boot, level, seed)
+        scatter += more
+    rank_columns = ["metric", "question", "n_models", "expert_order", "metric_order", "same_order"]
+    return HumanMetricComparison(
+        per_case=pd.DataFrame(
+            case_rows, columns=["metric", "question", "model", "n_images", "n_cases", *_CORR_COLUMNS]
+        ),
+        per_model=pd.DataFrame(model_rows, columns=["metric", "question", "n_models", *_CORR_COLUMNS, "direction"]),
+        ranking=pd.DataFrame(rank_rows, columns=[*rank_columns, "kendall_tau_orders"]),
+        scatter=pd.concat(scatter, ignore_index=True) if scatter else pd.DataFrame(),
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+    )
+
+
+def nearest_real_distance(feats_gen: Any, feats_real: Any) -> np.ndarray:
+    """Per generated image: Euclidean distance of its features to the nearest real image's (lower = more real-like)."""
+    gen, real = _as_features(feats_gen, "feats_gen", 1), _as_features(feats_real, "feats_real", 1)
+    _same_dim(gen, real)
+    d2 = np.einsum("ij,ij->i", gen, gen)[:, None] + np.einsum("ij,ij->i", real, real)[None, :] - 2 * gen @ real.T
+    return np.sqrt(np.clip(d2, 0.0, None).min(axis=1))
 
 
 # ------------------------------------------------------------------------------------------ reporting

@@ -4,9 +4,8 @@
 :func:`write_study_report`. Human analyses (agreement, Turing test, per-model scores, MRMC) always run;
 automated metrics run when asked, with one named feature extractor (never mixed in one table).
 
-Extractor specs: ``inception`` (standard FID weights, downloaded once when online), ``inception:PATH``
-(a local ``pt_inception-2015-12-05`` file), ``dinov2:HUB_ID_OR_FOLDER``, ``clip:HUB_ID_OR_FOLDER``, and
-``tiny-clip`` / ``tiny-dinov2`` (random weights: offline smoke runs only, never for reported numbers).
+Extractor specs: see :mod:`analysis.features.registry` (:func:`~analysis.features.load_extractor`); the
+default ``handcrafted`` is committed and works offline.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.features.registry import DEFAULT_EXTRACTOR, load_extractor
 from analysis.report import ReportConfig, ReportResult, ReportSection, write_report
 
 METRIC_NAMES = ("fd", "kid", "cmmd")
@@ -29,27 +29,6 @@ class StudyImages:
 
     real: list[Path]
     generated: dict[str, list[Path]]
-
-
-def make_extractor(spec: str) -> Any:
-    """Build a feature extractor from a spec string (see the module docstring)."""
-    from analysis.features import CLIPExtractor, DINOv2Extractor, InceptionFeatureExtractor
-
-    kind, _, arg = spec.partition(":")
-    if kind == "inception":
-        return InceptionFeatureExtractor.from_pretrained(arg or None)
-    if kind == "dinov2" and arg:
-        return DINOv2Extractor.from_pretrained(arg)
-    if kind == "clip" and arg:
-        return CLIPExtractor.from_pretrained(arg)
-    if kind in ("tiny-clip", "tiny-dinov2"):
-        from analysis.features.tiny import tiny_clip, tiny_dinov2
-
-        return tiny_clip() if kind == "tiny-clip" else tiny_dinov2()
-    raise ValueError(
-        f"unknown extractor {spec!r}; use inception, inception:PATH, dinov2:HUB_ID, clip:HUB_ID, "
-        "tiny-clip or tiny-dinov2"
-    )
 
 
 def study_images(workspace: Any, study_name: str) -> StudyImages:
@@ -87,7 +66,7 @@ def metrics_section(images: StudyImages, metrics: Sequence[str], extractor_spec:
     unknown = sorted(set(metrics) - set(METRIC_NAMES))
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
-    extractor = make_extractor(extractor_spec)
+    extractor = load_extractor(extractor_spec)
     feats_real = extractor(load_images(images.real))
     feats = {model: extractor(load_images(paths)) for model, paths in images.generated.items()}
     table = compare_models(extractor, feats_real, feats, seed=seed, metrics=[m.upper() for m in metrics])
@@ -106,7 +85,7 @@ def write_study_report(
     out_dir: Path,
     *,
     metrics: Sequence[str] = (),
-    extractor: str = "inception",
+    extractor: str = DEFAULT_EXTRACTOR,
     config: ReportConfig | None = None,
     progress: Callable[..., object] | None = None,
 ) -> ReportResult:

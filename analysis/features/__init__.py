@@ -16,9 +16,11 @@ from analysis.features.inception import (
     FIDInceptionV3,
     InceptionFeatureExtractor,
 )
+from analysis.features.registry import DEFAULT_EXTRACTOR, load_extractor, parse_extractor_spec
 
 __all__ = [
     "COLOUR_HANDLING",
+    "DEFAULT_EXTRACTOR",
     "FID_WEIGHTS_URL",
     "BiomedCLIPExtractor",
     "CLIPExtractor",
@@ -28,7 +30,9 @@ __all__ = [
     "InceptionFeatureExtractor",
     "Preprocess",
     "file_sha256",
+    "load_extractor",
     "load_images",
+    "parse_extractor_spec",
     "preprocess_batch",
     "preprocess_from_config",
     "state_dict_sha256",

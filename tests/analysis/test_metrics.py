@@ -33,7 +33,7 @@ from analysis.metrics import (
     fd_score,
     feature_stats,
     frechet_distance,
-    human_metric_correlation,
+    human_metric_comparison,
     kid,
     kid_metric,
     mean_pairwise_distance,
@@ -490,22 +490,63 @@ def test_compare_models_uses_equal_n() -> None:
     assert fd["bad"] > fd["good"]
 
 
-def test_human_metric_correlation_matches_scipy_spearman() -> None:
-    rng = np.random.default_rng(0)
-    models = [f"m{i}" for i in range(6)]
-    ratings = pd.DataFrame(
-        {"model": np.repeat(models, 5), "realism_generated": pd.array(rng.integers(1, 6, 30), dtype="Int64")}
-    ).sample(frac=1.0, random_state=0)
-    metric_table = pd.DataFrame({"model": models[::-1], "FD_inception": rng.normal(size=6), "note": "x"})
-    out = human_metric_correlation(ratings, metric_table, level="model")
-    human = ratings.groupby("model")["realism_generated"].mean().astype(float)
-    aligned = metric_table.set_index("model").loc[human.index, "FD_inception"]
-    ref = scipy.stats.spearmanr(human.to_numpy(), aligned.to_numpy())
-    assert list(out["metric"]) == ["FD_inception"]
-    assert out["rho"].iloc[0] == pytest.approx(ref.statistic) and out["p_value"].iloc[0] == pytest.approx(ref.pvalue)
-    assert out["n"].iloc[0] == 6
-    with pytest.raises(ValueError, match="lacks column"):
-        human_metric_correlation(ratings, metric_table, level="prompt")
+def _expert_ratings(n_cases: int, models: list[str], seed: int, signal: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """3 raters x n_cases x models ratings whose realism follows a latent per-image quality (times ``signal``)."""
+    rng = np.random.default_rng(seed)
+    rows, images = [], []
+    for m, model in enumerate(models):
+        for c in range(n_cases):
+            quality = rng.normal() + 0.5 * m
+            images.append({"generated_image": f"g-{model}-{c}", "quality": quality})
+            for rater in range(3):
+                score = int(np.clip(np.rint(3 + signal * quality + rng.normal(scale=0.7)), 1, 5))
+                image = f"g-{model}-{c}"
+                row = {"item_kind": "normal", "case": f"c{c}", "model": model, "generated_image": image}
+                rows.append(row | {"rater": f"r{rater}", "realism_generated": score, "accuracy_generated": 6 - score})
+    ratings = pd.DataFrame(rows).astype({"realism_generated": "Int64", "accuracy_generated": "Int64"})
+    return ratings, pd.DataFrame(images)
+
+
+def test_human_metric_comparison_matches_scipy_and_ranks_models() -> None:
+    ratings, images = _expert_ratings(20, ["a", "b", "c"], seed=0, signal=1.0)
+    # A per-image metric where lower is better (like a distance to the nearest real image).
+    image_metrics = images.assign(metric="nn", value=-images["quality"], lower_is_better=True)
+    model_metrics = pd.DataFrame({"model": ["a", "b", "c"], "metric": "FD", "value": [30.0, 20.0, 10.0],
+                                  "lower_is_better": True})  # fmt: skip
+    out = human_metric_comparison(ratings, model_metrics, image_metrics.drop(columns="quality"), n_boot=200, seed=1)
+    human = ratings.groupby("generated_image")["realism_generated"].mean().astype(float)
+    ref = image_metrics.set_index("generated_image").loc[human.index, "value"]
+    row = out.per_case.set_index(["metric", "question", "model"]).loc[("nn", "realism", "all models")]
+    assert row["spearman_rho"] == pytest.approx(scipy.stats.spearmanr(ref, human).statistic)
+    assert row["kendall_tau"] == pytest.approx(scipy.stats.kendalltau(ref, human).statistic)
+    assert row["spearman_ci_low"] < row["spearman_rho"] < row["spearman_ci_high"] < 0  # lower distance, more real
+    assert (row["n_images"], row["n_cases"]) == (60, 20)
+    assert set(out.per_case["model"]) == {"all models", "a", "b", "c"}
+    again = human_metric_comparison(ratings, model_metrics, image_metrics.drop(columns="quality"), n_boot=200, seed=1)
+    pd.testing.assert_frame_equal(out.per_case, again.per_case)
+    rank = out.ranking.set_index(["metric", "question"]).loc[("FD", "realism")]
+    assert rank["expert_order"] == "c > b > a" and rank["metric_order"] == "c > b > a" and rank["same_order"]
+    assert rank["kendall_tau_orders"] == pytest.approx(1.0)
+    model_row = out.per_model.set_index(["metric", "question"]).loc[("FD", "realism")]
+    assert model_row["spearman_rho"] == pytest.approx(1.0) and model_row["n_models"] == 3
+    assert set(out.scatter["level"]) == {"image", "model"}
+    two = human_metric_comparison(ratings[ratings["model"] != "c"], model_metrics, None, n_boot=50)
+    assert np.isnan(two.per_model["spearman_rho"]).all() and len(two.ranking) == 2  # 2 models: order only
+    with pytest.raises(InputError, match="lacks column"):
+        human_metric_comparison(ratings.drop(columns="case"), model_metrics)
+
+
+@pytest.mark.slow
+def test_human_metric_case_bootstrap_ci_holds_its_level_under_independence() -> None:
+    covered = 0
+    n_sims = 40
+    for seed in range(n_sims):
+        ratings, images = _expert_ratings(25, ["a"], seed=seed, signal=1.0)
+        noise = np.random.default_rng(1000 + seed).normal(size=len(images))  # unrelated to the experts
+        metric = images.assign(metric="m", value=noise, lower_is_better=False).drop(columns="quality")
+        row = human_metric_comparison(ratings, None, metric, n_boot=100, seed=seed).per_case.iloc[0]
+        covered += row["spearman_ci_low"] <= 0 <= row["spearman_ci_high"]
+    assert covered / n_sims >= 0.85  # nominal 0.95; percentile bootstrap at 25 cases is a little liberal
 
 
 # ------------------------------------------------------------------------------------- end to end
