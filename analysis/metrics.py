@@ -1245,21 +1245,38 @@ def metrics_tables(results: Iterable[MetricResult]) -> dict[str, pd.DataFrame]:
     return {key: pd.DataFrame(rows) for key, rows in tables.items()}
 
 
-def metrics_report_section(results: Iterable[MetricResult], title: str = "Automated image metrics") -> Any:
-    """A report section with one table per extractor.
+def metrics_methods(results: Sequence[MetricResult]) -> list[str]:
+    """Methods sentences written from the results' stamps: extractor, weights, preprocessing, N, seed, CI."""
+    sentences = []
+    for extractor, group in pd.DataFrame([r.to_row() | {"name": r.metric} for r in results]).groupby(
+        "extractor", sort=False
+    ):
+        first = group.iloc[0]
+        n_gen, n_real = sorted(set(group["n_a"])), sorted(set(group["n_b"].dropna().astype(int)))
+        names = ", ".join(dict.fromkeys(group["name"]))
+        ci = " with percentile bootstrap CIs (rows of each set resampled)" if group["ci_low"].notna().any() else ""
+        estimator = group.get("estimator")
+        cmmd_note = (
+            f"; CMMD used the {estimator.dropna().iloc[0]} estimator"
+            if estimator is not None and estimator.notna().any()
+            else ""
+        )
+        sentences.append(
+            f"Automated metrics ({names}) were computed on {extractor} features (backbone {first['backbone']}, weights "
+            f"sha256 {str(first['weights_sha256'])[:12]}; {first['preprocess']}) with N = "
+            f"{', '.join(map(str, n_gen))} generated and {', '.join(map(str, n_real))} real images per model, "
+            f"models compared at equal N, seed {first['seed']}{ci}{cmmd_note}."
+        )
+    return sentences
 
-    Returns ``analysis.report.ReportSection`` when that module provides it, else a plain dict with the same
-    fields (``title``, ``tables``, ``figures``, ``notes``).
-    """
+
+def metrics_report_section(results: Iterable[MetricResult], title: str = "Automated image metrics") -> Any:
+    """A :class:`analysis.report.ReportSection` with one table per extractor and methods from the stamps."""
+    from analysis.report import ReportSection
+
     results = list(results)
-    tables = metrics_tables(results)
     notes = [
         "Every metric is named with its feature extractor; values from different extractors are not comparable.",
         "N is reported beside every value; compare models only at equal N.",
-        f"Colour handling: {COLOUR_HANDLING}.",
     ]
-    try:
-        from analysis.report import ReportSection  # type: ignore[attr-defined]
-    except ImportError:
-        return {"title": title, "tables": tables, "figures": {}, "notes": notes}
-    return ReportSection(title=title, tables=tables, figures={}, notes=notes)
+    return ReportSection(title=title, tables=metrics_tables(results), notes=notes, methods=metrics_methods(results))

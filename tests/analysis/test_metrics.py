@@ -476,8 +476,8 @@ def test_metric_results_are_stamped_and_tabled_per_extractor() -> None:
     row = tables["metrics_clip-tiny-random"].iloc[0]
     assert row["subset_size"] == 30 and row["n_a"] == 60 and "version_torch" in row.index
     section = metrics_report_section([fd, kd])
-    section_tables = section["tables"] if isinstance(section, dict) else section.tables
-    assert set(section_tables) == set(tables)
+    assert set(section.tables) == set(tables)
+    assert "dinov2-tiny-random" in section.methods[0] and "N = 60 generated" in section.methods[0]
 
 
 def test_compare_models_uses_equal_n() -> None:
