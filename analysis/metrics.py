@@ -1084,7 +1084,8 @@ def _correlation_row(
 def _per_case_rows(
     per_image: pd.DataFrame, image_metrics: pd.DataFrame, n_boot: int, level: float, seed: int
 ) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
-    joined = per_image.merge(image_metrics.astype({"generated_image": str}), on="generated_image", how="inner")
+    metrics = image_metrics[["generated_image", "metric", "value"]].astype({"generated_image": str})
+    joined = per_image.merge(metrics, on="generated_image", how="inner")
     long = joined.melt(
         id_vars=["generated_image", "model", "case", "metric", "value"],
         value_vars=list(HUMAN_SCORES),

@@ -288,19 +288,17 @@ def compute_study_report(
     study_name: str,
     *,
     metrics: Sequence[str] = (),
-    extractor: str = DEFAULT_EXTRACTOR,
+    extractor: str | FeatureExtractor = DEFAULT_EXTRACTOR,
     config: ReportConfig | None = None,
     step: Callable[[str], None] = lambda name: None,
 ) -> ReportContent:
-    """Everything the study's report shows, computed (nothing written)."""
+    """Everything the study's report shows, computed (nothing written); ``extractor`` a spec or a loaded one."""
     from db.export import ratings_frame
     from db.studies import get_study
 
     config = config or ReportConfig()
     names = parse_metrics(metrics)
-    spec = parse_extractor_spec(extractor)
-    # Load the extractor first: a missing download fails in a second, before minutes of analysis.
-    feature_extractor = load_extractor(extractor) if names else None
+    feature_extractor = (load_extractor(extractor) if isinstance(extractor, str) else extractor) if names else None
     with workspace.database.session() as session:  # type: ignore[attr-defined]
         ratings: pd.DataFrame = ratings_frame(session, study_name)
         study = get_study(session, study_name)
@@ -312,7 +310,7 @@ def compute_study_report(
         step("automated metrics")
         images = study_images(ratings, workspace.store)
         sections = metrics_sections(ratings, images, names, feature_extractor, config=config,
-                                    random_weights=spec.random_weights)  # fmt: skip
+                                    random_weights=feature_extractor.name.endswith("random"))  # fmt: skip
         stamp["extractor"] = {"name": feature_extractor.name, "weights_sha256": feature_extractor.weights_sha256}
     return compute_report(ratings, title=f"MedSynth study report: {study.name}", stamp=stamp,
                           extra_sections=sections, config=config, step=step)  # fmt: skip
@@ -333,9 +331,15 @@ def write_study_report(
     The one report entry for the CLI and the coordinator console; ``progress(fraction, desc=step)`` is
     called as the work goes (``None``: a tqdm bar).
     """
-    step, finish = progress_steps(progress, total=11 if metrics else 10)
-    content = compute_study_report(workspace, study_name, metrics=metrics, extractor=extractor, config=config,
-                                   step=step)  # fmt: skip
+    names = parse_metrics(metrics)
+    spec = parse_extractor_spec(extractor)
+    # Load the extractor before anything else: a missing download fails at once, in one line.
+    loaded = load_extractor(extractor) if names else None
+    step, finish = progress_steps(progress, total=11 if names else 10)
+    content = compute_study_report(workspace, study_name, metrics=names, extractor=loaded or extractor,
+                                   config=config, step=step)  # fmt: skip
+    if spec.random_weights:
+        logger.warning("report %s used a random-weight extractor (%s): not numbers to report", study_name, extractor)
     result = render_report(content, Path(out_dir), step)
     finish()
     return result
