@@ -11,6 +11,7 @@ settings, the extractor stamp), so the Methods paragraph cannot drift from what 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -239,13 +240,19 @@ def _mrmc_section(ratings: pd.DataFrame, level: float) -> ReportSection:
     section.tables.update({f"mrmc/{name}": table for name, table in parts["tables"].items()})
     section.figures.update({f"mrmc/{name}": figure for name, figure in parts["figures"].items()})
     section.notes.extend(str(note) for note in parts["notes"])
-    for score, result in parts["results"].items():
+    for score in parts["results"]:
         section.captions[f"mrmc/{score}/roc"] = f"Empirical ROC curves by model ({score} score), reader-averaged AUC"
+    designs: dict[str, list[str]] = {}  # scores analysed the same way share one sentence
+    for score, result in parts["results"].items():
+        how = (
+            f"Obuchowski-Rockette with Hillis degrees of freedom, {result.cov_method} covariance, design "
+            f"{result.design}, {len(result.readers)} readers x {len(result.tests)} models; random readers and cases"
+        )
+        designs.setdefault(how, []).append(score)
+    for how, scores in designs.items():
         section.methods.append(
-            f"Discrimination of generated from real images ({score} score) was analysed as a multi-reader "
-            f"multi-case ROC study (Obuchowski-Rockette with Hillis degrees of freedom, {result.cov_method} "
-            f"covariance, design {result.design}, {len(result.readers)} readers x {len(result.tests)} models; "
-            "random readers and cases)."
+            f"Discrimination of generated from real images ({' and '.join(scores)} score"
+            f"{'s' if len(scores) > 1 else ''}) was analysed as a multi-reader multi-case ROC study ({how})."
         )
     return section
 
@@ -575,4 +582,4 @@ def write_report(
     content = compute_report(ratings, title=title, stamp=stamp, extra_sections=extra_sections, config=config, step=step)
     result = render_report(content, Path(out_dir), step)
     finish()
-    return ReportResult(**{**result.__dict__, "seconds": time.perf_counter() - started})
+    return dataclasses.replace(result, seconds=time.perf_counter() - started)

@@ -71,7 +71,7 @@ TABLE_TITLES = {
     "raters": "Raters",
 }
 COLUMN_LABELS = {
-    "n": "N", "n_items": "Items", "n_ratings": "Ratings", "n_raters": "Raters", "n_cases": "Cases",
+    "n": "N", "std": "SD", "n_items": "Items", "n_ratings": "Ratings", "n_raters": "Raters", "n_cases": "Cases",
     "n_images": "Images", "n_models": "Models", "n_correct": "Correct", "n_a": "N (generated)",
     "n_b": "N (real)", "p_value": "p", "p_holm": "p (Holm)", "d_prime": "d′", "criterion_c": "Criterion c",
     "spearman_rho": "Spearman ρ", "kendall_tau": "Kendall τ", "kendall_tau_orders": "Kendall τ (orders)",
@@ -400,9 +400,12 @@ def html_table(frame: pd.DataFrame, level: float) -> tuple[str, list[str]]:
     shown, notes = display_table(frame, level)
     more = len(shown) - MAX_HTML_ROWS
     shown = shown.head(MAX_HTML_ROWS)
-    head = "".join(f"<th>{_text(column)}</th>" for column in shown.columns)
+    numeric = re.compile(r"^(–|[−-]?[\d.]+|< 0\.001|\[.*\]|∞|−∞)$")
+    text_columns = [not all(numeric.match(str(v)) for v in shown[c]) for c in shown.columns]
+    align = ["class='t'" if is_text else "" for is_text in text_columns]
+    head = "".join(f"<th {a}>{_text(column)}</th>" for a, column in zip(align, shown.columns, strict=True))
     body = "".join(
-        "<tr>" + "".join(f"<td>{_text(value)}</td>" for value in row) + "</tr>"
+        "<tr>" + "".join(f"<td {a}>{_text(value)}</td>" for a, value in zip(align, row, strict=True)) + "</tr>"
         for row in shown.itertuples(index=False, name=None)
     )
     if more > 0:
@@ -417,7 +420,7 @@ margin-top:2em}h3{font-size:1.02em;margin:1.2em 0 .3em}p.lead{color:#333}.method
 padding:.6em 1em;border-left:3px solid #8a8a7a}table{border-collapse:collapse;font:13px/1.35 system-ui,
 sans-serif;margin:.3em 0 1em;font-variant-numeric:tabular-nums}th,td{border-top:1px solid #ddd;
 border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}th{border-top:2px solid #333;
-border-bottom:1px solid #333;font-weight:600}td:first-child,th:first-child{text-align:left}
+border-bottom:1px solid #333;font-weight:600}td:first-child,th:first-child,td.t,th.t{text-align:left}
 .note{font-size:12px;color:#555}.files{font-size:11px;color:#777}figure{margin:.6em 0 1.2em}
 figure img{max-width:100%}figcaption{font-size:13px;color:#333}table.stamp{font-size:11px}
 """

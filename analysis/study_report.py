@@ -19,7 +19,9 @@ call :func:`analysis.metrics.medvqa_gi_2025` on a challenge submission instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -228,7 +230,8 @@ def metrics_sections(
     )  # fmt: skip
     human = ReportSection("Expert ratings against automated metrics")
     human.tables["human_vs_metric_ranking"] = comparison.ranking
-    human.tables["human_vs_metric_per_model"] = comparison.per_model
+    if comparison.per_model["spearman_rho"].notna().any():
+        human.tables["human_vs_metric_per_model"] = comparison.per_model
     if len(comparison.per_case):
         human.tables["human_vs_metric_per_case"] = comparison.per_case
     if len(models) < 3:
@@ -335,6 +338,7 @@ def write_study_report(
     spec = parse_extractor_spec(extractor)
     # Load the extractor before anything else: a missing download fails at once, in one line.
     loaded = load_extractor(extractor) if names else None
+    started = time.perf_counter()
     step, finish = progress_steps(progress, total=11 if names else 10)
     content = compute_study_report(workspace, study_name, metrics=names, extractor=loaded or extractor,
                                    config=config, step=step)  # fmt: skip
@@ -342,4 +346,4 @@ def write_study_report(
         logger.warning("report %s used a random-weight extractor (%s): not numbers to report", study_name, extractor)
     result = render_report(content, Path(out_dir), step)
     finish()
-    return result
+    return dataclasses.replace(result, seconds=time.perf_counter() - started)
