@@ -358,9 +358,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     metrics = [m.strip().lower() for m in args.metrics.split(",") if m.strip()] if args.metrics else []
     ws = _workspace(args)
+    config = ReportConfig(n_resamples=args.resamples, seed=args.seed, rater_labels=args.rater_labels)
     result = write_study_report(ws, args.study, Path(args.out), metrics=metrics, extractor=args.extractor,
-                                config=ReportConfig(n_resamples=args.resamples, seed=args.seed))  # fmt: skip
-    print(f"wrote {result.html_path} and {len(result.tables)} tables in {result.tables_dir} ({result.seconds:.1f} s)")
+                                config=config)  # fmt: skip
+    print(f"wrote {result.html_path}, {len(result.tables)} tables, figures and {result.zip_path} "
+          f"({result.seconds:.1f} s)")  # fmt: skip
     return 0
 
 
@@ -550,14 +552,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "analyse a study's ratings (and images) into an HTML report and tables")
     p.add_argument("--study", required=True)
     p.add_argument("--out", required=True, help="output folder (report.html, tables/)")
-    p.add_argument("--metrics", help="automated metrics, comma-separated: fd,kid,cmmd (default: none)")
+    p.add_argument(
+        "--metrics",
+        help="automated metrics, comma-separated: fd,kid,cmmd,diversity,ms-ssim (per model), nn,alignment "
+        "(per image); each is compared with the experts (default: none)",
+    )
     p.add_argument(
         "--extractor",
-        default="inception",
-        help="feature extractor for --metrics: inception[:PATH], dinov2:HUB_ID, clip:HUB_ID, tiny-clip",
+        default="handcrafted",
+        help="feature extractor for --metrics: handcrafted (default, committed, offline; not FID), "
+        "inception[:/path/to/weights.pth] (FID), biomedclip:HUB_ID_OR_FOLDER, dinov2:..., clip:..., tiny-clip",
     )
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of items (default 1000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rater-labels", choices=["codes", "names"], default="codes",
+                   help="show raters as R01, R02 ... (default) or by name")  # fmt: skip
 
     coord = add("coordinator", lambda a: _help(a, coord), "coordinator account")
     coord_sub = coord.add_subparsers(dest="coordinator_command", metavar="ACTION")

@@ -27,16 +27,20 @@ from PIL import Image
 from scipy.spatial.distance import pdist
 
 from analysis.features.base import COLOUR_HANDLING, FeatureExtractor, load_images
+from db.errors import InputError
 
 __all__ = [
     "MS_SSIM_WEIGHTS",
     "FrechetDistance",
+    "HumanMetricComparison",
     "KIDResult",
+    "MedVQAGI2025Scores",
     "MetricResult",
     "MetricStamp",
     "alignment_metric",
     "bootstrap_ci",
     "cmmd",
+    "cmmd_bootstrap_ci",
     "cmmd_metric",
     "compare_models",
     "diversity_by_group",
@@ -45,16 +49,17 @@ __all__ = [
     "fd_score",
     "feature_stats",
     "frechet_distance",
-    "human_metric_correlation",
+    "human_metric_comparison",
     "kid",
     "kid_metric",
     "load_images",
     "mean_pairwise_distance",
-    "medvqa_gi_scores",
+    "medvqa_gi_2025",
     "metrics_report_section",
     "metrics_tables",
     "ms_ssim",
     "ms_ssim_diversity",
+    "nearest_real_distance",
     "ssim",
     "text_image_alignment",
 ]
@@ -137,17 +142,17 @@ class MetricResult:
 def _as_features(feats: Any, what: str = "features", min_rows: int = 2) -> np.ndarray:
     arr = np.asarray(feats.detach().cpu().numpy() if isinstance(feats, torch.Tensor) else feats, dtype=np.float64)
     if arr.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D array (N, dim), got shape {arr.shape}")
+        raise InputError(f"{what} must be a 2-D array (N, dim), got shape {arr.shape}")
     if arr.shape[0] < min_rows:
-        raise ValueError(f"{what} need at least {min_rows} rows, got {arr.shape[0]}")
+        raise InputError(f"{what} need at least {min_rows} rows, got {arr.shape[0]}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{what} contain NaN or infinite values")
+        raise InputError(f"{what} contain NaN or infinite values")
     return arr
 
 
 def _same_dim(a: np.ndarray, b: np.ndarray) -> None:
     if a.shape[1] != b.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"feature dimensions differ ({a.shape[1]} vs {b.shape[1]}): were they made by the same extractor?"
         )
 
@@ -194,7 +199,7 @@ def _compute_fd(
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
     if mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
-        raise ValueError(f"inconsistent shapes: mu1 {mu1.shape}, mu2 {mu2.shape}, sigma1 {s1.shape}, sigma2 {s2.shape}")
+        raise InputError(f"inconsistent shapes: mu1 {mu1.shape}, mu2 {mu2.shape}, sigma1 {s1.shape}, sigma2 {s2.shape}")
     s1, s2 = _sym(s1), _sym(s2)
     diff = mu1 - mu2
     fd = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * _trace_sqrt_product(s1, s2, factor1))
@@ -262,7 +267,7 @@ class FrechetDistance:
 
     def __init__(self, dim: int) -> None:
         if dim < 1:
-            raise ValueError(f"dim must be positive, got {dim}")
+            raise InputError(f"dim must be positive, got {dim}")
         self.dim = dim
         self.reset()
 
@@ -276,7 +281,7 @@ class FrechetDistance:
         """Add a batch of features (N, dim) to the real or generated side."""
         arr = _as_features(feats, min_rows=1)
         if arr.shape[1] != self.dim:
-            raise ValueError(f"expected features of dim {self.dim}, got {arr.shape[1]}")
+            raise InputError(f"expected features of dim {self.dim}, got {arr.shape[1]}")
         self._n[real] += arr.shape[0]
         self._sum[real] += arr.sum(axis=0)
         self._outer[real] += arr.T @ arr
@@ -289,7 +294,7 @@ class FrechetDistance:
     def _stats(self, real: bool) -> tuple[np.ndarray, np.ndarray]:
         n = self._n[real]
         if n < 2:
-            raise ValueError(f"need at least 2 {'real' if real else 'generated'} feature rows, got {n}")
+            raise InputError(f"need at least 2 {'real' if real else 'generated'} feature rows, got {n}")
         mu = self._sum[real] / n
         return mu, (self._outer[real] - n * np.outer(mu, mu)) / (n - 1)
 
@@ -352,7 +357,7 @@ def kid(
     a, b = _as_features(feats_a, "feats_a"), _as_features(feats_b, "feats_b")
     _same_dim(a, b)
     if n_subsets < 1 or subset_size < 2:
-        raise ValueError(f"need n_subsets >= 1 and subset_size >= 2, got {n_subsets}, {subset_size}")
+        raise InputError(f"need n_subsets >= 1 and subset_size >= 2, got {n_subsets}, {subset_size}")
     m = min(subset_size, a.shape[0], b.shape[0])
     if m < subset_size:
         warnings.warn(
@@ -376,30 +381,105 @@ def kid(
 
 CMMD_SIGMA = 10.0
 CMMD_SCALE = 1000.0
+CMMD_MIN_N = 300
+"""Below this many images per side CMMD is too noisy to rank models; a warning says so."""
+
+CMMDEstimator = Literal["unbiased", "biased"]
 
 
-def cmmd(emb_a: Any, emb_b: Any, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE) -> float:
+def _rbf_mean(p: np.ndarray, q: np.ndarray, gamma: float, exclude: np.ndarray | None = None) -> float:
+    """Mean of ``exp(-gamma |p_i - q_j|^2)`` over all (i, j), or over the pairs where ``exclude`` is False."""
+    d2 = np.einsum("ij,ij->i", p, p)[:, None] + np.einsum("ij,ij->i", q, q)[None, :] - 2.0 * (p @ q.T)
+    k = np.exp(-gamma * np.clip(d2, 0.0, None))
+    if exclude is None:
+        return float(k.mean())
+    keep = ~exclude
+    if not keep.any():
+        raise InputError("CMMD (unbiased) needs at least 2 distinct images per side")
+    return float(k[keep].mean())
+
+
+def _cmmd_indexed(
+    x: np.ndarray, y: np.ndarray, ix: np.ndarray, iy: np.ndarray, gamma: float, estimator: CMMDEstimator
+) -> float:
+    """MMD^2 of rows ``x[ix]`` and ``y[iy]``; the unbiased form leaves out every pair of one source row."""
+    px, py = x[ix], y[iy]
+    if estimator == "biased":
+        return _rbf_mean(px, px, gamma) + _rbf_mean(py, py, gamma) - 2.0 * _rbf_mean(px, py, gamma)
+    same_x = ix[:, None] == ix[None, :]
+    same_y = iy[:, None] == iy[None, :]
+    return _rbf_mean(px, px, gamma, same_x) + _rbf_mean(py, py, gamma, same_y) - 2.0 * _rbf_mean(px, py, gamma)
+
+
+def cmmd(
+    emb_a: Any,
+    emb_b: Any,
+    sigma: float = CMMD_SIGMA,
+    scale: float = CMMD_SCALE,
+    estimator: CMMDEstimator = "unbiased",
+    warn_below: int = CMMD_MIN_N,
+) -> float:
     """CMMD (Jayasumana et al. 2024): Gaussian-RBF MMD^2 of CLIP embeddings, times ``scale``.
 
-    Follows google-research/cmmd ``distance.mmd``: the minimum-variance (biased, V-statistic) estimator
-    ``mean k(x,x') + mean k(y,y') - 2 mean k(x,y)`` with ``k = exp(-|x-y|^2 / (2 sigma^2))``, sigma 10,
-    scale 1000, on unit-norm embeddings (our :class:`~analysis.features.CLIPExtractor` normalises them).
+    ``estimator="unbiased"`` (default) is the U-statistic ``mean_{i!=j} k(x_i,x_j) + mean_{i!=j} k(y_i,y_j)
+    - 2 mean k(x_i,y_j)``: about 0 for two samples of one distribution at any N. ``"biased"`` is the
+    V-statistic of google-research/cmmd ``distance.mmd`` (diagonals included), which adds roughly
+    ``(1 - mean k(x,x'))/N_x + (1 - mean k(y,y'))/N_y`` and so rewards less diverse (mode-collapsed) sets at
+    study sizes. ``k = exp(-|x-y|^2 / (2 sigma^2))``, sigma 10, scale 1000, on unit-norm embeddings (our
+    :class:`~analysis.features.CLIPExtractor` normalises them). Warns below ``warn_below`` images per side.
     """
-    x, y = _as_features(emb_a, "emb_a", 1), _as_features(emb_b, "emb_b", 1)
+    if estimator not in ("unbiased", "biased"):
+        raise InputError(f"CMMD estimator must be 'unbiased' or 'biased', got {estimator!r}")
+    min_rows = 2 if estimator == "unbiased" else 1
+    x, y = _as_features(emb_a, "emb_a", min_rows), _as_features(emb_b, "emb_b", min_rows)
     _same_dim(x, y)
     if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+        raise InputError(f"sigma must be positive, got {sigma}")
+    n = min(x.shape[0], y.shape[0])
+    if n < warn_below:
+        warnings.warn(
+            f"CMMD: N={n} images per side is below {warn_below}; the estimate is noisy (see its CI) and "
+            "model rankings at this N are unreliable",
+            stacklevel=2,
+        )
     gamma = 1.0 / (2.0 * sigma**2)
-    x_sq, y_sq = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
+    ix, iy = np.arange(x.shape[0]), np.arange(y.shape[0])
+    return scale * _cmmd_indexed(x, y, ix, iy, gamma, estimator)
 
-    def mean_kernel(p: np.ndarray, p_sq: np.ndarray, q: np.ndarray, q_sq: np.ndarray) -> float:
-        d2 = np.clip(p_sq[:, None] + q_sq[None, :] - 2.0 * (p @ q.T), 0.0, None)
-        return float(np.exp(-gamma * d2).mean())
 
-    k_xx = mean_kernel(x, x_sq, x, x_sq)
-    k_yy = mean_kernel(y, y_sq, y, y_sq)
-    k_xy = mean_kernel(x, x_sq, y, y_sq)
-    return scale * (k_xx + k_yy - 2.0 * k_xy)
+def cmmd_bootstrap_ci(
+    emb_a: Any,
+    emb_b: Any,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    sigma: float = CMMD_SIGMA,
+    scale: float = CMMD_SCALE,
+    estimator: CMMDEstimator = "unbiased",
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of CMMD, resampling the rows of each set with replacement.
+
+    For the unbiased estimator, pairs of copies of one source row are left out of the within-set means
+    (they would add ``k(x, x) = 1`` and bias the replicates upwards), so the replicates stay unbiased.
+    """
+    x, y = _as_features(emb_a, "emb_a", 2), _as_features(emb_b, "emb_b", 2)
+    _same_dim(x, y)
+    if not 0 < level < 1 or n_boot < 2:
+        raise InputError(f"need 0 < level < 1 and n_boot >= 2, got {level}, {n_boot}")
+    gamma = 1.0 / (2.0 * sigma**2)
+    rng = np.random.default_rng(seed)
+    values = np.array(
+        [
+            scale
+            * _cmmd_indexed(
+                x, y, rng.integers(0, x.shape[0], x.shape[0]), rng.integers(0, y.shape[0], y.shape[0]), gamma, estimator
+            )
+            for _ in range(n_boot)
+        ]
+    )
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(low), float(high)
 
 
 # ------------------------------------------------------------------------------------ feature diversity
@@ -408,7 +488,7 @@ def cmmd(emb_a: Any, emb_b: Any, sigma: float = CMMD_SIGMA, scale: float = CMMD_
 def mean_pairwise_distance(feats: Any, metric: Literal["euclidean", "cosine"] = "euclidean") -> float:
     """Mean distance over all unordered pairs of feature rows (higher = more diverse)."""
     if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+        raise InputError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
     return float(pdist(_as_features(feats), metric=metric).mean())
 
 
@@ -419,7 +499,7 @@ def diversity_by_group(
     arr = _as_features(feats, min_rows=1)
     labels = np.asarray(groups, dtype=object)
     if labels.shape != (arr.shape[0],):
-        raise ValueError(f"groups has {labels.shape[0]} labels for {arr.shape[0]} feature rows")
+        raise InputError(f"groups has {labels.shape[0]} labels for {arr.shape[0]} feature rows")
     rows = []
     for group in pd.unique(labels):
         members = arr[labels == group]
@@ -443,7 +523,7 @@ def _image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tenso
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3:
-        raise ValueError(f"images must be (H, W) or (H, W, C), got shape {arr.shape}")
+        raise InputError(f"images must be (H, W) or (H, W, C), got shape {arr.shape}")
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
 
 
@@ -478,12 +558,12 @@ def _pair(
     img_a: Any, img_b: Any, data_range: float, win_size: int, sigma: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not data_range or data_range <= 0:
-        raise ValueError(f"data_range must be given explicitly and positive (255 for uint8), got {data_range}")
+        raise InputError(f"data_range must be given explicitly and positive (255 for uint8), got {data_range}")
     if win_size % 2 != 1 or win_size < 3:
-        raise ValueError(f"win_size must be an odd number >= 3, got {win_size}")
+        raise InputError(f"win_size must be an odd number >= 3, got {win_size}")
     x, y = _image_tensor(img_a), _image_tensor(img_b)
     if x.shape != y.shape:
-        raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise InputError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     return x, y, _gaussian_window(win_size, sigma)
 
 
@@ -504,7 +584,7 @@ def ssim(
     """
     x, y, window = _pair(img_a, img_b, data_range, win_size, sigma)
     if min(x.shape[-2:]) < win_size:
-        raise ValueError(f"images of {tuple(x.shape[-2:])} px are smaller than the {win_size}-px window")
+        raise InputError(f"images of {tuple(x.shape[-2:])} px are smaller than the {win_size}-px window")
     return float(_ssim_cs(x, y, data_range, window, k1, k2)[0].mean())
 
 
@@ -530,7 +610,7 @@ def ms_ssim(
     levels = len(weights)
     min_side = win_size * 2 ** (levels - 1)
     if min(x.shape[-2:]) < min_side:
-        raise ValueError(
+        raise InputError(
             f"MS-SSIM with {levels} scales needs images of at least {min_side} px, got {tuple(x.shape[-2:])}"
         )
     w = torch.tensor(list(weights), dtype=torch.float64)
@@ -565,7 +645,7 @@ def ms_ssim_diversity(
         Mean pairwise MS-SSIM and the number of pairs.
     """
     if len(images) < 2:
-        raise ValueError(f"MS-SSIM diversity needs at least 2 images, got {len(images)}")
+        raise InputError(f"MS-SSIM diversity needs at least 2 images, got {len(images)}")
     prepared = []
     for im in images:
         if isinstance(im, Image.Image):
@@ -584,11 +664,11 @@ def text_image_alignment(image_emb: Any, text_emb: Any) -> np.ndarray:
     """Row-wise cosine similarity of paired image and text embeddings from one dual encoder."""
     img, txt = _as_features(image_emb, "image_emb", 1), _as_features(text_emb, "text_emb", 1)
     if img.shape != txt.shape:
-        raise ValueError(f"image and text embeddings must pair up row by row, got {img.shape} and {txt.shape}")
+        raise InputError(f"image and text embeddings must pair up row by row, got {img.shape} and {txt.shape}")
     num = np.einsum("ij,ij->i", img, txt)
     den = np.linalg.norm(img, axis=1) * np.linalg.norm(txt, axis=1)
     if np.any(den == 0):
-        raise ValueError("an embedding has zero norm; cosine similarity is undefined")
+        raise InputError("an embedding has zero norm; cosine similarity is undefined")
     return num / den
 
 
@@ -598,7 +678,7 @@ def alignment_metric(encoder: Any, images: Sequence[Any], prompts: Sequence[str]
     ``encoder`` needs ``__call__(images)``, ``embed_texts(texts)`` and the extractor attributes.
     """
     if len(images) != len(prompts):
-        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        raise InputError(f"{len(images)} images but {len(prompts)} prompts")
     cos = text_image_alignment(encoder(images), encoder.embed_texts(list(prompts)))
     stamp = MetricStamp.for_extractor(encoder, n_a=len(images))
     return MetricResult("alignment", float(cos.mean()), stamp, std=float(cos.std(ddof=1)) if len(cos) > 1 else None)
@@ -610,60 +690,164 @@ def alignment_metric(encoder: Any, images: Sequence[Any], prompts: Sequence[str]
 def fd_score(fd: float) -> float:
     """MEDVQA-GI 2025 transform of a Fréchet distance into a score: ``1000 / (1 + FD)``."""
     if fd < 0:
-        raise ValueError(f"a Fréchet distance cannot be negative, got {fd}")
+        raise InputError(f"a Fréchet distance cannot be negative, got {fd}")
     return 1000.0 / (1.0 + fd)
 
 
-def medvqa_gi_scores(
-    generated: Mapping[str, Any],
-    real: Mapping[str, Any] | Any,
-    paraphrase_groups: Sequence[Sequence[str]] = (),
-    metric: Literal["euclidean", "cosine"] = "euclidean",
-) -> dict[str, float]:
-    """The MEDVQA-GI 2025 trio from per-prompt feature sets of one extractor.
+MEDVQA_GI_2025_IMAGES_PER_PROMPT = 10
+MEDVQA_GI_2025_EXTRACTOR = "ikim-uk-essen/BiomedCLIP_ViT_patch16_224"
+"""The organisers' feature model: BiomedCLIP ViT-B/16, features = ``last_hidden_state[:, 0, :]`` (768-d)."""
+
+
+def _fd_sqrtm_plain(a: np.ndarray, b: np.ndarray) -> float:
+    """FD exactly as the organisers' script: ``scipy.linalg.sqrtm(S_a @ S_b).real``, no offset, no clipping."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s_a @ s_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2.0 * covmean))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero, as ``sklearn.preprocessing.normalize``)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+@dataclass(frozen=True)
+class MedVQAGI2025Scores:
+    """The ImageCLEFmed MEDVQA-GI 2025 task-2 scores and the per-pair numbers behind them."""
+
+    fidelity: float
+    """Mean over pairs of ``1000 / (1 + (FD(A, real) + FD(B, real)) / 2)`` (higher is better)."""
+    agreement: float
+    """Mean over pairs of the mean cosine similarity between every image of A and every image of B."""
+    diversity: float
+    """Mean over prompts of the mean pairwise Euclidean distance of L2-normalised features."""
+    fbd: float
+    """One global Fréchet (BiomedCLIP) distance: all scored generated features vs all pairs' real references."""
+    n_pairs: int
+    n_per_prompt: int
+    script_quirk: bool
+    per_pair: pd.DataFrame
+
+    def as_dict(self) -> dict[str, float | int | bool]:
+        """The four public scores plus N (what the leaderboard shows, unrounded)."""
+        return {
+            "fidelity": self.fidelity,
+            "agreement": self.agreement,
+            "diversity": self.diversity,
+            "FBD": self.fbd,
+            "n_pairs": self.n_pairs,
+            "n_per_prompt": self.n_per_prompt,
+            "script_quirk": self.script_quirk,
+        }
+
+
+def medvqa_gi_2025(
+    features_by_prompt: Mapping[Any, Any],
+    real_features: Mapping[Any, Any] | Any,
+    paraphrase_pairs: Sequence[tuple[Any, Any]],
+    *,
+    script_quirk: bool = False,
+    images_per_prompt: int | None = MEDVQA_GI_2025_IMAGES_PER_PROMPT,
+) -> MedVQAGI2025Scores:
+    """The MEDVQA-GI 2025 image-generation scores (fidelity, agreement, diversity, FBD) as the organisers define them.
+
+    Re-implements the scoring of ``submission_samples/gi-2025/submission_task2.py`` (SushantGautam/MedVQA).
 
     Parameters
     ----------
-    generated : mapping prompt -> features (N_p, dim)
-        Generated-image features per prompt.
-    real : mapping prompt -> features, or one array
-        Real reference features, per prompt or shared by all prompts.
-    paraphrase_groups : sequence of sequences of prompts
-        Prompts that say the same thing in different words.
+    features_by_prompt : mapping prompt -> features (n_per_prompt, dim)
+        BiomedCLIP CLS hidden states of the generated images (:class:`~analysis.features.BiomedCLIPExtractor`),
+        10 per prompt in the challenge.
+    real_features : mapping prompt -> features, or one array
+        The real reference of each pair, looked up by the pair's first prompt (the organisers' ``real_mapping``
+        gives both prompts of a pair the same images), or one array shared by all pairs.
+    paraphrase_pairs : sequence of (prompt_a, prompt_b)
+        Prompts that ask for the same image in different words, in the organisers' order.
+    script_quirk : bool
+        Reproduce the published script literally, to match leaderboard numbers: its loop
+        ``range(0, len(prompts) // 2, 2)`` scores only the first half of the pairs (the first
+        ``ceil(n_pairs / 2)``), and its FD is ``scipy.linalg.sqrtm(S_a @ S_b).real`` with no safeguard (with 10
+        images and 768-d features both covariances are singular and ``sqrtm`` is inexact). Off (default): every
+        pair is scored and FD uses the exact symmetric form of :func:`frechet_distance`.
+    images_per_prompt : int or None
+        Required number of images per prompt (10 in the challenge); ``None`` accepts any N >= 2.
 
     Returns
     -------
-    dict
-        ``fidelity`` = mean over prompts of ``1000 / (1 + FD(generated_p, real_p))``;
-        ``agreement`` = mean over paraphrase groups of the mean over prompt pairs of
-        ``1000 / (1 + FD(generated_p, generated_q))`` (NaN without groups);
-        ``diversity`` = mean over prompts of the mean pairwise feature distance;
-        ``n_prompts`` and ``min_n`` (smallest per-prompt N).
+    MedVQAGI2025Scores
+        The four scores, N, and a per-pair table (FD of A and B against the real reference, FD(A, B),
+        agreement, diversity of A and B). Scores are unrounded (the leaderboard rounds to 2 decimals).
     """
-    if not generated:
-        raise ValueError("no generated feature sets given")
-    gen = {p: _as_features(f, f"generated[{p!r}]") for p, f in generated.items()}
-    shared = None if isinstance(real, Mapping) else _as_features(real, "real")
-    fidelity = []
-    for prompt, feats in gen.items():
-        if shared is None and prompt not in real:
-            raise ValueError(f"no real features for prompt {prompt!r}")
-        ref = shared if shared is not None else _as_features(real[prompt], f"real[{prompt!r}]")
-        fidelity.append(fd_score(frechet_distance(feats, ref)))
-    agreement = []
-    for group in paraphrase_groups:
-        missing = [p for p in group if p not in gen]
-        if missing or len(group) < 2:
-            raise ValueError(f"paraphrase group {list(group)} needs >= 2 prompts with images; missing {missing}")
-        pairs = [fd_score(frechet_distance(gen[p], gen[q])) for p, q in combinations(group, 2)]
-        agreement.append(float(np.mean(pairs)))
-    return {
-        "fidelity": float(np.mean(fidelity)),
-        "agreement": float(np.mean(agreement)) if agreement else float("nan"),
-        "diversity": float(np.mean([mean_pairwise_distance(f, metric) for f in gen.values()])),
-        "n_prompts": len(gen),
-        "min_n": min(f.shape[0] for f in gen.values()),
-    }
+    if not paraphrase_pairs:
+        raise InputError("MEDVQA-GI 2025 scores need at least one paraphrase pair")
+    gen: dict[Any, np.ndarray] = {}
+    for prompt, feats in features_by_prompt.items():
+        arr = _as_features(feats, f"generated features of prompt {prompt!r}")
+        if images_per_prompt is not None and arr.shape[0] != images_per_prompt:
+            raise InputError(
+                f"prompt {prompt!r} has {arr.shape[0]} images; MEDVQA-GI 2025 uses {images_per_prompt} per prompt "
+                "(pass images_per_prompt=None to accept other counts)"
+            )
+        gen[prompt] = arr
+    shared = None if isinstance(real_features, Mapping) else _as_features(real_features, "real features")
+    pairs = [tuple(pair) for pair in paraphrase_pairs]
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise InputError(f"a paraphrase pair needs two different prompts, got {pair!r}")
+        missing = [p for p in pair if p not in gen]
+        if missing:
+            raise InputError(f"paraphrase pair {pair!r}: no generated features for {missing}")
+    if script_quirk:
+        pairs = pairs[: -(-len(pairs) // 2)]  # range(0, 2 * n_pairs // 2, 2) visits ceil(n_pairs / 2) pairs
+    fd: Callable[[np.ndarray, np.ndarray], float] = _fd_sqrtm_plain if script_quirk else frechet_distance
+    rows = []
+    all_generated: list[np.ndarray] = []
+    all_real: list[np.ndarray] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # N=10 < dim is the challenge's design, not the caller's mistake
+        for prompt_a, prompt_b in pairs:
+            a, b = gen[prompt_a], gen[prompt_b]
+            _same_dim(a, b)
+            if shared is not None:
+                real = shared
+            elif prompt_a in real_features:
+                real = _as_features(real_features[prompt_a], f"real features of prompt {prompt_a!r}")
+            else:
+                raise InputError(f"no real features for prompt {prompt_a!r}")
+            fd_a, fd_b = fd(a, real), fd(b, real)
+            rows.append(
+                {
+                    "prompt_a": prompt_a,
+                    "prompt_b": prompt_b,
+                    "fd_a_real": fd_a,
+                    "fd_b_real": fd_b,
+                    "fd_a_b": fd(a, b),
+                    "fidelity": 1000.0 / (1.0 + (fd_a + fd_b) / 2.0),
+                    "agreement": float((_unit_rows(a) @ _unit_rows(b).T).mean()),
+                    "diversity_a": float(pdist(_unit_rows(a)).mean()),
+                    "diversity_b": float(pdist(_unit_rows(b)).mean()),
+                    "n_real": real.shape[0],
+                }
+            )
+            all_generated.extend([a, b])
+            if shared is None:
+                all_real.append(real)
+        generated = np.concatenate(all_generated)
+        reference = shared if shared is not None else np.concatenate(all_real)
+        fbd = fd(generated, reference)
+    table = pd.DataFrame(rows)
+    return MedVQAGI2025Scores(
+        fidelity=float(table["fidelity"].mean()),
+        agreement=float(table["agreement"].mean()),
+        diversity=float(np.mean(np.concatenate([table["diversity_a"], table["diversity_b"]]))),
+        fbd=float(fbd),
+        n_pairs=len(table),
+        n_per_prompt=min(gen[p].shape[0] for pair in pairs for p in pair),
+        script_quirk=script_quirk,
+        per_pair=table,
+    )
 
 
 # ------------------------------------------------------------------------- sample size and bootstrap
@@ -677,14 +861,14 @@ def equalize_n(
     ``subsample`` draws min-N rows without replacement from each larger set (seeded); ``refuse`` raises.
     """
     if on_unequal not in ("subsample", "refuse"):
-        raise ValueError(f"on_unequal must be 'subsample' or 'refuse', got {on_unequal!r}")
+        raise InputError(f"on_unequal must be 'subsample' or 'refuse', got {on_unequal!r}")
     arrays = {k: _as_features(v, f"features of {k!r}", 1) for k, v in sets.items()}
     if not arrays:
-        raise ValueError("no feature sets given")
+        raise InputError("no feature sets given")
     sizes = {k: a.shape[0] for k, a in arrays.items()}
     n = min(sizes.values())
     if len(set(sizes.values())) > 1 and on_unequal == "refuse":
-        raise ValueError(f"feature sets have unequal N {sizes}; compare models only at equal N")
+        raise InputError(f"feature sets have unequal N {sizes}; compare models only at equal N")
     rng = np.random.default_rng(seed)
     return {
         k: a if a.shape[0] == n else a[np.sort(rng.choice(a.shape[0], n, replace=False))] for k, a in arrays.items()
@@ -702,7 +886,7 @@ def bootstrap_ci(
     """Percentile bootstrap CI of ``statistic(a, b)``, resampling the rows of each set with replacement."""
     a, b = _as_features(feats_a, "feats_a"), _as_features(feats_b, "feats_b")
     if not 0 < level < 1 or n_boot < 2:
-        raise ValueError(f"need 0 < level < 1 and n_boot >= 2, got {level}, {n_boot}")
+        raise InputError(f"need 0 < level < 1 and n_boot >= 2, got {level}, {n_boot}")
     rng = np.random.default_rng(seed)
     values = np.empty(n_boot)
     with warnings.catch_warnings():
@@ -753,10 +937,19 @@ def kid_metric(
     return MetricResult("KID", result.mean, stamp, *ci, std=result.std, extra=extra)
 
 
-def cmmd_metric(extractor: FeatureExtractor, emb_gen: Any, emb_real: Any) -> MetricResult:
-    """``CMMD_<extractor>`` (meant for CLIP-style unit-norm embeddings) and its stamp."""
-    stamp = MetricStamp.for_extractor(extractor, len(emb_gen), len(emb_real))
-    return MetricResult("CMMD", cmmd(emb_gen, emb_real), stamp)
+def cmmd_metric(
+    extractor: FeatureExtractor,
+    emb_gen: Any,
+    emb_real: Any,
+    seed: int = 0,
+    n_boot: int = 200,
+    estimator: CMMDEstimator = "unbiased",
+) -> MetricResult:
+    """``CMMD_<extractor>`` (meant for CLIP-style unit-norm embeddings) with N, a bootstrap CI and its stamp."""
+    value = cmmd(emb_gen, emb_real, estimator=estimator)
+    ci = cmmd_bootstrap_ci(emb_gen, emb_real, n_boot, seed=seed, estimator=estimator) if n_boot else (None, None)
+    stamp = MetricStamp.for_extractor(extractor, len(emb_gen), len(emb_real), seed)
+    return MetricResult("CMMD", value, stamp, *ci, extra={"estimator": estimator})
 
 
 def compare_models(
@@ -781,9 +974,9 @@ def compare_models(
             elif metric == "KID":
                 result = kid_metric(extractor, feats, feats_real, seed, n_boot)
             elif metric == "CMMD":
-                result = cmmd_metric(extractor, feats, feats_real)
+                result = cmmd_metric(extractor, feats, feats_real, seed, max(n_boot, 2) if n_boot else 0)
             else:
-                raise ValueError(f"unknown metric {metric!r}; choose FD, KID or CMMD")
+                raise InputError(f"unknown metric {metric!r}; choose FD, KID or CMMD")
             rows.append({"model": model, **result.to_row()})
     return pd.DataFrame(rows)
 
@@ -791,50 +984,255 @@ def compare_models(
 # -------------------------------------------------------------------------------- human vs automated
 
 
-def human_metric_correlation(
+HUMAN_SCORES = {"realism": "realism_generated", "accuracy": "accuracy_generated"}
+"""Expert scores compared with the automated metrics: question label -> ratings-table column."""
+
+
+@dataclass(frozen=True)
+class HumanMetricComparison:
+    """Expert scores against automated metrics: correlations with bootstrap CIs and a ranking table.
+
+    ``per_case``: per-image metrics against the mean expert score of each generated image, per model and
+    pooled (Spearman and Kendall tau-b, percentile CIs from resampling cases). ``per_model``: model-level
+    metrics against each model's mean expert score across models (CIs resample cases, so they carry the
+    experts' uncertainty only; NA below 3 models). ``ranking``: the order of the models by the experts and
+    by each metric, and whether they agree. ``scatter``: the points behind every correlation.
+    """
+
+    per_case: pd.DataFrame
+    per_model: pd.DataFrame
+    ranking: pd.DataFrame
+    scatter: pd.DataFrame
+    n_boot: int
+    seed: int
+    level: float
+
+
+def _rank_correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman rho and Kendall tau-b, NaN when undefined (fewer than 3 points or a constant).
+
+    Spearman is Pearson's r of average ranks; tau-b is ``sum sign(dx) sign(dy) / sqrt(n_x n_y)`` over pairs,
+    where ``n_x``, ``n_y`` count the pairs untied in x, y (the definitions ``scipy.stats`` implements; the
+    tests check them against it). Written in numpy because the case bootstrap calls it thousands of times.
+    """
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan")
+    rx, ry = scipy.stats.rankdata(x), scipy.stats.rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    rho = float(rx @ ry / np.sqrt((rx @ rx) * (ry @ ry)))
+    if n > 2000:  # the pairwise form needs n^2 memory
+        return rho, float(scipy.stats.kendalltau(x, y).statistic)
+    sx, sy = np.sign(x[:, None] - x[None, :]), np.sign(y[:, None] - y[None, :])
+    tau = float((sx * sy).sum() / np.sqrt(np.abs(sx).sum() * np.abs(sy).sum()))
+    return rho, tau
+
+
+def _case_bootstrap(
+    cases: np.ndarray, stat: Callable[[np.ndarray], tuple[float, float]], n_boot: int, level: float, seed: int
+) -> list[tuple[float, float]]:
+    """Percentile CIs of both values ``stat(rows)`` returns, resampling whole cases with replacement.
+
+    ``cases`` labels each row; a resample takes every row of each drawn case. Resamples where a value is
+    undefined (a constant) are dropped; with fewer than half of them left the CI is NaN.
+    """
+    codes, uniques = pd.factorize(cases)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+    members = [order[starts[i] : starts[i + 1]] for i in range(len(uniques))]
+    rng = np.random.default_rng(seed)
+    values = np.empty((n_boot, 2))
+    for b in range(n_boot):
+        values[b] = stat(np.concatenate([members[i] for i in rng.integers(0, len(uniques), len(uniques))]))
+    alpha = (1.0 - level) / 2.0
+    out = []
+    for column in values.T:
+        finite = column[np.isfinite(column)]
+        ok = len(finite) >= max(10, n_boot // 2)
+        out.append(
+            (float(np.quantile(finite, alpha)), float(np.quantile(finite, 1 - alpha)))
+            if ok
+            else (float("nan"), float("nan"))
+        )
+    return out
+
+
+_CORR_COLUMNS = [
+    "spearman_rho",
+    "spearman_ci_low",
+    "spearman_ci_high",
+    "kendall_tau",
+    "kendall_ci_low",
+    "kendall_ci_high",
+]
+
+
+def _correlation_row(
+    cases: np.ndarray,
+    stat: Callable[[np.ndarray], tuple[float, float]],
+    bootstrap: bool,
+    n_boot: int,
+    level: float,
+    seed: int,
+) -> dict[str, float]:
+    rho, tau = stat(np.arange(len(cases)))
+    nan = (float("nan"), float("nan"))
+    (s_low, s_high), (k_low, k_high) = _case_bootstrap(cases, stat, n_boot, level, seed) if bootstrap else (nan, nan)
+    return dict(zip(_CORR_COLUMNS, (rho, s_low, s_high, tau, k_low, k_high), strict=True))
+
+
+def _per_case_rows(
+    per_image: pd.DataFrame, image_metrics: pd.DataFrame, n_boot: int, level: float, seed: int
+) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+    metrics = image_metrics[["generated_image", "metric", "value"]].astype({"generated_image": str})
+    joined = per_image.merge(metrics, on="generated_image", how="inner")
+    long = joined.melt(
+        id_vars=["generated_image", "model", "case", "metric", "value"],
+        value_vars=list(HUMAN_SCORES),
+        var_name="question",
+        value_name="human",
+    )
+    rows, scatter = [], []
+    for (metric, question), part in long.groupby(["metric", "question"], sort=True):
+        part = part.dropna(subset=["value", "human"])
+        scatter.append(part.assign(level="image"))
+        for model, points in [("all models", part), *part.groupby("model", sort=True)]:
+            x, y = points["value"].to_numpy(float), points["human"].to_numpy(float)
+
+            def stat(take: np.ndarray, x: np.ndarray = x, y: np.ndarray = y) -> tuple[float, float]:
+                return _rank_correlations(x[take], y[take])
+
+            row = {"metric": metric, "question": question, "model": model, "n_images": len(points)}
+            row["n_cases"] = points["case"].nunique()
+            cases = points["case"].to_numpy()
+            rows.append(row | _correlation_row(cases, stat, len(points) >= 3, n_boot, level, seed))
+    return rows, scatter
+
+
+def _per_model_rows(
+    per_image: pd.DataFrame, model_metrics: pd.DataFrame, n_boot: int, level: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[pd.DataFrame]]:
+    corr_rows, rank_rows, scatter = [], [], []
+    metric_values = model_metrics.astype({"model": str})
+    for question in HUMAN_SCORES:
+        points_all = per_image.dropna(subset=[question])
+        human_mean = points_all.groupby("model")[question].mean()
+        for metric, part in metric_values.groupby("metric", sort=True):
+            values = part.set_index("model")["value"].astype(float)
+            lower_better = bool(part["lower_is_better"].iloc[0])
+            models = sorted(set(values.index) & set(human_mean.index))
+            if not models:
+                continue
+            h, m = human_mean.loc[models].to_numpy(float), values.loc[models].to_numpy(float)
+            scatter.append(
+                pd.DataFrame(
+                    {"metric": metric, "question": question, "model": models, "value": m, "human": h, "level": "model"}
+                )
+            )
+            # Experts rank higher scores better; the metric is turned so that higher is better too.
+            m_good = -m if lower_better else m
+            points = points_all[points_all["model"].isin(models)]
+            codes = pd.Categorical(points["model"], categories=models).codes
+            scores = points[question].to_numpy(float)
+
+            def stat(
+                take: np.ndarray, codes: np.ndarray = codes, scores: np.ndarray = scores, m_good: np.ndarray = m_good
+            ) -> tuple[float, float]:
+                counts = np.bincount(codes[take], minlength=len(m_good))
+                sums = np.bincount(codes[take], weights=scores[take], minlength=len(m_good))
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    means = sums / counts
+                return _rank_correlations(means, m_good) if np.isfinite(means).all() else (np.nan, np.nan)
+
+            row = {"metric": metric, "question": question, "n_models": len(models)}
+            row |= _correlation_row(points["case"].to_numpy(), stat, len(models) >= 3, n_boot, level, seed)
+            corr_rows.append(row | {"direction": "lower is better" if lower_better else "higher is better"})
+            human_order = [models[i] for i in np.argsort(-h, kind="stable")]
+            metric_order = [models[i] for i in np.argsort(-m_good, kind="stable")]
+            rank_rows.append(
+                {
+                    "metric": metric,
+                    "question": question,
+                    "n_models": len(models),
+                    "expert_order": " > ".join(human_order),
+                    "metric_order": " > ".join(metric_order),
+                    "same_order": human_order == metric_order,
+                    "kendall_tau_orders": float(scipy.stats.kendalltau(h, m_good).statistic)
+                    if len(models) >= 2
+                    else float("nan"),
+                }
+            )
+    return corr_rows, rank_rows, scatter
+
+
+def human_metric_comparison(
     ratings: pd.DataFrame,
-    metrics: pd.DataFrame,
-    level: Literal["model", "prompt"],
-    score: str = "realism_generated",
-) -> pd.DataFrame:
-    """Spearman correlation between mean human scores and each automated metric, per model or per prompt.
+    model_metrics: pd.DataFrame | None = None,
+    image_metrics: pd.DataFrame | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> HumanMetricComparison:
+    """Do the automated metrics agree with the experts? Correlations (per case, per model) and model rankings.
 
     Parameters
     ----------
     ratings : DataFrame
-        The tidy ratings table (``docs/ratings-table.md``); needs ``level`` and ``score`` columns.
-    metrics : DataFrame
-        One row per ``level`` value, one numeric column per metric (e.g. ``FD_inception``).
-    level : {"model", "prompt"}
-        Unit of analysis; human scores are averaged within it.
-
-    Returns
-    -------
-    DataFrame
-        Columns ``metric, level, rho, p_value, n`` (``scipy.stats.spearmanr``, two-sided).
+        The tidy ratings table; normal items, non-missing ``realism_generated`` / ``accuracy_generated``.
+    model_metrics : DataFrame, optional
+        One row per (model, metric): ``model, metric, value, lower_is_better`` (e.g. FD, KID, CMMD).
+    image_metrics : DataFrame, optional
+        One row per (generated image, metric): ``generated_image, metric, value, lower_is_better`` (e.g. the
+        distance to the nearest real image, image-prompt alignment).
+    n_boot, seed, level : int, int, float
+        Case-bootstrap resamples, seed of ``numpy.random.default_rng``, CI level.
     """
-    if level not in ("model", "prompt"):
-        raise ValueError(f"level must be 'model' or 'prompt', got {level!r}")
-    for frame, name, cols in ((ratings, "ratings", (level, score)), (metrics, "metrics", (level,))):
-        missing = [c for c in cols if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{name} lacks column(s) {missing}")
-    if metrics[level].duplicated().any():
-        raise ValueError(f"metrics has more than one row per {level}")
-    human = ratings.groupby(level)[score].mean().astype(float).rename("human")
-    merged = metrics.merge(human, left_on=level, right_index=True, how="inner")
-    rows = []
-    for col in metrics.columns.drop(level):
-        if not pd.api.types.is_numeric_dtype(metrics[col]):
-            continue
-        pair = merged[[col, "human"]].dropna()
-        if len(pair) < 3:
-            rho, p = float("nan"), float("nan")
-        else:
-            res = scipy.stats.spearmanr(pair["human"], pair[col])
-            rho, p = float(res.statistic), float(res.pvalue)
-        rows.append({"metric": col, "level": level, "rho": rho, "p_value": p, "n": len(pair)})
-    return pd.DataFrame(rows, columns=["metric", "level", "rho", "p_value", "n"])
+    needed = {"item_kind", "case", "model", "generated_image", *HUMAN_SCORES.values()}
+    missing = sorted(needed - set(ratings.columns))
+    if missing:
+        raise InputError(f"ratings table lacks column(s) {missing}; see docs/ratings-table.md")
+    if n_boot < 2 or not 0 < level < 1:
+        raise InputError(f"need n_boot >= 2 and 0 < level < 1, got {n_boot}, {level}")
+    normal = ratings[ratings["item_kind"].astype(str) == "normal"]
+    scores = {q: pd.to_numeric(normal[c].astype("Float64"), errors="coerce") for q, c in HUMAN_SCORES.items()}
+    # One expert value per generated image, the mean over its ratings: raters are not independent units.
+    per_image = (
+        normal.assign(**scores)
+        .groupby(["generated_image", "model", "case"], observed=True)[list(HUMAN_SCORES)]
+        .mean()
+        .reset_index()
+        .astype({"generated_image": str, "model": str, "case": str})
+    )
+    case_rows: list[dict[str, Any]] = []
+    model_rows: list[dict[str, Any]] = []
+    rank_rows: list[dict[str, Any]] = []
+    scatter: list[pd.DataFrame] = []
+    if image_metrics is not None and not image_metrics.empty:
+        case_rows, scatter = _per_case_rows(per_image, image_metrics, n_boot, level, seed)
+    if model_metrics is not None and not model_metrics.empty:
+        model_rows, rank_rows, more = _per_model_rows(per_image, model_metrics, n_boot, level, seed)
+        scatter += more
+    rank_columns = ["metric", "question", "n_models", "expert_order", "metric_order", "same_order"]
+    return HumanMetricComparison(
+        per_case=pd.DataFrame(
+            case_rows, columns=["metric", "question", "model", "n_images", "n_cases", *_CORR_COLUMNS]
+        ),
+        per_model=pd.DataFrame(model_rows, columns=["metric", "question", "n_models", *_CORR_COLUMNS, "direction"]),
+        ranking=pd.DataFrame(rank_rows, columns=[*rank_columns, "kendall_tau_orders"]),
+        scatter=pd.concat(scatter, ignore_index=True) if scatter else pd.DataFrame(),
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+    )
+
+
+def nearest_real_distance(feats_gen: Any, feats_real: Any) -> np.ndarray:
+    """Per generated image: Euclidean distance of its features to the nearest real image's (lower = more real-like)."""
+    gen, real = _as_features(feats_gen, "feats_gen", 1), _as_features(feats_real, "feats_real", 1)
+    _same_dim(gen, real)
+    d2 = np.einsum("ij,ij->i", gen, gen)[:, None] + np.einsum("ij,ij->i", real, real)[None, :] - 2 * gen @ real.T
+    return np.sqrt(np.clip(d2, 0.0, None).min(axis=1))
 
 
 # ------------------------------------------------------------------------------------------ reporting
@@ -848,21 +1246,38 @@ def metrics_tables(results: Iterable[MetricResult]) -> dict[str, pd.DataFrame]:
     return {key: pd.DataFrame(rows) for key, rows in tables.items()}
 
 
-def metrics_report_section(results: Iterable[MetricResult], title: str = "Automated image metrics") -> Any:
-    """A report section with one table per extractor.
+def metrics_methods(results: Sequence[MetricResult]) -> list[str]:
+    """Methods sentences written from the results' stamps: extractor, weights, preprocessing, N, seed, CI."""
+    sentences = []
+    for extractor, group in pd.DataFrame([r.to_row() | {"name": r.metric} for r in results]).groupby(
+        "extractor", sort=False
+    ):
+        first = group.iloc[0]
+        n_gen, n_real = sorted(set(group["n_a"])), sorted(set(group["n_b"].dropna().astype(int)))
+        names = ", ".join(dict.fromkeys(group["name"]))
+        ci = " with percentile bootstrap CIs (rows of each set resampled)" if group["ci_low"].notna().any() else ""
+        estimator = group.get("estimator")
+        cmmd_note = (
+            f"; CMMD used the {estimator.dropna().iloc[0]} estimator"
+            if estimator is not None and estimator.notna().any()
+            else ""
+        )
+        sentences.append(
+            f"Automated metrics ({names}) were computed on {extractor} features (backbone {first['backbone']}, weights "
+            f"sha256 {str(first['weights_sha256'])[:12]}; {first['preprocess']}) with N = "
+            f"{', '.join(map(str, n_gen))} generated and {', '.join(map(str, n_real))} real images per model, "
+            f"models compared at equal N, seed {first['seed']}{ci}{cmmd_note}."
+        )
+    return sentences
 
-    Returns ``analysis.report.ReportSection`` when that module provides it, else a plain dict with the same
-    fields (``title``, ``tables``, ``figures``, ``notes``).
-    """
+
+def metrics_report_section(results: Iterable[MetricResult], title: str = "Automated image metrics") -> Any:
+    """A :class:`analysis.report.ReportSection` with one table per extractor and methods from the stamps."""
+    from analysis.report import ReportSection
+
     results = list(results)
-    tables = metrics_tables(results)
     notes = [
         "Every metric is named with its feature extractor; values from different extractors are not comparable.",
         "N is reported beside every value; compare models only at equal N.",
-        f"Colour handling: {COLOUR_HANDLING}.",
     ]
-    try:
-        from analysis.report import ReportSection  # type: ignore[attr-defined]
-    except ImportError:
-        return {"title": title, "tables": tables, "figures": {}, "notes": notes}
-    return ReportSection(title=title, tables=tables, figures={}, notes=notes)
+    return ReportSection(title=title, tables=metrics_tables(results), notes=notes, methods=metrics_methods(results))

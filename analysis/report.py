@@ -1,73 +1,105 @@
-"""The study report: one self-contained HTML file plus every table as CSV, Parquet and JSON.
+"""The study report in two steps: :func:`compute_report` (pure: tables, figure data, methods text) then
+:func:`render_report` (HTML, tables, 300-dpi and vector figures, a zip; see :mod:`analysis.report_render`).
 
-``write_report`` runs the human-rating analyses (agreement, intra-rater reliability, the visual
-Turing test, per-model scores), adds an MRMC section when :mod:`analysis.mrmc` is available, and
-any ``extra_sections`` other parts plug in (e.g. automated image metrics). Everything shown comes
-from the ratings table, so every string is HTML-escaped; the page also carries a Content Security
-Policy that forbids scripts. Each table is stamped with how it was made (study config hash, n,
-seed, resamples, library versions, the caller's stamp) in ``tables/manifest.json``, in the JSON
-file and in the Parquet schema metadata.
+``write_report`` does both for a tidy ratings table; :func:`analysis.study_report.write_study_report` is the one
+entry the CLI and the coordinator console call for a study. The human-rating analyses (agreement,
+intra-rater reliability, the visual Turing test, per-model scores, MRMC) always run; ``extra_sections`` add
+automated metrics, expert-vs-metric comparisons, memorisation checks. Every section carries its own methods
+sentences, written from the objects that made its numbers (the statistics named in its tables, the bootstrap
+settings, the extractor stamp), so the Methods paragraph cannot drift from what was computed.
 """
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import datetime as dt
-import html
-import importlib
-import io
 import json
+import logging
 import platform
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import matplotlib
-import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis.agreement import BootstrapMethod, agreement_table, icc, intra_rater_reliability, ratings_matrix
-from analysis.scores import SCORE_QUESTIONS, friedman_table, model_comparisons, model_scores
+from analysis import report_render
+from analysis.agreement import (
+    BootstrapMethod,
+    agreement_table,
+    icc,
+    icc_unbalanced,
+    intra_rater_reliability,
+    ratings_matrix,
+)
+from analysis.mrmc import mrmc_report_section
+from analysis.scores import SCORE_QUESTIONS, friedman_table, model_comparisons, model_differences, model_scores
 from analysis.turing import DEFAULT_MAX_FAILURE_RATE, headline, turing_test
+from db.errors import InputError
 
-__all__ = ["ReportConfig", "ReportResult", "ReportSection", "write_report"]
+__all__ = [
+    "FigureSpec",
+    "ReportConfig",
+    "ReportContent",
+    "ReportResult",
+    "ReportSection",
+    "compute_report",
+    "render_report",
+    "write_report",
+]
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[..., object]
 """Called as ``progress(fraction, desc=step)`` (the signature of ``gradio.Progress``)."""
 
-MAX_HTML_ROWS = 200
 _COLUMNS = [
     "study_config_sha256", "item", "item_kind", "repeat_of", "case", "rater", "rater_name", "specialty",
     "years", "model", "generated_side", "position", "realism_generated", "realism_real", "accuracy_generated",
     "accuracy_real", "which_generated", "confidence", "correct", "cannot_assess",
 ]  # fmt: skip
+FigureKind = Literal["forest", "likert", "rater_accuracy", "confusion", "position_bias", "scatter"]
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """The data of one figure; :mod:`analysis.report_render` draws it (``kind`` names the drawing)."""
+
+    kind: FigureKind
+    data: pd.DataFrame
+    width: float = 7.0
+    height: float = 3.2
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ReportSection:
-    """A section of the report that another part of MedSynth plugs in.
+    """One section: tables, figures (specs, or ready matplotlib figures / PNG bytes), notes, methods.
 
     Attributes
     ----------
     title : str
+        A heading for readers.
     tables : dict of name to DataFrame
-        Written to ``tables/`` as CSV, Parquet and JSON and shown in the HTML (first rows).
-    figures : dict of name to matplotlib Figure or PNG bytes
-        Embedded as inline base64 PNG.
+        Written to ``tables/`` in full precision; shown rounded in the HTML.
+    figures : dict of name to FigureSpec, Figure or PNG bytes
     notes : list of str
-        Paragraphs shown above the tables (plain text; escaped).
+        Short findings and caveats shown under the heading.
+    methods : list of str
+        Sentences for the report's Methods paragraph (how this section's numbers were made).
+    captions : dict of name to str
+        Table / figure captions (default: a heading made from the name).
     """
 
     title: str
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    figures: dict[str, Figure | bytes] = field(default_factory=dict)
+    figures: dict[str, FigureSpec | Figure | bytes] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    captions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,7 +115,9 @@ class ReportConfig:
     max_failure_rate : float
         Attention failure rate above which a rater is flagged.
     include_mrmc : bool
-        Add the MRMC section when :mod:`analysis.mrmc` provides it.
+        Add the MRMC (Obuchowski-Rockette) section.
+    rater_labels : {"codes", "names"}
+        Show raters as stable codes R01, R02 ... (default; names stay out of the report) or by their names.
     """
 
     n_resamples: int = 1000
@@ -93,6 +127,19 @@ class ReportConfig:
     exclude_flagged_raters: bool = False
     max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE
     include_mrmc: bool = True
+    rater_labels: Literal["codes", "names"] = "codes"
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """Everything the report shows, computed and not yet written."""
+
+    title: str
+    summary: str
+    methods: list[str]
+    sections: list[ReportSection]
+    stamp: dict[str, Any]
+    level: float
 
 
 @dataclass(frozen=True)
@@ -105,10 +152,12 @@ class ReportResult:
     tables: dict[str, dict[str, Path]]
     sections: tuple[str, ...]
     seconds: float
+    figures_dir: Path | None = None
+    zip_path: Path | None = None
 
 
 # --------------------------------------------------------------------------------------------
-# Stamps and files
+# Helpers
 # --------------------------------------------------------------------------------------------
 
 
@@ -122,150 +171,64 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _safe_name(name: str, taken: set[str]) -> str:
-    """A file-system-safe, unique table file name."""
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "table"
-    candidate, number = base[:80], 2
-    while candidate in taken:
-        candidate, number = f"{base[:76]}_{number}", number + 1
-    taken.add(candidate)
-    return candidate
+def rater_label_map(ratings: pd.DataFrame, mode: Literal["codes", "names"] = "codes") -> dict[str, str]:
+    """Rater id -> R01, R02 ... (ids sorted, so labels are stable across reruns), or -> display name."""
+    ids = sorted(map(str, ratings["rater"].dropna().unique()))
+    codes = {rater: f"R{i:02d}" for i, rater in enumerate(ids, start=1)}
+    if mode == "codes":
+        return codes
+    names = ratings.drop_duplicates("rater").set_index(ratings.drop_duplicates("rater")["rater"].astype(str))
+    names_map = {rater: str(names.loc[rater, "rater_name"]) if "rater_name" in names else rater for rater in ids}
+    counts = pd.Series(list(names_map.values())).value_counts()
+    return {r: n if counts[n] == 1 else f"{n} ({codes[r]})" for r, n in names_map.items()}
 
 
-def _plain_frame(table: pd.DataFrame) -> pd.DataFrame:
-    """A copy with a default index (a meaningful index becomes columns) and string column names."""
-    frame = table.reset_index() if not isinstance(table.index, pd.RangeIndex) else table.copy()
-    frame.columns = [str(column) for column in frame.columns]
-    return frame
+def _relabel(section: ReportSection, labels: Mapping[str, str], drop_names: bool) -> None:
+    """Raters shown by their labels in every table, figure and note of a section."""
+    for name, table in list(section.tables.items()):
+        frame = table.copy()
+        for column in ("rater", "reader"):
+            if column in frame.columns:
+                frame[column] = frame[column].astype(str).map(lambda r: labels.get(r, r))
+        if drop_names and "rater_name" in frame.columns:
+            frame = frame.drop(columns="rater_name")
+        section.tables[name] = frame
+    for name, spec in list(section.figures.items()):
+        if isinstance(spec, FigureSpec) and "rater" in spec.data.columns:
+            data = spec.data.assign(rater=spec.data["rater"].astype(str).map(lambda r: labels.get(r, r)))
+            section.figures[name] = FigureSpec(spec.kind, data, spec.width, spec.height, spec.options)
+    notes = []
+    for note in section.notes:
+        for rater, label in labels.items():
+            note = note.replace(rater, label)
+        notes.append(note)
+    section.notes = notes
 
 
-def _write_parquet(frame: pd.DataFrame, path: Path, stamp: Mapping[str, Any]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        arrow = pa.Table.from_pandas(frame, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        mixed = frame.select_dtypes(include="object").columns
-        arrow = pa.Table.from_pandas(frame.astype(dict.fromkeys(mixed, "string")), preserve_index=False)
-    meta = dict(arrow.schema.metadata or {})
-    meta[b"medsynth.stamp"] = json.dumps(stamp, default=str).encode()
-    pq.write_table(arrow.replace_schema_metadata(meta), path)
-
-
-def _write_table(frame: pd.DataFrame, directory: Path, file_name: str, stamp: Mapping[str, Any]) -> dict[str, Path]:
-    paths = {kind: directory / f"{file_name}.{kind}" for kind in ("csv", "parquet", "json")}
-    frame.to_csv(paths["csv"], index=False)
-    _write_parquet(frame, paths["parquet"], stamp)
-    records = json.loads(frame.to_json(orient="records", double_precision=15, date_format="iso"))
-    document = {"stamp": stamp, "columns": list(frame.columns), "data": records}
-    paths["json"].write_text(json.dumps(document, default=str, indent=1), encoding="utf-8")
-    return paths
-
-
-# --------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------
-
-
-def _figure(width: float = 7.0, height: float = 3.6, left: float = 0.12, bottom: float = 0.18) -> Figure:
-    """A pyplot-free Agg figure with fixed margins (constrained layout is slow with many labels)."""
-    figure = Figure(figsize=(width, height), dpi=80)
-    FigureCanvasAgg(figure)
-    figure.subplots_adjust(left=left, bottom=bottom, right=0.97, top=0.9)
-    return figure
-
-
-def _png(figure: Figure | bytes) -> bytes:
-    if isinstance(figure, bytes):
-        return figure
-    buffer = io.BytesIO()
-    with matplotlib.rc_context({"text.parse_math": False}):
-        figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _agreement_figure(table: pd.DataFrame) -> Figure:
-    figure = _figure(7.0, 0.28 * max(len(table), 4) + 1.2, left=0.42, bottom=0.12)
-    axes = figure.add_subplot()
-    rows = table.dropna(subset=["estimate"]).reset_index(drop=True)
-    labels = [f"{q} / {s}" for q, s in zip(rows["question"], rows["statistic"], strict=True)]
-    y = np.arange(len(rows))
-    err = np.vstack([rows["estimate"] - rows["ci_low"], rows["ci_high"] - rows["estimate"]]).clip(min=0)
-    axes.errorbar(rows["estimate"], y, xerr=np.nan_to_num(err), fmt="o", capsize=3)
-    axes.set_yticks(y, labels, fontsize=7)
-    axes.axvline(0, color="grey", lw=0.8)
-    axes.set_xlabel("agreement (95% bootstrap CI)")
-    axes.set_title("Inter-rater agreement, all raters")
-    return figure
-
-
-def _score_distribution_figure(frame: pd.DataFrame) -> Figure:
-    figure = _figure(8.0, 3.4, left=0.08, bottom=0.3)
-    figure.subplots_adjust(right=0.9, wspace=0.35)
-    for index, question in enumerate(SCORE_QUESTIONS):
-        axes = figure.add_subplot(1, len(SCORE_QUESTIONS), index + 1)
-        normal = frame[frame["item_kind"] == "normal"]
-        series: dict[str, np.ndarray] = {
-            str(model): part[f"{question}_generated"].to_numpy(dtype=float, na_value=np.nan)
-            for model, part in normal.groupby("model", sort=True)
+def _likert_data(frame: pd.DataFrame) -> pd.DataFrame:
+    """Share of each score 1-5 per question and per model (and the real images)."""
+    normal = frame[frame["item_kind"] == "normal"]
+    rows = []
+    for question in SCORE_QUESTIONS:
+        series = {
+            str(m): part[f"{question}_generated"] for m, part in normal.groupby("model", sort=True, observed=True)
         }
-        series["real"] = normal[f"{question}_real"].to_numpy(dtype=float, na_value=np.nan)
-        bottom = np.zeros(len(series))
-        for score in range(1, 6):
-            share = np.array(
-                [np.mean(v[~np.isnan(v)] == score) if (~np.isnan(v)).any() else 0.0 for v in series.values()]
-            )
-            axes.bar(range(len(series)), share, bottom=bottom, label=str(score))
-            bottom += share
-        axes.set_xticks(range(len(series)), list(series), rotation=30, ha="right", fontsize=7)
-        axes.set_title(question)
-        axes.set_ylabel("share of ratings")
-    axes.legend(title="score", fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
-    return figure
+        series["Real images"] = normal[f"{question}_real"]
+        for group, values in series.items():
+            answered = pd.to_numeric(values, errors="coerce").dropna()
+            for score in range(1, 6):
+                share = float((answered == score).mean()) if len(answered) else 0.0
+                rows.append({"question": question, "group": group, "score": score, "share": share})
+    return pd.DataFrame(rows)
 
 
-def _turing_rater_figure(per_rater: pd.DataFrame) -> Figure:
-    rows = per_rater.sort_values("accuracy").reset_index(drop=True)
-    figure = _figure(7.0, 0.22 * max(len(rows), 6) + 1.2, left=0.18, bottom=0.12)
-    axes = figure.add_subplot()
-    y = np.arange(len(rows))
-    err = np.vstack([rows["accuracy"] - rows["ci_low"], rows["ci_high"] - rows["accuracy"]]).clip(min=0)
-    axes.errorbar(rows["accuracy"], y, xerr=np.nan_to_num(err), fmt="o", capsize=2)
-    axes.axvline(0.5, color="red", lw=1, label="chance")
-    axes.set_yticks(y, rows["rater"].astype(str).tolist(), fontsize=6)
-    axes.set_xlim(0, 1)
-    axes.set_xlabel("accuracy: which image is generated (95% exact CI)")
-    axes.legend(fontsize=7)
-    return figure
+def _statistic_list(table: pd.DataFrame, question: str) -> str:
+    stats = table.loc[table["question"] == question, "statistic"].dropna().unique()
+    return ", ".join(report_render.VALUE_LABELS.get(str(s), str(s)) for s in stats)
 
 
-def _confusion_figure(confusion: pd.DataFrame) -> Figure:
-    figure = _figure(4.2, 3.2, left=0.3, bottom=0.12)
-    axes = figure.add_subplot()
-    values = confusion.to_numpy(dtype=float)
-    axes.imshow(values, cmap="Blues")
-    for (row, column), value in np.ndenumerate(values):
-        axes.text(column, row, f"{int(value)}", ha="center", va="center")
-    axes.set_xticks([0, 1], ["answered left", "answered right"])
-    axes.set_yticks([0, 1], ["generated left", "generated right"])
-    axes.set_title("Turing test answers")
-    return figure
-
-
-def _position_bias_figure(per_rater: pd.DataFrame) -> Figure:
-    figure = _figure(7.0, 3.2, left=0.08, bottom=0.3)
-    axes = figure.add_subplot()
-    x = np.arange(len(per_rater))
-    axes.bar(x, per_rater["share_answered_right"], label="answered right")
-    axes.plot(x, per_rater["share_generated_right"], "k_", markersize=10, label="generated right")
-    axes.axhline(0.5, color="red", lw=1)
-    axes.set_xticks(x, per_rater["rater"].astype(str).tolist(), rotation=90, fontsize=6)
-    axes.set_ylim(0, 1)
-    axes.set_ylabel("share")
-    axes.set_title("Position bias per rater")
-    axes.legend(fontsize=7)
-    return figure
+def _pct(level: float) -> str:
+    return f"{round(level * 100)}%"
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,38 +236,76 @@ def _position_bias_figure(per_rater: pd.DataFrame) -> Figure:
 # --------------------------------------------------------------------------------------------
 
 
-def _mrmc_section(ratings: pd.DataFrame) -> ReportSection | None:
-    """The MRMC section if :mod:`analysis.mrmc` exists and offers ``mrmc_from_ratings``; else None."""
+def _mrmc_section(ratings: pd.DataFrame, level: float) -> ReportSection:
+    """The MRMC section (Obuchowski-Rockette with Hillis df) from :func:`analysis.mrmc.mrmc_report_section`."""
+    section = ReportSection("Multi-reader multi-case ROC analysis")
     try:
-        mrmc = importlib.import_module("analysis.mrmc")
-    except ImportError:
-        return None
-    if not hasattr(mrmc, "mrmc_from_ratings"):
-        return None
-    section = ReportSection("MRMC ROC analysis (Obuchowski-Rockette)")
-    try:
-        if hasattr(mrmc, "mrmc_report_section"):
-            parts = mrmc.mrmc_report_section(ratings)
-            section.tables.update({f"mrmc/{name}": table for name, table in parts.get("tables", {}).items()})
-            section.figures.update({f"mrmc/{name}": figure for name, figure in parts.get("figures", {}).items()})
-            section.notes.extend(str(note) for note in parts.get("notes", []))
-        else:
-            result = mrmc.mrmc_from_ratings(ratings)
-            section.tables.update({f"mrmc/{name}": table for name, table in result.tables().items()})
+        parts = mrmc_report_section(ratings, conf_level=level)
     except ValueError as error:  # a design the MRMC analysis cannot handle is reported, not fatal
         section.notes.append(f"MRMC analysis not possible: {error}")
+        return section
+    section.tables.update({f"mrmc/{name}": table for name, table in parts["tables"].items()})
+    section.figures.update({f"mrmc/{name}": figure for name, figure in parts["figures"].items()})
+    section.notes.extend(str(note) for note in parts["notes"])
+    for score in parts["results"]:
+        section.captions[f"mrmc/{score}/roc"] = f"Empirical ROC curves by model ({score} score), reader-averaged AUC"
+    designs: dict[str, list[str]] = {}  # scores analysed the same way share one sentence
+    for score, result in parts["results"].items():
+        how = (
+            f"Obuchowski-Rockette with Hillis degrees of freedom, {result.cov_method} covariance, design "
+            f"{result.design}, {len(result.readers)} readers x {len(result.tests)} models; random readers and cases"
+        )
+        designs.setdefault(how, []).append(score)
+    for how, scores in designs.items():
+        section.methods.append(
+            f"Discrimination of generated from real images ({' and '.join(scores)} score"
+            f"{'s' if len(scores) > 1 else ''}) was analysed as a multi-reader multi-case ROC study ({how})."
+        )
     return section
 
 
 def _icc_section_table(frame: pd.DataFrame) -> tuple[pd.DataFrame | None, str]:
-    rows = []
+    """The six ICC forms when every rater rated every item; else (K-of-N designs) the one-way random ICC of
+    the unbalanced data, which uses every rating instead of silently skipping ICC."""
+    rows, sparse = [], False
     for question in ("realism_generated", "accuracy_generated"):
         matrix = ratings_matrix(frame[frame["item_kind"] == "normal"], question)
         try:
             rows.append(icc(matrix.values).assign(question=question))
-        except ValueError as error:
-            return None, f"ICC not computed: {error}"
-    return pd.concat(rows, ignore_index=True), "ICC on the items every rater rated (listwise deletion)."
+        except ValueError:
+            sparse = True
+            try:
+                rows.append(icc_unbalanced(matrix.values).assign(question=question))
+            except ValueError as error:
+                return None, f"ICC not computed: {error}"
+    if sparse:
+        return pd.concat(rows, ignore_index=True), (
+            "Not every rater rated every item (a K-of-N design): ICC is the one-way random ICC(1) / ICC(1,k0) of "
+            "the unbalanced data (Searle's n0; Donner's F intervals), using every rating."
+        )
+    return pd.concat(rows, ignore_index=True), "ICC (six Shrout-Fleiss forms) on the crossed rater x item table."
+
+
+def _headline_section(frame: pd.DataFrame, config: ReportConfig) -> ReportSection:
+    """The study's answer first: can raters tell generated from real? Raters and pairs random, TOST too."""
+    overall = headline(frame, confidence_level=config.confidence_level, descriptive=True)
+    by_model = headline(frame, by="model", confidence_level=config.confidence_level)
+    methods = sorted({str(m) for m in overall["method"].dropna()} - {"pooled binomial (descriptive)"})
+    return ReportSection(
+        "Headline: can raters tell generated from real?",
+        tables={"turing_headline": overall, "turing_headline_by_model": by_model},
+        notes=[
+            "Accuracy of 'which image is generated?' (0.5 = chance = indistinguishable). Inference treats raters "
+            "AND pairs as random (method column); p_value tests accuracy = 0.5, p_equivalence (TOST) tests "
+            "|accuracy - 0.5| < 0.1. The pooled binomial row is descriptive only: it treats answers as independent."
+        ],
+        methods=[
+            "The headline visual Turing result is the share of correct answers to 'which image is generated?' on "
+            f"normal pairs, with raters and pairs as random effects ({'; '.join(methods) or 'see method column'}); "
+            "it is tested against chance (0.5) and, for indistinguishability, by two one-sided tests with an "
+            f"equivalence margin of 0.1 ({_pct(config.confidence_level)} intervals)."
+        ],
+    )
 
 
 def _analysis_frame(ratings: pd.DataFrame) -> pd.DataFrame:
@@ -314,170 +315,278 @@ def _analysis_frame(ratings: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(dict.fromkeys(text, "category"))
 
 
-def _analysis_sections(
-    frame: pd.DataFrame, config: ReportConfig, step: Callable[[str], None]
-) -> tuple[list[ReportSection], dict[str, Any]]:
-    boot = {
-        "n_resamples": config.n_resamples,
-        "seed": config.seed,
-        "method": config.method,
-        "confidence_level": config.confidence_level,
-    }
-    step("headline Turing result")
-    headline_section = ReportSection(
-        "Headline: can raters tell generated from real?",
-        tables={
-            "turing_headline": headline(frame, descriptive=True),
-            "turing_headline_by_model": headline(frame, by="model"),
-        },
-        notes=[
-            "Accuracy of 'which image is generated?' (0.5 = chance = indistinguishable). Inference treats raters "
-            "AND pairs as random (method column); p_value tests accuracy = 0.5, p_equivalence (TOST) tests "
-            "|accuracy - 0.5| < 0.1. The pooled binomial row is descriptive only: it treats answers as independent."
-        ],
-    )
+def _agreement_section(frame: pd.DataFrame, config: ReportConfig, step: Callable[[str], None]) -> ReportSection:
+    boot = {"n_resamples": config.n_resamples, "seed": config.seed, "method": config.method,
+            "confidence_level": config.confidence_level}  # fmt: skip
     step("agreement")
     overall = agreement_table(frame, **boot)
     step("agreement by model and specialty")
     by_model = agreement_table(frame, by="model", **boot)
     by_specialty = agreement_table(frame, by="specialty", **boot)
     icc_table, icc_note = _icc_section_table(frame)
-    agreement = ReportSection(
+    questions = list(dict.fromkeys(overall["question"].astype(str)))
+    by_stats: dict[str, list[str]] = {}
+    for question in questions:  # questions measured with the same statistics are named together
+        by_stats.setdefault(_statistic_list(overall, question), []).append(
+            report_render.VALUE_LABELS.get(question, question).lower()
+        )
+    by_question = "; ".join(f"{', '.join(qs)}: {stats}" for stats, qs in by_stats.items())
+    section = ReportSection(
         "Inter-rater agreement",
         tables={"agreement_overall": overall, "agreement_by_model": by_model, "agreement_by_specialty": by_specialty},
-        figures={"agreement": _agreement_figure(overall)},
-        notes=[
-            f"Items resampled (raters fixed), {config.n_resamples} {config.method} bootstrap resamples, "
-            f"seed {config.seed}. Normal items only. Scores: Krippendorff's alpha (ordinal), Fleiss' kappa, "
-            "Gwet's AC2 (quadratic weights), ICC(2,1) on complete items; which_generated: alpha (nominal), "
-            "Fleiss' kappa, Gwet's AC1.",
-            icc_note,
+        figures={"agreement": FigureSpec("forest", overall, 7.0, 0.3 * max(len(overall), 4) + 1.0)},
+        captions={"agreement": f"Inter-rater agreement, all raters ({_pct(config.confidence_level)} bootstrap CIs)"},
+        notes=[icc_note],
+        methods=[
+            f"Inter-rater agreement on normal items was estimated per question ({by_question}), overall, by model "
+            f"and by rater specialty, with {_pct(config.confidence_level)} {config.method} bootstrap confidence "
+            f"intervals from {config.n_resamples} resamples of items (raters fixed; seed {config.seed})."
         ],
     )
     if icc_table is not None:
-        agreement.tables["icc"] = icc_table
-    step("intra-rater reliability")
-    intra = ReportSection(
-        "Intra-rater reliability (repeat items)",
-        tables={"intra_rater": intra_rater_reliability(frame)},
-        notes=["Each repeat item is compared with the same rater's first answer; the Turing answer as correct/wrong."],
-    )
-    step("visual Turing test")
+        section.tables["icc"] = icc_table
+    return section
+
+
+def _turing_section(frame: pd.DataFrame, config: ReportConfig) -> ReportSection:
     turing = turing_test(
         frame, exclude_flagged_raters=config.exclude_flagged_raters, max_failure_rate=config.max_failure_rate
     )
     flagged = turing.attention.loc[turing.attention["flagged"], "rater"].astype(str).tolist()
-    turing_notes = [
-        "2AFC: accuracy_generated_right / _left = accuracy when the generated image was on the right / left; "
-        "d' = (z(H) - z(F)) / sqrt(2) with the log-linear correction. These tables are descriptive: their exact "
-        "binomial tests treat answers as independent (p_holm: Holm across rows); the headline section has the "
-        "inference. Accuracy near 0.5 means raters cannot tell the model's images from real ones.",
-        f"Raters flagged by attention checks: {', '.join(flagged) if flagged else 'none'}; "
-        + (
-            f"excluded from the Turing test: {', '.join(turing.excluded_raters) or 'none'}."
-            if config.exclude_flagged_raters
-            else "not excluded."
-        ),
+    excluded = (
+        f"excluded from the Turing test: {', '.join(turing.excluded_raters) or 'none'}."
+        if config.exclude_flagged_raters
+        else "not excluded."
+    )
+    notes = [
+        "accuracy_generated_right / _left: accuracy when the generated image was on the right / left. These "
+        "tables are descriptive: their exact binomial tests treat answers as independent (p_holm: Holm across "
+        "rows); the headline section has the inference.",
+        f"Raters flagged by attention checks: {', '.join(flagged) if flagged else 'none'}; {excluded}",
     ]
-    turing_section = ReportSection(
+    n_raters = int(turing.per_rater["rater"].nunique()) if len(turing.per_rater) else 0
+    return ReportSection(
         "Visual Turing test",
         tables=turing.tables(),
         figures={
-            "accuracy_by_rater": _turing_rater_figure(turing.per_rater),
-            "confusion": _confusion_figure(turing.confusion),
-            "position_bias": _position_bias_figure(turing.position_bias_per_rater),
+            "accuracy_by_rater": FigureSpec("rater_accuracy", turing.per_rater, 6.0, 0.25 * max(n_raters, 6) + 1.0),
+            "confusion": FigureSpec("confusion", turing.confusion, 3.6, 3.0),
+            "position_bias": FigureSpec("position_bias", turing.position_bias_per_rater, 7.0, 3.0),
         },
-        notes=turing_notes,
-    )
-    step("per-model scores")
-    scores = ReportSection(
-        "Per-model realism and accuracy",
-        tables={
-            "model_scores": model_scores(frame, n_resamples=config.n_resamples, seed=config.seed),
-            "model_comparisons": model_comparisons(frame),
-            "friedman": friedman_table(frame),
+        captions={
+            "accuracy_by_rater": "Accuracy of each rater at identifying the generated image (exact 95% CIs)",
+            "confusion": "Turing test answers by the side of the generated image",
+            "position_bias": "Share of 'right' answers per rater against the share of generated images on the right",
         },
-        figures={"score_distributions": _score_distribution_figure(frame)},
-        notes=[
-            "Means over ratings with item-bootstrap percentile CIs; the real images are the ceiling. "
-            "Comparisons on per-item (unpaired, Mann-Whitney, Cliff's delta) or per-case (paired, Wilcoxon, "
-            "rank-biserial) means, Holm-corrected per question and family."
+        notes=notes,
+        methods=[
+            f"Per rater and subgroup ({n_raters} raters), accuracy at identifying the generated image is described "
+            "with exact binomial tests and Clopper-Pearson intervals, Holm-adjusted across rows; accuracy when the "
+            "generated image was on the right and on the left, d′ and criterion c (log-linear correction) describe "
+            "position bias. Attention-check items (a deliberately broken generated image; 'cannot assess' is not a "
+            f"failure) flag raters with a failure rate above {config.max_failure_rate:g} and at least two misses."
         ],
     )
-    return [headline_section, agreement, intra, turing_section, scores], boot
 
 
-# --------------------------------------------------------------------------------------------
-# HTML
-# --------------------------------------------------------------------------------------------
-
-
-def _text(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _cell(value: object) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return "NA"
-    if isinstance(value, float | np.floating):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _html_table(frame: pd.DataFrame) -> str:
-    shown = frame.head(MAX_HTML_ROWS)
-    head = "".join(f"<th>{_text(column)}</th>" for column in shown.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_text(_cell(value))}</td>" for value in row) + "</tr>"
-        for row in shown.itertuples(index=False, name=None)
-    )
-    more = (
-        f'<p class="more">Showing {MAX_HTML_ROWS} of {len(frame)} rows; see the files for all.</p>'
-        if len(frame) > MAX_HTML_ROWS
-        else ""
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
-
-
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.5em}
-th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}.stamp{font-size:11px;color:#555}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0}.more{font-size:11px;color:#555}
-"""
-
-
-def _html(
-    title: str, stamp: Mapping[str, Any], sections: Sequence[ReportSection], files: Mapping[str, dict[str, Path]]
-) -> str:
-    shown = {key: value if isinstance(value, str) else json.dumps(value, default=str) for key, value in stamp.items()}
-    stamp_rows = "".join(f"<tr><th>{_text(key)}</th><td>{_text(value)}</td></tr>" for key, value in shown.items())
-    toc = "".join(f'<li><a href="#s{i}">{_text(s.title)}</a></li>' for i, s in enumerate(sections))
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'\">",
-        f"<title>{_text(title)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{_text(title)}</h1><table class='stamp'>{stamp_rows}</table><ol>{toc}</ol>",
+def _scores_section(frame: pd.DataFrame, config: ReportConfig) -> ReportSection:
+    comparisons = model_comparisons(frame)
+    tests = [report_render.VALUE_LABELS.get(str(t), str(t)) for t in comparisons["test"].dropna().unique()]
+    effects = [
+        report_render.VALUE_LABELS.get(str(e), str(e)) for e in comparisons["effect_size_kind"].dropna().unique()
     ]
-    for index, section in enumerate(sections):
-        parts.append(f"<section id='s{index}'><h2>{_text(section.title)}</h2>")
-        parts.extend(f"<p>{_text(note)}</p>" for note in section.notes)
-        for name, figure in section.figures.items():
-            encoded = base64.b64encode(_png(figure)).decode("ascii")
-            parts.append(f"<figure><img alt='{_text(name)}' src='data:image/png;base64,{encoded}'></figure>")
+    friedman = friedman_table(frame)
+    return ReportSection(
+        "Realism and accuracy by model",
+        tables={
+            "model_scores": model_scores(frame, n_resamples=config.n_resamples, seed=config.seed),
+            "model_differences": model_differences(frame, n_resamples=config.n_resamples, seed=config.seed),
+            "model_comparisons": comparisons,
+            "friedman": friedman,
+        },
+        figures={"score_distributions": FigureSpec("likert", _likert_data(frame), 7.0, 2.6)},
+        captions={
+            "score_distributions": "Distribution of 1-5 ratings of realism and accuracy, by model and for real images"
+        },
+        notes=["The real images are the ceiling each model is compared with."],
+        methods=[
+            f"Mean realism and accuracy (1-5) per model have item-bootstrap percentile CIs ({config.n_resamples} "
+            f"resamples, seed {config.seed}). Models were compared pairwise with {', '.join(tests) or 'no test'} "
+            f"tests on per-item or per-case means (effect sizes: {', '.join(effects) or 'none'}), Holm-corrected "
+            "within each question and family; model differences in Turing accuracy (MRMC Obuchowski-Rockette on the "
+            "2AFC answers) and in mean scores (raters x cases bootstrap) treat raters and cases as random"
+            + ("; all models together with the Friedman test and Kendall's W." if len(friedman) else ".")
+        ],
+    )
+
+
+def _analysis_sections(frame: pd.DataFrame, config: ReportConfig, step: Callable[[str], None]) -> list[ReportSection]:
+    """The built-in sections in report order (a headline section can be inserted at the front)."""
+    step("headline Turing result")
+    first = _headline_section(frame, config)
+    agreement = _agreement_section(frame, config, step)
+    step("intra-rater reliability")
+    intra = ReportSection(
+        "Intra-rater reliability (repeated items)",
+        tables={"intra_rater": intra_rater_reliability(frame)},
+        methods=[
+            "Repeated items were compared with the same rater's first answer (the Turing answer as correct/wrong)."
+        ],
+    )
+    step("visual Turing test")
+    turing = _turing_section(frame, config)
+    step("per-model scores")
+    scores = _scores_section(frame, config)
+    return [first, agreement, intra, turing, scores]
+
+
+def _summary(ratings: pd.DataFrame) -> str:
+    kinds = ratings.drop_duplicates("item")["item_kind"].astype(str).value_counts()
+    models = sorted(map(str, ratings["model"].dropna().unique()))
+    specialties = ratings.drop_duplicates("rater")["specialty"].astype(str).value_counts()
+    spec_text = ", ".join(f"{n} {s}" for s, n in specialties.items())
+    return (
+        f"{ratings['rater'].nunique()} raters ({spec_text}) gave {len(ratings)} ratings of "
+        f"{ratings['item'].nunique()} blinded pairs of a real and a generated image ({int(kinds.get('normal', 0))} "
+        f"normal, {int(kinds.get('attention', 0))} attention-check and {int(kinds.get('repeat', 0))} repeated items) "
+        f"from {len(models)} model{'s' if len(models) != 1 else ''}: {', '.join(models)}."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Compute, render
+# --------------------------------------------------------------------------------------------
+
+
+def compute_report(
+    ratings: pd.DataFrame,
+    *,
+    title: str,
+    stamp: Mapping[str, Any],
+    extra_sections: Sequence[ReportSection] = (),
+    config: ReportConfig | None = None,
+    step: Callable[[str], None] = lambda name: None,
+) -> ReportContent:
+    """Run every analysis and return the report's content; writes nothing (see :func:`render_report`)."""
+    config = config or ReportConfig()
+    missing = sorted(set(_COLUMNS) - set(ratings.columns))
+    if missing:
+        raise InputError(f"ratings table lacks columns {missing}; see docs/ratings-table.md")
+    if ratings.empty:
+        raise InputError("ratings table is empty; nothing to report")
+    frame = _analysis_frame(ratings)
+    sections = _analysis_sections(frame, config, step)
+    step("MRMC")
+    if config.include_mrmc:
+        sections.append(_mrmc_section(ratings, config.confidence_level))
+    sections.extend(extra_sections)
+    labels = rater_label_map(ratings, config.rater_labels)
+    for section in sections:
+        _relabel(section, labels, drop_names=config.rater_labels == "codes")
+    hashes = sorted(map(str, ratings["study_config_sha256"].dropna().unique()))
+    full_stamp = {
+        **stamp,
+        "study_config_sha256": hashes[0] if len(hashes) == 1 else hashes,
+        "n_ratings": len(ratings),
+        "n_raters": int(ratings["rater"].nunique()),
+        "n_items": int(ratings["item"].nunique()),
+        "bootstrap": {
+            "n_resamples": config.n_resamples,
+            "seed": config.seed,
+            "method": config.method,
+            "confidence_level": config.confidence_level,
+        },
+        "rater_labels": config.rater_labels,
+        "versions": _versions(),
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    methods = [_summary(ratings), *(sentence for section in sections for sentence in section.methods)]
+    return ReportContent(title, _summary(ratings), methods, sections, full_stamp, config.confidence_level)
+
+
+def render_report(
+    content: ReportContent, out_dir: Path, step: Callable[[str], None] = lambda name: None
+) -> ReportResult:
+    """Write ``report.html``, ``tables/``, ``figures/`` and ``report-files.zip`` under ``out_dir``."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    tables_dir, figures_dir = out_dir / "tables", out_dir / "figures"
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    step("writing tables")
+    taken: set[str] = set()
+    files: dict[str, dict[str, Path]] = {}
+    manifest: list[dict[str, Any]] = []
+    for index, section in enumerate(content.sections):
         for name, table in section.tables.items():
-            links = ", ".join(_text(f"tables/{path.name}") for path in files.get(f"{index}:{name}", {}).values())
-            parts.append(f"<h3>{_text(name)}</h3><p class='stamp'>{links}</p>{_html_table(_plain_frame(table))}")
-        parts.append("</section>")
-    parts.append("</body></html>")
-    return "".join(parts)
+            plain = report_render.plain_frame(table)
+            file_name = report_render.safe_name(name, taken)
+            table_stamp = {**content.stamp, "section": section.title, "table": name, "n_rows": len(plain)}
+            paths = report_render.write_table(plain, tables_dir, file_name, table_stamp)
+            files[f"{index}:{name}"] = paths
+            manifest.append({"files": {k: p.name for k, p in paths.items()}, "stamp": table_stamp})
+    manifest_path = tables_dir / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest, default=str, indent=1), encoding="utf-8")
+    step("drawing figures")
+    pngs: dict[str, bytes] = {}
+    written: list[Path] = []
+    taken_figures: set[str] = set()
+    for index, section in enumerate(content.sections):
+        for name, figure in report_render.section_figures(section).items():
+            paths = report_render.save_figure(figure, figures_dir, report_render.safe_name(name, taken_figures))
+            pngs[f"{index}:{name}"] = paths["png"].read_bytes()
+            written.extend(paths.values())
+    step("writing HTML")
+    html_path = out_dir / "report.html"
+    html_path.write_text(report_render.render_html(content, files, pngs), encoding="utf-8")
+    table_files = [p for paths in files.values() for p in paths.values()]
+    zip_path = report_render.zip_outputs(out_dir, [html_path, *written, *table_files, manifest_path])
+    return ReportResult(
+        html_path=html_path,
+        tables_dir=tables_dir,
+        manifest_path=manifest_path,
+        tables={paths["csv"].stem: paths for paths in files.values()},
+        sections=tuple(section.title for section in content.sections),
+        seconds=time.perf_counter() - started,
+        figures_dir=figures_dir,
+        zip_path=zip_path,
+    )
 
 
-# --------------------------------------------------------------------------------------------
-# Entry point
-# --------------------------------------------------------------------------------------------
+STEPS = ("agreement", "agreement by model and specialty", "intra-rater reliability", "visual Turing test",
+         "per-model scores", "MRMC", "writing tables", "drawing figures", "writing HTML")  # fmt: skip
+
+
+def progress_steps(
+    progress: Progress | None, total: int = len(STEPS)
+) -> tuple[Callable[[str], None], Callable[[], None]]:
+    """A ``step(name)`` callback over ``progress`` (or a tqdm bar when None) and a ``done()`` to close it."""
+    bar = None
+    if progress is None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="report", unit="step")
+    done = 0
+
+    def step(name: str) -> None:
+        nonlocal done
+        logger.info("report: %s", name)
+        if progress is not None:
+            progress(min(done / total, 0.99), desc=name)
+        elif bar is not None:
+            bar.set_description(name)
+            if done:
+                bar.update(1)
+        done += 1
+
+    def finish() -> None:
+        if progress is not None:
+            progress(1.0, desc="done")
+        if bar is not None:
+            bar.update(1)
+            bar.close()
+
+    return step, finish
 
 
 def write_report(
@@ -490,106 +599,27 @@ def write_report(
     progress: Progress | None = None,
     config: ReportConfig | None = None,
 ) -> ReportResult:
-    """Analyse a tidy ratings table and write ``out_dir/report.html`` and ``out_dir/tables/``.
+    """Analyse a tidy ratings table and write the report (:func:`compute_report` then :func:`render_report`).
 
     Parameters
     ----------
     ratings : pandas.DataFrame
         The tidy ratings table (docs/ratings-table.md).
     out_dir : Path
-        Created if missing; ``report.html``, ``tables/<name>.{csv,parquet,json}`` and
-        ``tables/manifest.json`` are (over)written.
+        Created if missing; ``report.html``, ``tables/``, ``figures/`` and ``report-files.zip`` are (over)written.
     title : str
         Page title (escaped).
     stamp : dict
         How the data were made (e.g. study name, export time); merged into every table's stamp.
     extra_sections : sequence of ReportSection
-        Sections from other parts (automated metrics, ...), appended after the built-in ones.
+        Sections from other parts (automated metrics, ...), after the built-in ones.
     progress : callable, optional
         Called as ``progress(fraction, desc=step)``; ``None`` shows a tqdm bar.
     config : ReportConfig, optional
-        Bootstrap size, seed, attention-check handling, MRMC on/off.
-
-    Returns
-    -------
-    ReportResult
     """
     started = time.perf_counter()
-    config = config or ReportConfig()
-    missing = sorted(set(_COLUMNS) - set(ratings.columns))
-    if missing:
-        raise ValueError(f"ratings table lacks columns {missing}; see docs/ratings-table.md")
-    if ratings.empty:
-        raise ValueError("ratings table is empty; nothing to report")
-    out_dir = Path(out_dir)
-    tables_dir = out_dir / "tables"
-    tables_dir.mkdir(parents=True, exist_ok=True)
-    steps = ["agreement", "agreement by model and specialty", "intra-rater reliability", "visual Turing test"]
-    steps += ["per-model scores", "MRMC", "writing tables", "writing HTML"]
-    bar = None
-    if progress is None:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(steps), desc="report", unit="step")
-    done = 0
-
-    def step(name: str) -> None:
-        nonlocal done
-        if progress is not None:
-            progress(done / len(steps), desc=name)
-        elif bar is not None:
-            bar.set_description(name)
-            if done:
-                bar.update(1)
-        done += 1
-
-    frame = _analysis_frame(ratings)
-    sections, boot = _analysis_sections(frame, config, step)
-    step("MRMC")
-    mrmc_section = _mrmc_section(ratings) if config.include_mrmc else None
-    if mrmc_section is not None:
-        sections.append(mrmc_section)
-    sections.extend(extra_sections)
-
-    step("writing tables")
-    hashes = sorted(map(str, ratings["study_config_sha256"].dropna().unique()))
-    base_stamp = {
-        **stamp,
-        "study_config_sha256": hashes[0] if len(hashes) == 1 else hashes,
-        "n_ratings": len(ratings),
-        "n_raters": int(ratings["rater"].nunique()),
-        "n_items": int(ratings["item"].nunique()),
-        "bootstrap": boot,
-        "versions": _versions(),
-        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    taken: set[str] = set()
-    files: dict[str, dict[str, Path]] = {}
-    manifest: list[dict[str, Any]] = []
-    for index, section in enumerate(sections):
-        for name, table in section.tables.items():
-            plain = _plain_frame(table)
-            file_name = _safe_name(name, taken)
-            table_stamp = {**base_stamp, "section": section.title, "table": name, "n_rows": len(plain)}
-            paths = _write_table(plain, tables_dir, file_name, table_stamp)
-            files[f"{index}:{name}"] = paths
-            manifest.append({"files": {k: p.name for k, p in paths.items()}, "stamp": table_stamp})
-    manifest_path = tables_dir / "manifest.json"
-    manifest_path.write_text(json.dumps(manifest, default=str, indent=1), encoding="utf-8")
-
-    step("writing HTML")
-    html_path = out_dir / "report.html"
-    html_path.write_text(_html(title, {**stamp, **base_stamp}, sections, files), encoding="utf-8")
-    if progress is not None:
-        progress(1.0, desc="done")
-    if bar is not None:
-        bar.update(1)
-        bar.close()
-    return ReportResult(
-        html_path=html_path,
-        tables_dir=tables_dir,
-        manifest_path=manifest_path,
-        tables={paths["csv"].stem: paths for paths in files.values()},
-        sections=tuple(section.title for section in sections),
-        seconds=time.perf_counter() - started,
-    )
+    step, finish = progress_steps(progress)
+    content = compute_report(ratings, title=title, stamp=stamp, extra_sections=extra_sections, config=config, step=step)
+    result = render_report(content, Path(out_dir), step)
+    finish()
+    return dataclasses.replace(result, seconds=time.perf_counter() - started)

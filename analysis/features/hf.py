@@ -180,3 +180,51 @@ class CLIPExtractor:
                 kwargs = {k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
                 outs.append(self._unit(self.model.get_text_features(**kwargs)).double().numpy())
         return np.concatenate(outs, axis=0)
+
+
+class BiomedCLIPExtractor:
+    """BiomedCLIP image features as the MEDVQA-GI 2025 organisers take them: the CLS hidden state.
+
+    ``__call__`` returns ``vision_model(pixel_values).last_hidden_state[:, 0, :]``: the CLS token after the
+    last transformer block, before the final layer norm and the projection, and NOT L2-normalised (768-d for
+    ViT-B/16). Load the organisers' checkpoint (``ikim-uk-essen/BiomedCLIP_ViT_patch16_224``, a transformers
+    port; ``trust_remote_code=True`` is needed for it and runs the checkpoint's own code) or any CLIP-style
+    transformers folder. The open_clip checkpoint (``microsoft/BiomedCLIP-...``) needs open_clip, which needs
+    torchvision and is not installed here: convert it to transformers format first.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, preprocess: Preprocess, name: str, backbone: str, batch_size: int = 32
+    ) -> None:
+        # A dual encoder (CLIPModel) or a vision-only wrapper (CLIPVisionModel) keeps the ViT in .vision_model.
+        self.vision = getattr(model, "vision_model", model).eval()
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.name = name
+        self.backbone = backbone
+        self.batch_size = batch_size
+        config = getattr(model.config, "vision_config", model.config)
+        self.dim = int(config.hidden_size)
+        self.weights_sha256 = state_dict_sha256(model)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | PathLike[str],
+        name: str = "biomedclip-cls",
+        batch_size: int = 32,
+        trust_remote_code: bool = False,
+    ) -> BiomedCLIPExtractor:
+        """Load by hub id (offline from the cache when HF_HUB_OFFLINE=1) or local folder."""
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+        preprocess = preprocess_from_config(_read_preprocessor_config(name_or_path))
+        return cls(model, preprocess, name, str(name_or_path), batch_size)
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vision(pixel_values=pixels).last_hidden_state[:, 0, :]
+
+    def __call__(self, images: ImageInput) -> np.ndarray:
+        """CLS hidden states (N, dim) in float64, unnormalised."""
+        return run_batched(self._forward, preprocess_batch(images, self.preprocess), self.batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from analysis.features.base import Preprocess
-from analysis.features.hf import IMAGENET_MEAN, IMAGENET_STD, CLIPExtractor, DINOv2Extractor
+from analysis.features.hf import IMAGENET_MEAN, IMAGENET_STD, BiomedCLIPExtractor, CLIPExtractor, DINOv2Extractor
 
 TINY_VOCAB = [
     "<s>",
@@ -117,3 +117,21 @@ def tiny_dinov2(seed: int = 0, hidden_size: int = 16) -> DINOv2Extractor:
         torch.manual_seed(seed)
         model = Dinov2Model(config)
     return DINOv2Extractor(model, _tiny_preprocess(), "dinov2-tiny-random", "tiny random DINOv2")
+
+
+def tiny_biomedclip(seed: int = 0, hidden_size: int = 24) -> BiomedCLIPExtractor:
+    """A 1-layer random CLIP vision tower (32-px images) read as BiomedCLIP: CLS hidden state, ``dim`` = hidden."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=TINY_SIZE,
+        patch_size=8,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIPVisionModel(config)
+    return BiomedCLIPExtractor(model, _tiny_preprocess(), "biomedclip-tiny-random", "tiny random CLIP vision tower")

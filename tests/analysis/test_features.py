@@ -156,3 +156,52 @@ def test_extractors_load_from_a_folder(tmp_path: Path) -> None:
     texts = ["polyp in the colon"]
     np.testing.assert_allclose(clip2.embed_texts(texts), clip.embed_texts(texts), atol=1e-6)
     assert clip2.name == "clip" and clip2.weights_sha256 == clip.weights_sha256
+
+
+# ------------------------------------------------------------------------- load_extractor and offline use
+
+
+def test_default_extractor_is_committed_and_works_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from analysis.features.handcrafted import HANDCRAFTED_DEFINITION
+    from analysis.features.registry import DEFAULT_EXTRACTOR, load_extractor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    extractor = load_extractor(DEFAULT_EXTRACTOR)
+    assert isinstance(extractor, FeatureExtractor) and extractor.name == "handcrafted-v1"
+    assert extractor.weights_sha256 == __import__("hashlib").sha256(HANDCRAFTED_DEFINITION.encode()).hexdigest()
+    images = [*_random_images(3, (50, 40), seed=1), Image.new("RGB", (50, 40), (90, 20, 20))]
+    feats = extractor(images)
+    assert feats.shape == (4, extractor.dim) and np.isfinite(feats).all()
+    np.testing.assert_array_equal(feats, extractor(images))
+    # A flat red image: the red histogram puts everything in one bin, the gradient histogram in bin 0.
+    assert feats[3, :48].reshape(3, 16).max(axis=1) == pytest.approx([1.0, 1.0, 1.0])
+    assert feats[3, 112] == pytest.approx(1.0)
+    assert not np.allclose(feats[0], feats[1])
+
+
+def test_missing_inception_weights_are_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import urllib.error
+
+    from analysis.features.registry import load_extractor
+    from db.errors import InputError
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty hub cache
+    monkeypatch.delenv("MEDSYNTH_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match=r"--extractor inception:/path/to/pt_inception-2015-12-05-6726825d\.pth"):
+        load_extractor("inception")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("MEDSYNTH_OFFLINE", raising=False)
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(InputError, match="could not download.*--extractor inception:"):
+        load_extractor("inception")
+    with pytest.raises(InputError, match="not found at"):
+        load_extractor(f"inception:{tmp_path / 'missing.pth'}")
+    with pytest.raises(InputError, match="unknown extractor"):
+        load_extractor("clip")
+    with pytest.raises(InputError, match="could not load the dinov2 checkpoint"):
+        load_extractor(f"dinov2:{tmp_path / 'no-such-folder'}")

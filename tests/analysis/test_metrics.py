@@ -12,16 +12,20 @@ import scipy.linalg
 import scipy.stats
 import torch
 from PIL import Image
+from scipy.spatial.distance import pdist
+from sklearn.metrics.pairwise import cosine_similarity
 from sklearn.metrics.pairwise import polynomial_kernel as sk_polynomial_kernel
+from sklearn.preprocessing import normalize
 
 from analysis.features import load_images
-from analysis.features.tiny import tiny_clip, tiny_dinov2
+from analysis.features.tiny import tiny_biomedclip, tiny_clip, tiny_dinov2
 from analysis.metrics import (
     FrechetDistance,
     _compute_fd,
     alignment_metric,
     bootstrap_ci,
     cmmd,
+    cmmd_bootstrap_ci,
     compare_models,
     diversity_by_group,
     equalize_n,
@@ -29,17 +33,18 @@ from analysis.metrics import (
     fd_score,
     feature_stats,
     frechet_distance,
-    human_metric_correlation,
+    human_metric_comparison,
     kid,
     kid_metric,
     mean_pairwise_distance,
-    medvqa_gi_scores,
+    medvqa_gi_2025,
     metrics_report_section,
     metrics_tables,
     ms_ssim,
     ms_ssim_diversity,
     ssim,
 )
+from db.errors import InputError
 
 torch.set_num_threads(1)
 
@@ -165,7 +170,7 @@ def test_kid_subset_never_larger_than_n_and_near_zero_for_same_distribution() ->
 # ---------------------------------------------------------------------------------------------- CMMD
 
 
-def test_cmmd_matches_direct_formula() -> None:
+def test_cmmd_matches_direct_numpy_mmd() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(12, 6)) * 4
     y = rng.normal(size=(9, 6)) * 4 + 2
@@ -173,11 +178,47 @@ def test_cmmd_matches_direct_formula() -> None:
     def k(p: np.ndarray, q: np.ndarray) -> float:
         return float(np.exp(-np.sum((p - q) ** 2) / (2 * 10.0**2)))
 
-    kxx = np.mean([[k(p, q) for q in x] for p in x])
-    kyy = np.mean([[k(p, q) for q in y] for p in y])
+    def off_diagonal_mean(p: np.ndarray) -> float:
+        return np.mean([k(p[i], p[j]) for i in range(len(p)) for j in range(len(p)) if i != j])
+
+    kxx, kyy = np.mean([[k(p, q) for q in x] for p in x]), np.mean([[k(p, q) for q in y] for p in y])
     kxy = np.mean([[k(p, q) for q in y] for p in x])
-    assert cmmd(x, y) == pytest.approx(1000 * (kxx + kyy - 2 * kxy), rel=1e-10)
-    assert cmmd(x, x) == pytest.approx(0.0, abs=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unbiased = 1000 * (off_diagonal_mean(x) + off_diagonal_mean(y) - 2 * kxy)
+        assert cmmd(x, y) == pytest.approx(unbiased, rel=1e-10)
+        assert cmmd(x, y, estimator="biased") == pytest.approx(1000 * (kxx + kyy - 2 * kxy), rel=1e-10)
+        assert cmmd(x, x, estimator="biased") == pytest.approx(0.0, abs=1e-9)
+        with pytest.raises(InputError, match="at least 2"):
+            cmmd(x[:1], y)
+
+
+def test_cmmd_unbiased_is_zero_on_one_distribution_at_n50() -> None:
+    """Two samples of one distribution: unbiased ~0 (mean over seeds inside its CI), biased clearly > 0."""
+    unbiased, biased, cis = [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed in range(20):
+            rng = np.random.default_rng(seed)
+            a = rng.normal(size=(100, 8)) * 3
+            x, y = a[:50], a[50:]
+            unbiased.append(cmmd(x, y))
+            biased.append(cmmd(x, y, estimator="biased"))
+            cis.append(cmmd_bootstrap_ci(x, y, n_boot=100, seed=seed))
+    mean = float(np.mean(unbiased))
+    low, high = np.mean(cis, axis=0)
+    assert low < mean < high and low < 0 < high
+    assert abs(mean) < 0.1 * np.mean(biased)
+    assert min(biased) > 0  # the V-statistic is positive even when the two distributions are equal
+
+
+def test_cmmd_warns_below_a_few_hundred_images() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.warns(UserWarning, match="N=40"):
+        cmmd(rng.normal(size=(40, 4)), rng.normal(size=(60, 4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cmmd(rng.normal(size=(300, 4)), rng.normal(size=(300, 4)))
 
 
 # ------------------------------------------------------------------------------------------ diversity
@@ -274,21 +315,124 @@ def test_alignment_on_tiny_random_clip_names_the_backbone() -> None:
 # ------------------------------------------------------------------------------------- MEDVQA-GI trio
 
 
-def test_medvqa_gi_scores_aggregate_per_prompt() -> None:
-    rng = np.random.default_rng(0)
-    real = rng.normal(size=(40, 4))
-    gen = {p: rng.normal(loc=i * 0.5, size=(30, 4)) for i, p in enumerate(["a", "a'", "b"])}
-    scores = medvqa_gi_scores(gen, real, paraphrase_groups=[["a", "a'"]])
-    fids = [frechet_distance(gen[p], real) for p in gen]
-    assert scores["fidelity"] == pytest.approx(np.mean([1000 / (1 + f) for f in fids]))
-    assert scores["agreement"] == pytest.approx(1000 / (1 + frechet_distance(gen["a"], gen["a'"])))
-    assert scores["diversity"] == pytest.approx(np.mean([mean_pairwise_distance(f) for f in gen.values()]))
-    assert (scores["n_prompts"], scores["min_n"]) == (3, 30)
-    same = medvqa_gi_scores({"a": real, "b": real}, {"a": real, "b": real}, [["a", "b"]])
-    assert same["fidelity"] == pytest.approx(1000.0) and same["agreement"] == pytest.approx(1000.0)
+def official_medvqa_gi_2025(
+    gen: dict[int, np.ndarray], real: dict[int, np.ndarray], first_half_only: bool
+) -> dict[str, float]:
+    """The published scoring (submission_task2.py of SushantGautam/MedVQA), written out from its formulas.
+
+    Prompts are paired (0, 1), (2, 3), ... in sorted order; ``first_half_only`` is the script's loop
+    ``range(0, len(prompts) // 2, 2)``; otherwise ``range(0, len(prompts), 2)``.
+    """
+
+    def fid(f1: np.ndarray, f2: np.ndarray) -> float:
+        s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+        covmean = scipy.linalg.sqrtm(s1 @ s2).real
+        return float(((f1.mean(0) - f2.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+    keys = sorted(gen)
+    stop = len(keys) // 2 if first_half_only else len(keys)
+    fids, agreements, diversities, all_gen, all_real = [], [], [], [], []
+    for i in range(0, stop, 2):
+        a, b = gen[keys[i]], gen[keys[i + 1]]
+        agreements.append(cosine_similarity(normalize(a), normalize(b)).mean())
+        diversities += [pdist(normalize(a)).mean(), pdist(normalize(b)).mean()]
+        ref = real[keys[i]]
+        fids.append((fid(a, ref) + fid(b, ref)) / 2)
+        all_gen += [*a, *b]
+        all_real += list(ref)
+    return {
+        "fidelity": float(np.mean(1000 / (1 + np.array(fids)))),
+        "agreement": float(np.mean(agreements)),
+        "diversity": float(np.mean(diversities)),
+        "FBD": fid(np.array(all_gen), np.array(all_real)),
+    }
+
+
+def paraphrase_fixture(dim: int, seed: int = 0) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """4 paraphrase pairs, 10 images per prompt; in each pair one prompt is much worse (shifted) than the other."""
+    rng = np.random.default_rng(seed)
+    gen, real = {}, {}
+    for pair in range(4):
+        ref = rng.normal(loc=pair, size=(12 + pair, dim))
+        real[2 * pair] = real[2 * pair + 1] = ref
+        gen[2 * pair] = rng.normal(loc=pair, scale=1.1, size=(10, dim))
+        gen[2 * pair + 1] = rng.normal(loc=pair + 2.0 + pair, scale=0.6, size=(10, dim))
+    return gen, real
+
+
+@pytest.mark.parametrize("script_quirk", [False, True])
+def test_medvqa_gi_2025_equals_the_published_formulas(script_quirk: bool) -> None:
+    gen, real = paraphrase_fixture(dim=6)  # N=10 > dim: covariances full rank, so sqrtm is exact too
+    pairs = [(2 * i, 2 * i + 1) for i in range(4)]
+    scores = medvqa_gi_2025(gen, real, pairs, script_quirk=script_quirk)
+    reference = official_medvqa_gi_2025(gen, real, first_half_only=script_quirk)
+    got = scores.as_dict()
+    for key, value in reference.items():
+        assert got[key] == pytest.approx(value, rel=1e-7), key
+    assert scores.n_pairs == (2 if script_quirk else 4) and scores.n_per_prompt == 10
+    # Fidelity averages FD over the pair before the transform: not the per-prompt mean of 1000/(1+FD).
+    per_prompt = np.mean([1000 / (1 + frechet_distance(gen[p], real[p])) for pair in pairs for p in pair])
+    assert script_quirk or scores.fidelity != pytest.approx(per_prompt, rel=1e-3)
+    # Agreement is a cosine similarity in [-1, 1], diversity is on unit vectors (<= 2).
+    assert -1 <= scores.agreement <= 1 and 0 < scores.diversity <= 2
+
+
+def test_medvqa_gi_2025_singular_covariances_match_the_script_closely() -> None:
+    gen, real = paraphrase_fixture(dim=32, seed=1)  # 10 images, 32-d: singular, as in the challenge (768-d)
+    pairs = [(2 * i, 2 * i + 1) for i in range(4)]
+    exact = medvqa_gi_2025(gen, real, pairs).as_dict()
+    reference = official_medvqa_gi_2025(gen, real, first_half_only=False)
+    for key in ("fidelity", "FBD"):
+        assert exact[key] == pytest.approx(reference[key], rel=1e-4), key
+    quirk = medvqa_gi_2025(gen, real, pairs, script_quirk=True).as_dict()
+    reference = official_medvqa_gi_2025(gen, real, first_half_only=True)
+    for key, value in reference.items():
+        assert quirk[key] == pytest.approx(value, rel=1e-9), key
+
+
+def test_medvqa_gi_2025_invariants() -> None:
+    rng = np.random.default_rng(3)
+    same = rng.normal(size=(10, 5))
+    # Generated == real: FD(A, A) = 0, so fidelity is the maximum 1000.
+    scores = medvqa_gi_2025({"a": same, "b": same}, {"a": same}, [("a", "b")])
+    assert scores.fidelity == pytest.approx(1000.0) and scores.per_pair["fd_a_b"].iloc[0] == pytest.approx(
+        0.0, abs=1e-9
+    )
+    # FBD is one FD of all generated images (A then B) against all real ones: 0 when they are the same set.
+    other = rng.normal(size=(10, 5))
+    both = np.vstack([same, other])
+    assert medvqa_gi_2025({"a": same, "b": other}, both, [("a", "b")]).fbd == pytest.approx(0.0, abs=1e-9)
+    # Ten copies of one direction: agreement 1, diversity 0; the norm does not matter (features are normalised).
+    one = np.tile(rng.normal(size=(1, 5)), (10, 1))
+    collapsed = medvqa_gi_2025({"a": one, "b": 3 * one}, same, [("a", "b")])
+    assert collapsed.agreement == pytest.approx(1.0) and collapsed.diversity == pytest.approx(0.0, abs=1e-12)
+    # Agreement and diversity ignore the scale of the features; fidelity does not.
+    scaled = medvqa_gi_2025({"a": 2 * same, "b": same[::-1]}, same, [("a", "b")])
+    plain = medvqa_gi_2025({"a": same, "b": same[::-1]}, same, [("a", "b")])
+    assert scaled.agreement == pytest.approx(plain.agreement) and scaled.diversity == pytest.approx(plain.diversity)
+    assert scaled.fidelity < plain.fidelity
+    with pytest.raises(InputError, match="10 per prompt"):
+        medvqa_gi_2025({"a": same[:9], "b": same}, same, [("a", "b")])
+    with pytest.raises(InputError, match="no real features"):
+        medvqa_gi_2025({"a": same, "b": same}, {"b": same}, [("a", "b")])
+    with pytest.raises(InputError, match="no generated features"):
+        medvqa_gi_2025({"a": same}, same, [("a", "b")])
     assert fd_score(0.0) == 1000.0
-    with pytest.raises(ValueError, match="no real features"):
-        medvqa_gi_scores(gen, {"a": real})
+
+
+def test_biomedclip_extractor_returns_the_unnormalised_cls_hidden_state() -> None:
+    extractor = tiny_biomedclip(hidden_size=24)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 40, 48, 3), dtype=np.uint8)
+    feats = extractor(images)
+    assert feats.shape == (3, 24) and extractor.dim == 24
+    from analysis.features import preprocess_batch
+
+    with torch.inference_mode():
+        out = extractor.model(pixel_values=preprocess_batch(images, extractor.preprocess))
+    np.testing.assert_allclose(feats, out.last_hidden_state[:, 0, :].double().numpy(), rtol=1e-6)
+    assert not np.allclose(np.linalg.norm(feats, axis=1), 1.0)  # not the projected unit-norm embedding
+    assert not np.allclose(feats, out.pooler_output.double().numpy())  # before the final layer norm
 
 
 # --------------------------------------------------------------------------------- N, CIs and stamps
@@ -332,8 +476,8 @@ def test_metric_results_are_stamped_and_tabled_per_extractor() -> None:
     row = tables["metrics_clip-tiny-random"].iloc[0]
     assert row["subset_size"] == 30 and row["n_a"] == 60 and "version_torch" in row.index
     section = metrics_report_section([fd, kd])
-    section_tables = section["tables"] if isinstance(section, dict) else section.tables
-    assert set(section_tables) == set(tables)
+    assert set(section.tables) == set(tables)
+    assert "dinov2-tiny-random" in section.methods[0] and "N = 60 generated" in section.methods[0]
 
 
 def test_compare_models_uses_equal_n() -> None:
@@ -346,22 +490,63 @@ def test_compare_models_uses_equal_n() -> None:
     assert fd["bad"] > fd["good"]
 
 
-def test_human_metric_correlation_matches_scipy_spearman() -> None:
-    rng = np.random.default_rng(0)
-    models = [f"m{i}" for i in range(6)]
-    ratings = pd.DataFrame(
-        {"model": np.repeat(models, 5), "realism_generated": pd.array(rng.integers(1, 6, 30), dtype="Int64")}
-    ).sample(frac=1.0, random_state=0)
-    metric_table = pd.DataFrame({"model": models[::-1], "FD_inception": rng.normal(size=6), "note": "x"})
-    out = human_metric_correlation(ratings, metric_table, level="model")
-    human = ratings.groupby("model")["realism_generated"].mean().astype(float)
-    aligned = metric_table.set_index("model").loc[human.index, "FD_inception"]
-    ref = scipy.stats.spearmanr(human.to_numpy(), aligned.to_numpy())
-    assert list(out["metric"]) == ["FD_inception"]
-    assert out["rho"].iloc[0] == pytest.approx(ref.statistic) and out["p_value"].iloc[0] == pytest.approx(ref.pvalue)
-    assert out["n"].iloc[0] == 6
-    with pytest.raises(ValueError, match="lacks column"):
-        human_metric_correlation(ratings, metric_table, level="prompt")
+def _expert_ratings(n_cases: int, models: list[str], seed: int, signal: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """3 raters x n_cases x models ratings whose realism follows a latent per-image quality (times ``signal``)."""
+    rng = np.random.default_rng(seed)
+    rows, images = [], []
+    for m, model in enumerate(models):
+        for c in range(n_cases):
+            quality = rng.normal() + 0.5 * m
+            images.append({"generated_image": f"g-{model}-{c}", "quality": quality})
+            for rater in range(3):
+                score = int(np.clip(np.rint(3 + signal * quality + rng.normal(scale=0.7)), 1, 5))
+                image = f"g-{model}-{c}"
+                row = {"item_kind": "normal", "case": f"c{c}", "model": model, "generated_image": image}
+                rows.append(row | {"rater": f"r{rater}", "realism_generated": score, "accuracy_generated": 6 - score})
+    ratings = pd.DataFrame(rows).astype({"realism_generated": "Int64", "accuracy_generated": "Int64"})
+    return ratings, pd.DataFrame(images)
+
+
+def test_human_metric_comparison_matches_scipy_and_ranks_models() -> None:
+    ratings, images = _expert_ratings(20, ["a", "b", "c"], seed=0, signal=1.0)
+    # A per-image metric where lower is better (like a distance to the nearest real image).
+    image_metrics = images.assign(metric="nn", value=-images["quality"], lower_is_better=True)
+    model_metrics = pd.DataFrame({"model": ["a", "b", "c"], "metric": "FD", "value": [30.0, 20.0, 10.0],
+                                  "lower_is_better": True})  # fmt: skip
+    out = human_metric_comparison(ratings, model_metrics, image_metrics.drop(columns="quality"), n_boot=200, seed=1)
+    human = ratings.groupby("generated_image")["realism_generated"].mean().astype(float)
+    ref = image_metrics.set_index("generated_image").loc[human.index, "value"]
+    row = out.per_case.set_index(["metric", "question", "model"]).loc[("nn", "realism", "all models")]
+    assert row["spearman_rho"] == pytest.approx(scipy.stats.spearmanr(ref, human).statistic)
+    assert row["kendall_tau"] == pytest.approx(scipy.stats.kendalltau(ref, human).statistic)
+    assert row["spearman_ci_low"] < row["spearman_rho"] < row["spearman_ci_high"] < 0  # lower distance, more real
+    assert (row["n_images"], row["n_cases"]) == (60, 20)
+    assert set(out.per_case["model"]) == {"all models", "a", "b", "c"}
+    again = human_metric_comparison(ratings, model_metrics, image_metrics.drop(columns="quality"), n_boot=200, seed=1)
+    pd.testing.assert_frame_equal(out.per_case, again.per_case)
+    rank = out.ranking.set_index(["metric", "question"]).loc[("FD", "realism")]
+    assert rank["expert_order"] == "c > b > a" and rank["metric_order"] == "c > b > a" and rank["same_order"]
+    assert rank["kendall_tau_orders"] == pytest.approx(1.0)
+    model_row = out.per_model.set_index(["metric", "question"]).loc[("FD", "realism")]
+    assert model_row["spearman_rho"] == pytest.approx(1.0) and model_row["n_models"] == 3
+    assert set(out.scatter["level"]) == {"image", "model"}
+    two = human_metric_comparison(ratings[ratings["model"] != "c"], model_metrics, None, n_boot=50)
+    assert np.isnan(two.per_model["spearman_rho"]).all() and len(two.ranking) == 2  # 2 models: order only
+    with pytest.raises(InputError, match="lacks column"):
+        human_metric_comparison(ratings.drop(columns="case"), model_metrics)
+
+
+@pytest.mark.slow
+def test_human_metric_case_bootstrap_ci_holds_its_level_under_independence() -> None:
+    covered = 0
+    n_sims = 40
+    for seed in range(n_sims):
+        ratings, images = _expert_ratings(25, ["a"], seed=seed, signal=1.0)
+        noise = np.random.default_rng(1000 + seed).normal(size=len(images))  # unrelated to the experts
+        metric = images.assign(metric="m", value=noise, lower_is_better=False).drop(columns="quality")
+        row = human_metric_comparison(ratings, None, metric, n_boot=100, seed=seed).per_case.iloc[0]
+        covered += row["spearman_ci_low"] <= 0 <= row["spearman_ci_high"]
+    assert covered / n_sims >= 0.85  # nominal 0.95; percentile bootstrap at 25 cases is a little liberal
 
 
 # ------------------------------------------------------------------------------------- end to end

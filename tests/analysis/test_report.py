@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import json
+import re
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from analysis.report import ReportConfig, ReportSection, write_report
+from analysis.report_render import display_table, format_number, format_p
 from analysis.synthetic import synthetic_ratings
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -33,7 +36,7 @@ def test_report_writes_html_and_stamped_tables(frame: pd.DataFrame, tmp_path: Pa
         config=FAST,
     )
     page = result.html_path.read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") >= 5
+    assert page.count("data:image/png;base64,") >= 5 and "<h2 id='methods'>Methods</h2>" in page
     assert "Visual Turing test" in page and "Inter-rater agreement" in page
     assert result.sections[0].startswith("Headline")  # the report leads with the headline Turing table
     lead = pd.read_csv(result.tables["turing_headline"]["csv"])
@@ -86,27 +89,50 @@ def test_hostile_strings_are_escaped(frame: pd.DataFrame, tmp_path: Path) -> Non
     assert all("<" not in path.name for paths in result.tables.values() for path in paths.values())
 
 
-def test_mrmc_section_is_optional(frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_import = importlib.import_module
-
-    def without_mrmc(name: str, *args: object) -> object:
-        if name == "analysis.mrmc":
-            raise ImportError("no MRMC here")
-        return real_import(name, *args)
-
-    with_mrmc = ReportConfig(n_resamples=50, seed=3, include_mrmc=True)
-    monkeypatch.setattr(importlib, "import_module", without_mrmc)
-    result = write_report(frame, tmp_path, title="t", stamp={}, progress=lambda *a, **k: None, config=with_mrmc)
-    assert not any("MRMC" in title for title in result.sections)
-
-
-def test_mrmc_section_is_included_when_available(frame: pd.DataFrame, tmp_path: Path) -> None:
-    mrmc = pytest.importorskip("analysis.mrmc")
-    if not hasattr(mrmc, "mrmc_from_ratings"):
-        pytest.skip("analysis.mrmc has no mrmc_from_ratings yet")
+def test_mrmc_section_is_included(frame: pd.DataFrame, tmp_path: Path) -> None:
     config = ReportConfig(n_resamples=50, seed=3, include_mrmc=True)
     result = write_report(frame, tmp_path, title="t", stamp={}, progress=lambda *a, **k: None, config=config)
-    assert any("MRMC" in title for title in result.sections)
+    assert any("multi-case ROC" in title for title in result.sections)
+    assert (tmp_path / "figures" / "mrmc_realism_roc.svg").is_file()
+
+
+def test_report_is_paper_ready(frame: pd.DataFrame, tmp_path: Path) -> None:
+    """300-dpi PNG + SVG figures, a zip, rater codes, human headings, formatted numbers, generated methods."""
+    result = write_report(frame, tmp_path, title="t", stamp={}, progress=lambda *a, **k: None, config=FAST)
+    page = result.html_path.read_text(encoding="utf-8")
+    pngs = sorted((tmp_path / "figures").glob("*.png"))
+    assert len(pngs) >= 5 and all(p.with_suffix(".svg").is_file() for p in pngs)
+    with Image.open(pngs[0]) as image:
+        assert round(image.info["dpi"][0]) == 300
+    with zipfile.ZipFile(result.zip_path) as archive:
+        names = set(archive.namelist())
+    assert "report.html" in names and "tables/manifest.json" in names and f"figures/{pngs[0].name}" in names
+    # Raters are R01 ... in tables and on the page; names and ids stay out of the page.
+    per_rater = pd.read_csv(result.tables["turing_per_rater"]["csv"])
+    assert set(per_rater["rater"]) == {f"R{i:02d}" for i in range(1, 6)} and "rater_name" not in per_rater
+    assert "rater-000" not in page and "Rater 0" not in page
+    # Human headings and journal number formats.
+    assert "Inter-rater agreement by model" in page and "agreement_by_model</h3>" not in page
+    assert "Krippendorff&#x27;s α (ordinal)" in page and "e-1" not in page and ">-0.000<" not in page
+    assert re.search(r"<td>(&lt; 0\.001|0\.\d{3})</td>", page)
+    # The methods paragraph comes from the objects: resamples, seed, the statistics in the tables.
+    methods = page[page.index("<h2 id='methods'>") : page.index("<ol class='toc'>")]
+    assert "50 resamples" in methods and "seed 3" in methods and "Fleiss" in methods and "Clopper-Pearson" in methods
+
+
+def test_number_formats() -> None:
+    assert [format_p(v) for v in (3.799e-17, 0.0004, 0.0123, float("nan"))] == ["< 0.001", "< 0.001", "0.012", "–"]
+    assert [format_number(v) for v in (3.799e-17, -1e-9, 12.3456, 1234.56, 7.0, -0.5)] == [
+        "0.000", "0.000", "12.35", "1234.6", "7", "−0.500",
+    ]  # fmt: skip
+
+
+def test_empty_groups_are_omitted_with_a_note() -> None:
+    table = pd.DataFrame({"group": ["a", "b", "c"], "estimate": [0.5, float("nan"), float("nan")],
+                          "ci_low": [0.1, None, None], "ci_high": [0.9, None, None]})  # fmt: skip
+    shown, notes = display_table(table)
+    assert len(shown) == 1 and "2 rows without an estimate omitted" in notes[0] and "b, c" in notes[0]
+    assert shown.iloc[0]["95% CI"] == "[0.100, 0.900]"
 
 
 def test_missing_columns_are_named(frame: pd.DataFrame, tmp_path: Path) -> None:
