@@ -114,7 +114,7 @@ def test_report_is_paper_ready(frame: pd.DataFrame, tmp_path: Path) -> None:
     # Human headings and journal number formats.
     assert "Inter-rater agreement by model" in page and "agreement_by_model</h3>" not in page
     assert "Krippendorff&#x27;s α (ordinal)" in page and "e-1" not in page and ">-0.000<" not in page
-    assert re.search(r"<td>(&lt; 0\.001|0\.\d{3})</td>", page)
+    assert re.search(r"<td[^>]*>(&lt; 0\.001|0\.\d{3})</td>", page)
     # The methods paragraph comes from the objects: resamples, seed, the statistics in the tables.
     methods = page[page.index("<h2 id='methods'>") : page.index("<ol class='toc'>")]
     assert "50 resamples" in methods and "seed 3" in methods and "Fleiss" in methods and "Clopper-Pearson" in methods
