@@ -2,27 +2,38 @@
 
 This module only parses arguments and hands over to the packages: ``db`` (data, studies, exports),
 ``generation`` (models, training, generation), ``evalapp`` (the Gradio app) and ``analysis`` (reports).
-A user mistake prints one ``error:`` line and exits with status 2, never a traceback.
+A user mistake (a :class:`db.errors.MedSynthError`: bad input, unknown name, unreachable database or network)
+prints one ``error:`` line and exits with status 2; anything else is a bug: it is logged and raised with its
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from db.errors import MedSynthError
 from db.settings import DEFAULT_DATA_DIR
+
+if TYPE_CHECKING:
+    from db.jobs import Worker
+    from db.workspace import Workspace
+
+log = logging.getLogger("medsynth.cli")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _workspace(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _workspace(args: argparse.Namespace) -> Workspace:
     from db.workspace import Workspace
 
     return Workspace.open(args.db, args.data_dir)
@@ -39,12 +50,32 @@ def _base_url(args: argparse.Namespace) -> str:
 # ------------------------------------------------------------------------------------------------ serve
 
 
+def build_worker(ws: Workspace) -> Worker:
+    """The app's background worker on the database, with every job kind registered before anything is served:
+    ``generate``, ``compare`` and ``report`` on the batch lane, ``demo`` on the live lane."""
+    from analysis.jobs import register_analysis_jobs
+    from db.jobs import DbJobStore, Worker
+    from generation.worker import register_generation_jobs
+
+    worker = Worker(DbJobStore(ws.database), workspace=ws)
+    register_generation_jobs(worker)
+    register_analysis_jobs(worker)
+    return worker
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the Gradio app (raters, coordinators, live demo)."""
     from evalapp.server import serve
 
     ws = _workspace(args)
-    serve(ws, host=args.host, port=args.port, demo=not args.no_demo, root_url=args.root_url)
+    notice = ""
+    if not args.no_demo:  # the built-in demo study is built on the first start (or reused)
+        from generation.demo_study import ensure_demo
+
+        base = (args.root_url or f"http://{args.host}:{args.port}").rstrip("/")
+        notice = ensure_demo(ws).describe(base)
+    serve(ws, host=args.host, port=args.port, demo=not args.no_demo, root_url=args.root_url,
+          worker=build_worker(ws), notice=notice)  # fmt: skip
     return 0
 
 
@@ -370,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"data folder: media store, default database (env MEDSYNTH_DATA; default {DEFAULT_DATA_DIR})",
     )
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                        help="log messages of this level and above to stderr (default warning; info shows jobs)")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
 
     def add(name: str, handler: Handler, help_text: str, parent=sub) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
@@ -529,15 +562,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
         args = parser.parse_args([*(argv or sys.argv[1:]), "serve"])
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)
-    except (MedSynthError, ValueError, FileNotFoundError, ImportError) as exc:
-        # User mistakes (bad names, files, settings) are reported in one line; bugs still raise.
+    except MedSynthError as exc:  # a problem the user can fix: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if _is_network_error(exc):
+            print(f"error: the network is unreachable or switched off (HF_HUB_OFFLINE): {_first_line(exc)}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        log.exception("bug: %s failed with %s", getattr(args, "command", "serve"), type(exc).__name__)
+        raise  # a bug: the traceback is the report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a failed download or connection, not a bug."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionError | TimeoutError | socket.gaierror):
+            return True
+        kind = type(seen)
+        if kind.__module__.split(".")[0] in {"huggingface_hub", "requests", "urllib3", "httpx", "httpcore"} and any(
+            word in kind.__name__ for word in ("Connect", "Offline", "Timeout", "LocalEntryNotFound", "Network")
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 if __name__ == "__main__":

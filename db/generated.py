@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.errors import InputError, NotFoundError
+from db.errors import ConflictError, InputError, NotFoundError
 from db.importers import ensure_image_rows
 from db.media import MediaStore
 from db.models import Case, Dataset, GeneratedImage, Model, ModelKind
@@ -62,18 +62,28 @@ def register_model(
     source: str,
     parameters: dict[str, Any] | None = None,
     replace: bool = False,
+    exist_ok: bool = False,
 ) -> Model:
-    """Register (or with ``replace``, update) a model."""
+    """Register a model; with ``replace`` update one of that name; with ``exist_ok`` return one of that name.
+
+    Raises
+    ------
+    ConflictError
+        If the name is taken (without ``replace`` / ``exist_ok``), or with ``exist_ok`` the model of that
+        name is of another kind (images imported as a folder cannot join a generator's images).
+    """
     if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
         raise InputError("a model name of 1-200 printable characters is required")
     try:
         kind = ModelKind(kind)
     except ValueError:
         raise InputError(f"unknown model kind {kind!r}; choose msdm, diffusers or folder") from None
-    model = session.scalar(select(Model).where(Model.name == name))
+    model = find_model(session, name)
+    if model is not None and exist_ok and not replace:
+        if model.kind != kind:
+            raise ConflictError(f"a model called {name!r} is registered as kind {model.kind.value}, not {kind.value}")
+        return model
     if model is not None and not replace:
-        from db.errors import ConflictError
-
         raise ConflictError(f"a model called {name!r} is already registered")
     if model is None:
         model = Model(name=name, kind=kind, source=source, parameters=parameters or {})
@@ -144,3 +154,18 @@ def record_generated_image(
             if prior is None:
                 raise
             return prior.id
+
+
+def generatable_model_names(session: Session) -> list[str]:
+    """Names of registered models that can make images here (not imported folders), by name."""
+    return list(session.scalars(select(Model.name).where(Model.kind != ModelKind.FOLDER).order_by(Model.name)))
+
+
+def dataset_names(session: Session) -> set[str]:
+    """Names of every imported dataset."""
+    return set(session.scalars(select(Dataset.name)))
+
+
+def find_model(session: Session, name: str) -> Model | None:
+    """The registered model called ``name``, or None."""
+    return session.scalar(select(Model).where(Model.name == name))

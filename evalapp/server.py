@@ -15,12 +15,10 @@ rater tokens never reach a log.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
@@ -32,8 +30,11 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from db.jobs import DbJobStore, Worker
 from db.workspace import Workspace
 from evalapp import auth
+from evalapp.coordinator_view import build_coordinator_tab
+from evalapp.demo_view import build_demo_tab
 from evalapp.media_routes import install_media_routes
 from evalapp.rater_view import build_rater_blocks, page_assets
 
@@ -57,8 +58,15 @@ class AppContext:
     secret_key: bytes = b""
     base_url: str = "http://127.0.0.1:7860"
     login_failure_delay_s: float = 1.0
-    views: tuple[str, ...] = ("coordinator", "demo")  # optional views to mount (when their modules exist)
+    #: the background worker with every job kind registered (``app.build_worker``); a bare one if None
+    worker: Worker | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def jobs(self) -> Worker:
+        """The started background worker (a bare one on the database if the caller wired none in)."""
+        if self.worker is None:
+            self.worker = Worker(DbJobStore(self.workspace.database), workspace=self.workspace)
+        return self.worker.start()
 
     def rater_link(self, token: str) -> str:
         """The personal link of a rater holding ``token``."""
@@ -135,17 +143,6 @@ class RedactQueryFilter(logging.Filter):
 # ----------------------------------------------------------------------------------------------- assembly
 
 
-def optional_builder(module: str, name: str) -> Callable[[AppContext], Any] | None:
-    """``module.name`` if that module exists (views by other engineers plug in here), else None."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return None
-        raise
-    return getattr(mod, name)
-
-
 def _mount(app: FastAPI, blocks: gr.Blocks, path: str, *, css: str = "", head: str = "") -> None:
     blocks.queue(api_open=False, default_concurrency_limit=4, max_size=512)
     gr.mount_gradio_app(
@@ -182,18 +179,14 @@ def build_app(ctx: AppContext) -> FastAPI:
 
     install_media_routes(app, ctx.workspace.database, ctx.workspace.store)
     pages = ["/"]
-    coordinator = (
-        optional_builder("evalapp.coordinator_view", "build_coordinator_tab") if "coordinator" in ctx.views else None
-    )
-    if coordinator is not None:
-        with gr.Blocks(title="MedSynth coordinator", analytics_enabled=False) as blocks:
-            coordinator(ctx)
-        _mount(app, blocks, COORDINATOR_PATH)
-        pages += [COORDINATOR_PATH, COORDINATOR_PATH + "/"]
-    demo = optional_builder("evalapp.demo_view", "build_demo_tab") if ctx.demo_enabled and "demo" in ctx.views else None
-    if demo is not None:
+    ctx.jobs()  # every job kind is registered and queued jobs run before a request arrives
+    with gr.Blocks(title="MedSynth coordinator", analytics_enabled=False) as blocks:
+        build_coordinator_tab(ctx)
+    _mount(app, blocks, COORDINATOR_PATH)
+    pages += [COORDINATOR_PATH, COORDINATOR_PATH + "/"]
+    if ctx.demo_enabled:
         with gr.Blocks(title="MedSynth demo", analytics_enabled=False) as blocks:
-            demo(ctx)
+            build_demo_tab(ctx)
         _mount(app, blocks, DEMO_PATH)
         pages += [DEMO_PATH, DEMO_PATH + "/"]
     rater_blocks, _ = build_rater_blocks()
@@ -252,24 +245,21 @@ def serve(
     port: int = 7860,
     demo: bool = False,
     root_url: str | None = None,
+    *,
+    worker: Worker | None = None,
+    notice: str = "",
 ) -> None:
     """Serve the app until interrupted. ``root_url`` is the public address used in rater links.
 
-    With ``demo`` the built-in demo study is built on first start (or reused) and its rater link and the
-    coordinator password are printed. The background worker (generation, reports, live demo) starts with
-    the server, so jobs queued before a restart run again.
+    ``worker`` carries every job kind (``app.build_worker`` registers generation, demo, compare and report);
+    it starts before the server accepts a request, so jobs queued before a restart run again. ``notice`` is
+    printed after the address (the demo study's links).
     """
     base = (root_url or f"http://{host}:{port}").rstrip("/")
-    ctx = AppContext(workspace=workspace, demo_enabled=demo, base_url=base)
-    if demo:
-        from generation.demo_study import ensure_demo
-
-        info = ensure_demo(workspace)
+    ctx = AppContext(workspace=workspace, demo_enabled=demo, base_url=base, worker=worker)
     app = build_app(ctx)
-    from evalapp.demo_view import background_worker
-
-    background_worker(ctx)
+    log.info("serving on %s with job kinds %s", base, ", ".join(sorted(ctx.jobs().handlers)) or "none")
     print(f"MedSynth is serving on {base}/ (coordinator: {base}{COORDINATOR_PATH}/)", flush=True)
-    if demo:
-        print(info.describe(base), flush=True)
+    if notice:
+        print(notice, flush=True)
     uvicorn.Server(uvicorn_config(app, host, port)).run()

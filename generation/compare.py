@@ -13,8 +13,8 @@ study. The run is a list of stages, in this order::
     report                     report.csv and report.html, side by side
     study                      the blinded study of those images                     (with a [study] table)
 
-Every finished stage is written to ``manifest.json`` in the output folder and as a ``jobs`` row
-(``kind = "compare"``) in the database, with a fingerprint of everything it depends on. A rerun skips a
+Every finished stage is written to ``manifest.json`` in the output folder and to the database's stage cache
+(``compare_stages``, :mod:`db.stages`), with a fingerprint of everything it depends on. A rerun skips a
 stage whose fingerprint is unchanged; a changed setting redoes that stage and every stage after it that
 depends on it. Inside a stage, training resumes from its last checkpoint and generation from the images
 already recorded, so an interrupted run loses at most one checkpoint interval. See ``docs/compare.md``.
@@ -28,6 +28,7 @@ import hashlib
 import html
 import io
 import json
+import logging
 import random
 import time
 import tomllib
@@ -38,10 +39,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from db.errors import InputError
+from db.stages import find_stage, record_stage
+
+log = logging.getLogger(__name__)
+
 ContenderKind = Literal["msdm", "lora", "registered"]
 CONTENDER_KINDS: tuple[str, ...] = ("msdm", "lora", "registered")
 MANIFEST_FILE = "manifest.json"
-JOB_KIND = "compare"
 Progress = Callable[[str], None]
 
 #: [generation] keys (also allowed in a contender's own [contenders.generation] table).
@@ -402,7 +407,7 @@ def fingerprint(*parts: Any) -> str:
 
 @dataclass
 class Manifest:
-    """The stage record of one comparison: ``manifest.json`` in the output folder plus ``jobs`` rows."""
+    """The stage record of one comparison: ``manifest.json`` in the output folder plus the ``compare_stages`` table."""
 
     path: Path
     database: Any
@@ -420,18 +425,14 @@ class Manifest:
         entry = self.stages.get(stage)
         if entry and entry.get("status") == "done" and entry.get("fingerprint") == stage_fingerprint:
             return entry["outputs"]
-        row = self._job(stage, stage_fingerprint)
-        if row is not None:
-            self.stages[stage] = row
+        outputs = find_stage(self.database, self.comparison, stage, stage_fingerprint)
+        if outputs is not None:
+            self.stages[stage] = {"status": "done", "fingerprint": stage_fingerprint, "outputs": outputs}
             self._write()
-            return row["outputs"]
-        return None
+        return outputs
 
     def record(self, stage: str, stage_fingerprint: str, outputs: dict[str, Any], started: float) -> None:
-        """Write a finished stage to the manifest and the database's ``jobs`` table."""
-        from db.models import Job, JobStatus, utcnow
-
-        now = utcnow()
+        """Write a finished stage to the manifest and the database's stage cache."""
         seconds = time.perf_counter() - started
         entry = {
             "status": "done",
@@ -442,38 +443,8 @@ class Manifest:
         }
         self.stages[stage] = entry
         self._write()
-        with self.database.session() as session:
-            session.add(
-                Job(
-                    kind=JOB_KIND,
-                    params={"comparison": self.comparison, "stage": stage, "fingerprint": stage_fingerprint},
-                    status=JobStatus.DONE,
-                    progress=1.0,
-                    message=f"{self.comparison}: {stage} done in {seconds:.1f} s",
-                    result=json.loads(json.dumps(outputs, default=str)),
-                    started_at=now,
-                    finished_at=now,
-                )
-            )
-
-    def _job(self, stage: str, stage_fingerprint: str) -> dict[str, Any] | None:
-        from sqlalchemy import select
-
-        from db.models import Job, JobStatus
-
-        with self.database.session() as session:
-            rows = session.scalars(
-                select(Job).where(Job.kind == JOB_KIND, Job.status == JobStatus.DONE).order_by(Job.id.desc())
-            ).all()
-            for job in rows:
-                params = job.params or {}
-                if (
-                    params.get("comparison") == self.comparison
-                    and params.get("stage") == stage
-                    and params.get("fingerprint") == stage_fingerprint
-                ):
-                    return {"status": "done", "fingerprint": stage_fingerprint, "outputs": dict(job.result)}
-        return None
+        record_stage(self.database, self.comparison, stage, stage_fingerprint, outputs, seconds=seconds)
+        log.info("comparison %s: stage %s done in %.1f s", self.comparison, stage, seconds)
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -518,16 +489,16 @@ def choose_split(case_ids: Sequence[int], split_ids: Sequence[int] | None, confi
     else:
         assert config.held_out is not None
         if config.held_out >= len(ids):
-            raise ValueError(f"held_out = {config.held_out} leaves no training case among {len(ids)} cases")
+            raise InputError(f"held_out = {config.held_out} leaves no training case among {len(ids)} cases")
         held = sorted(random.Random(f"medsynth-compare-split|{config.seed}").sample(ids, config.held_out))
     chosen = set(held)
     train = [i for i in ids if i not in chosen]
     if config.train_limit is not None:
         train = train[: config.train_limit]
     if len(held) < 2:
-        raise ValueError(f"only {len(held)} held-out case(s): the metrics need at least 2")
+        raise InputError(f"only {len(held)} held-out case(s): the metrics need at least 2")
     if not train:
-        raise ValueError("no training cases left after the held-out split")
+        raise InputError("no training cases left after the held-out split")
     return {"held_out": held, "train": train}
 
 
@@ -640,7 +611,7 @@ def _generate(
             have = {c for c, _ in existing_seeds(session, model_id, [c.id for c in cases])}
         missing = [c.key for c in cases if c.id not in have]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"contender {contender.name!r} is the image folder model {config.model_name(contender)!r}, which has "
                 f"no images for {len(missing)} held-out case(s) (e.g. {missing[0]!r}); import them first"
             )
@@ -727,7 +698,7 @@ def _metrics(workspace: Any, config: CompareConfig, cases: list[Any], out: Path)
         if settings.alignment:
             encoder = load_extractor(settings.alignment)
             if not callable(getattr(encoder, "embed_texts", None)):
-                raise ValueError(f"metrics.alignment {settings.alignment!r} is not a dual (image-text) encoder")
+                raise InputError(f"metrics.alignment {settings.alignment!r} is not a dual (image-text) encoder")
             for name, images in generated.items():
                 result = alignment_metric(encoder, [im for _, im in images], [prompts[c] for c, _ in images])
                 rows.append({"model": name, **result.to_row()})
@@ -959,7 +930,7 @@ def run_comparison(workspace: Any, config_path: str | Path, *, progress: Progres
 
     path = Path(config_path)
     if not path.is_file():
-        raise ValueError(f"comparison config {path} does not exist")
+        raise InputError(f"comparison config {path} does not exist")
     config = parse_compare_config(path.read_text(encoding="utf-8"), source=str(path))
     say = progress or (lambda _line: None)
     out = resolve_out_dir(workspace, config, path)
@@ -995,7 +966,7 @@ def run_comparison(workspace: Any, config_path: str | Path, *, progress: Progres
             if config.split.split is not None:
                 split_ids = [c.id for c in dataset_cases(session, config.dataset, split=config.split.split)]
                 if not split_ids:
-                    raise ValueError(f"dataset {config.dataset!r} has no cases with split {config.split.split!r}")
+                    raise InputError(f"dataset {config.dataset!r} has no cases with split {config.split.split!r}")
         return choose_split(everything, split_ids, config.split)
 
     chosen = stage("split", [config.dataset, dataclasses.asdict(config.split)], split)
