@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from db.errors import InputError
 from generation.demo_data import (
     DOMAIN_ATTRIBUTES,
     DOMAINS,
@@ -273,7 +274,7 @@ def load_classifier(path: str | Path) -> AttributeClassifier:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no adherence classifier at {path}")
+        raise InputError(f"no adherence classifier at {path}")
     model = AttributeClassifier()
     model.load_state_dict(load_file(str(path)))
     return model.eval()

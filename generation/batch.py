@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from db.errors import InputError
 from generation.devices import device_label, resolve_device, suggest_batch_size, track_peak_memory
 from generation.pipelines import LoadedPipeline, set_scheduler
 from generation.presets import resolve_resolution, resolve_sampling, vae_factor
@@ -108,9 +109,9 @@ def split_work(items: Sequence[WorkItem], process_index: int, num_processes: int
         If ``num_processes < 1`` or ``process_index`` is outside ``[0, num_processes)``.
     """
     if num_processes < 1:
-        raise ValueError(f"num_processes must be at least 1, got {num_processes}")
+        raise InputError(f"num_processes must be at least 1, got {num_processes}")
     if not 0 <= process_index < num_processes:
-        raise ValueError(f"process_index {process_index} is outside [0, {num_processes})")
+        raise InputError(f"process_index {process_index} is outside [0, {num_processes})")
     return list(items[process_index::num_processes])
 
 
@@ -147,25 +148,25 @@ def check_inputs(
     """
     for label, side in (("height", height), ("width", width)):
         if not isinstance(side, int) or isinstance(side, bool):
-            raise ValueError(f"{label} must be an integer number of pixels, got {side!r}")
+            raise InputError(f"{label} must be an integer number of pixels, got {side!r}")
         if side < max(MIN_SIDE, factor) or side > MAX_SIDE:
-            raise ValueError(f"{label}={side} px is out of range: use {max(MIN_SIDE, factor)}..{MAX_SIDE} px")
+            raise InputError(f"{label}={side} px is out of range: use {max(MIN_SIDE, factor)}..{MAX_SIDE} px")
         if side % factor:
             lower, upper = side - side % factor, side - side % factor + factor
-            raise ValueError(
+            raise InputError(
                 f"{label}={side} px is not a multiple of this model's VAE factor {factor}: "
                 f"use {lower or upper} or {upper}"
             )
     if not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps={steps} is out of range: use 1..{MAX_STEPS}")
+        raise InputError(f"steps={steps} is out of range: use 1..{MAX_STEPS}")
     if not 0.0 <= guidance <= MAX_GUIDANCE:
-        raise ValueError(f"guidance={guidance} is out of range: use 0..{MAX_GUIDANCE:g}")
+        raise InputError(f"guidance={guidance} is out of range: use 0..{MAX_GUIDANCE:g}")
     if not 1 <= per_case <= MAX_PER_CASE:
-        raise ValueError(f"per-case={per_case} is out of range: use 1..{MAX_PER_CASE}")
+        raise InputError(f"per-case={per_case} is out of range: use 1..{MAX_PER_CASE}")
     if batch_size < 1:
-        raise ValueError(f"batch-size={batch_size} must be at least 1")
+        raise InputError(f"batch-size={batch_size} must be at least 1")
     if not seed >= 0:
-        raise ValueError(f"seed={seed} must be a non-negative integer")
+        raise InputError(f"seed={seed} must be a non-negative integer")
 
 
 # ---------------------------------------------------------------------------------------------- settings

@@ -30,6 +30,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
+from db.errors import InputError
 from generation.msdm.config import TrainConfig
 from generation.msdm.losses import FixedFeatureNet, perceptual_loss, text_dropout_mask
 from generation.msdm.pipeline import (
@@ -66,7 +67,7 @@ def load_image_tensor(item: ImageLike, resolution: int) -> torch.Tensor:
     """
     if isinstance(item, str | Path):
         if not Path(item).is_file():
-            raise ValueError(f"training image {item} does not exist")
+            raise InputError(f"training image {item} does not exist")
         with Image.open(item) as fh:
             img = fh.convert("RGB")
     else:
@@ -254,9 +255,9 @@ def train_msdm(
     cfg = config.model
     cfg.validate()
     if not images:
-        raise ValueError("no training images given")
+        raise InputError("no training images given")
     if config.unet_steps < 1:
-        raise ValueError(f"steps must be >= 1, got {config.unet_steps}")
+        raise InputError(f"steps must be >= 1, got {config.unet_steps}")
     out = Path(out_dir)
     ckpt_root = out / "checkpoints"
     started = time.perf_counter()
@@ -274,7 +275,7 @@ def train_msdm(
         vae = vae_final
     if isinstance(vae, str | Path):
         if not Path(vae).is_dir():
-            raise ValueError(f"VAE folder {vae} does not exist")
+            raise InputError(f"VAE folder {vae} does not exist")
         vae = AutoencoderKL.from_pretrained(vae)
     if vae is None:
         vae, vae_losses = train_vae(
