@@ -108,21 +108,15 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     """List datasets with their case and image counts."""
-    from sqlalchemy import func, select
-
-    from db.models import Case, Dataset
+    from db.generated import dataset_summaries
 
     ws = _workspace(args)
     with ws.database.session() as session:
-        rows = session.execute(
-            select(Dataset.name, Dataset.domain, Dataset.format, func.count(Case.id),
-                   func.count(func.distinct(Case.image_sha256)))
-            .outerjoin(Case).group_by(Dataset.id).order_by(Dataset.name)
-        ).all()  # fmt: skip
+        rows = dataset_summaries(session)
     if not rows:
         print("no datasets yet: python app.py import FORMAT PATH --name NAME")
-    for name, domain, fmt, cases, images in rows:
-        print(f"{name}\t{domain.value}\t{fmt}\t{cases} cases\t{images} images")
+    for d in rows:
+        print(f"{d.name}\t{d.domain}\t{d.format}\t{d.cases} cases\t{d.images} images")
     return 0
 
 
@@ -145,18 +139,15 @@ def cmd_study_create(args: argparse.Namespace) -> int:
 
 def cmd_study_list(args: argparse.Namespace) -> int:
     """List studies."""
-    from sqlalchemy import select
-
-    from db.models import Study
+    from db.progress import list_studies
 
     ws = _workspace(args)
     with ws.database.session() as session:
-        studies = list(session.scalars(select(Study).order_by(Study.name)))
-        if not studies:
-            print("no studies yet: python app.py study create CONFIG.toml")
-        for s in studies:
-            print(f"{s.name}\t{s.status.value}\t{len(s.items)} items\t{len(s.raters)} raters\t"
-                  f"config {s.config_sha256[:12]}")  # fmt: skip
+        studies = sorted(list_studies(session), key=lambda s: s.name)
+    if not studies:
+        print("no studies yet: python app.py study create CONFIG.toml")
+    for s in studies:
+        print(f"{s.name}\t{s.status}\t{s.items} items\t{s.raters} raters\tconfig {s.config_sha256[:12]}")
     return 0
 
 
@@ -281,22 +272,15 @@ def cmd_models_add(args: argparse.Namespace) -> int:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     """List registered models with their image counts."""
-    from sqlalchemy import func, select
-
-    from db.models import GeneratedImage, Model
+    from db.generated import model_summaries
 
     ws = _workspace(args)
     with ws.database.session() as session:
-        rows = session.execute(
-            select(Model, func.count(GeneratedImage.id))
-            .outerjoin(GeneratedImage)
-            .group_by(Model.id)
-            .order_by(Model.name)
-        ).all()
+        rows = model_summaries(session)
     if not rows:
         print("no models yet: python app.py models add NAME --kind diffusers --source HUB_ID_OR_FOLDER")
-    for model, images in rows:
-        print(f"{model.name}\t{model.kind.value}\t{model.source}\t{images} images")
+    for m in rows:
+        print(f"{m.name}\t{m.kind}\t{m.source}\t{m.images} images")
     return 0
 
 

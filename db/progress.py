@@ -61,6 +61,7 @@ class StudyRow:
     raters: int
     ratings: int
     created_at: datetime
+    config_sha256: str = ""
 
 
 def _count(session: Session, query: Any) -> int:
@@ -80,7 +81,9 @@ def list_studies(session: Session) -> list[StudyRow]:
             .join(StudyItem, Rating.item_id == StudyItem.id)
             .where(StudyItem.study_id == study.id),
         )
-        rows.append(StudyRow(study.name, study.status.value, items, raters, ratings, study.created_at))
+        rows.append(
+            StudyRow(study.name, study.status.value, items, raters, ratings, study.created_at, study.config_sha256)
+        )
     return rows
 
 

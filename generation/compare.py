@@ -649,26 +649,18 @@ def _cost(
 
 
 def _images(workspace: Any, model_id: int, case_ids: list[int]) -> list[tuple[int, Any]]:
-    from sqlalchemy import select
-
-    from db.models import GeneratedImage
+    from db.generated import generated_shas
 
     with workspace.database.session() as session:
-        rows = session.execute(
-            select(GeneratedImage.case_id, GeneratedImage.image_sha256)
-            .where(GeneratedImage.model_id == model_id, GeneratedImage.case_id.in_(case_ids))
-            .order_by(GeneratedImage.case_id, GeneratedImage.seed)
-        ).all()
+        rows = generated_shas(session, model_id, case_ids)
     return [(case_id, workspace.store.open(sha)) for case_id, sha in rows]
 
 
 def _real_images(workspace: Any, cases: list[Any]) -> list[Any]:
-    from sqlalchemy import select
-
-    from db.models import Case
+    from db.generated import case_rows
 
     with workspace.database.session() as session:
-        shas = dict(session.execute(select(Case.id, Case.image_sha256).where(Case.id.in_([c.id for c in cases]))).all())
+        shas = {case_id: sha for case_id, sha, _ in case_rows(session, [c.id for c in cases])}
     return [workspace.store.open(shas[c.id]) for c in cases]
 
 
@@ -875,16 +867,17 @@ def study_config_text(config: CompareConfig, held_out_keys: Sequence[str]) -> st
 
 
 def _study(workspace: Any, config: CompareConfig, held_out_keys: Sequence[str]) -> dict[str, Any]:
-    from sqlalchemy import select
-
-    from db.models import Study
-    from db.studies import create_study
+    from db.errors import NotFoundError
+    from db.studies import create_study, get_study
 
     text = study_config_text(config, held_out_keys)
     name = tomllib.loads(text)["name"]
     with workspace.database.session() as session:
-        if session.scalar(select(Study).where(Study.name == name)) is not None:
+        try:
+            get_study(session, name)
             return {"study": name, "created": False}
+        except NotFoundError:
+            pass
         summary = create_study(session, workspace.store, text, source=f"comparison {config.name}")
     return {"study": name, "created": True, "items": summary.items, "config": text}
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from db.errors import InputError
+
 #: bf16 dense peak of one H100 SXM / H200 (TFLOP/s), the basis of the GPU-hour estimates.
 H100_BF16_TFLOPS = 989.0
 
@@ -91,16 +93,10 @@ def generation_timing(database: Any, model_id: int, case_ids: Sequence[int] | No
     case_ids
         Only these cases (e.g. a comparison's held-out prompts); ``None`` = all.
     """
-    from sqlalchemy import select
+    from db.generated import generation_records
 
-    from db.models import GeneratedImage
-
-    query = select(GeneratedImage.seconds, GeneratedImage.peak_memory_bytes, GeneratedImage.parameters,
-                   GeneratedImage.device).where(GeneratedImage.model_id == model_id)  # fmt: skip
-    if case_ids is not None:
-        query = query.where(GeneratedImage.case_id.in_(list(case_ids)))
     with database.session() as session:
-        rows = session.execute(query).all()
+        rows = generation_records(session, model_id, None if case_ids is None else list(case_ids))
     seconds = [float(s) for s, *_ in rows if s is not None]
     peaks = [int(p) for _, p, *_ in rows if p is not None]
     kinds = {str((params or {}).get("peak_memory_kind", "")) for _, _, params, _ in rows} - {""}
@@ -123,7 +119,7 @@ def gpu_hours(flops: float, peak_tflops: float = H100_BF16_TFLOPS, utilisation: 
         If ``peak_tflops`` is not positive or ``utilisation`` is outside ``(0, 1]``.
     """
     if peak_tflops <= 0 or not 0 < utilisation <= 1:
-        raise ValueError(f"need peak_tflops > 0 and 0 < utilisation <= 1, got {peak_tflops}, {utilisation}")
+        raise InputError(f"need peak_tflops > 0 and 0 < utilisation <= 1, got {peak_tflops}, {utilisation}")
     return float(flops) / (peak_tflops * 1e12 * utilisation) / 3600.0
 
 
@@ -230,7 +226,7 @@ def reference_denoiser_flops(name: str, resolution: int) -> ReferenceCost:
         For a name not in :data:`REFERENCE_DENOISERS`.
     """
     if name not in REFERENCE_DENOISERS:
-        raise ValueError(f"unknown reference denoiser {name!r}; expected one of {', '.join(REFERENCE_DENOISERS)}")
+        raise InputError(f"unknown reference denoiser {name!r}; expected one of {', '.join(REFERENCE_DENOISERS)}")
     with torch.device("meta"):
         model, forward = REFERENCE_DENOISERS[name]()
         flops = count_flops(lambda: forward(model, resolution))
