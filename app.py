@@ -17,12 +17,13 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from db.errors import MedSynthError
 from db.settings import DEFAULT_DATA_DIR
 
 if TYPE_CHECKING:
+    from db.importers import GeneratedSummary, ImportSummary
     from db.jobs import Worker
     from db.workspace import Workspace
 
@@ -88,6 +89,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     ws = _workspace(args)
     path = Path(args.path)
+    summary: ImportSummary | GeneratedSummary
     if args.format == "generated":
         if not args.dataset or not args.model:
             raise MedSynthError("import generated needs --dataset NAME and --model NAME")
@@ -389,14 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log messages of this level and above to stderr (default warning; info shows jobs)")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
 
-    def add(name: str, handler: Handler, help_text: str, parent=sub) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+    def add(name: str, handler: Handler, help_text: str, parent: Any = sub) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler)
         return p
 
     # serve's options are accepted before the subcommand too, so `python app.py --port 8000` works.
     for target, default in ((parser, True), (add("serve", cmd_serve, "serve the evaluation app"), False)):
-        keep = {} if default else {"default": argparse.SUPPRESS}
+        keep: dict[str, Any] = {} if default else {"default": argparse.SUPPRESS}
         target.add_argument(
             "--host", **({"default": DEFAULT_HOST} | keep), help="address to bind (default 127.0.0.1: local only)"
         )

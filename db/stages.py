@@ -9,6 +9,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from db.models import CompareStage, utcnow
 
@@ -16,16 +17,18 @@ if TYPE_CHECKING:
     from db.session import Database
 
 
+def _row(session: Session, comparison: str, stage: str, fingerprint: str) -> CompareStage | None:
+    return session.scalar(
+        select(CompareStage).where(
+            CompareStage.comparison == comparison, CompareStage.stage == stage, CompareStage.fingerprint == fingerprint
+        )
+    )
+
+
 def find_stage(database: Database, comparison: str, stage: str, fingerprint: str) -> dict[str, Any] | None:
     """The outputs of ``stage`` of ``comparison`` if it finished with this ``fingerprint``, else None."""
     with database.session() as session:
-        row = session.scalar(
-            select(CompareStage).where(
-                CompareStage.comparison == comparison,
-                CompareStage.stage == stage,
-                CompareStage.fingerprint == fingerprint,
-            )
-        )
+        row = _row(session, comparison, stage, fingerprint)
         return dict(row.outputs) if row is not None else None
 
 
@@ -35,13 +38,7 @@ def record_stage(
     """Record a finished stage (a rerun with the same fingerprint replaces the earlier outputs)."""
     plain = json.loads(json.dumps(outputs, default=str))  # paths and numbers as JSON can store them
     with database.session() as session:
-        row = session.scalar(
-            select(CompareStage).where(
-                CompareStage.comparison == comparison,
-                CompareStage.stage == stage,
-                CompareStage.fingerprint == fingerprint,
-            )
-        )
+        row = _row(session, comparison, stage, fingerprint)
         if row is None:
             session.add(CompareStage(comparison=comparison, stage=stage, fingerprint=fingerprint, outputs=plain,
                                      seconds=seconds, finished_at=utcnow()))  # fmt: skip

@@ -19,7 +19,7 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
@@ -60,7 +60,6 @@ class AppContext:
     login_failure_delay_s: float = 1.0
     #: the background worker with every job kind registered (``app.build_worker``); a bare one if None
     worker: Worker | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def jobs(self) -> Worker:
         """The started background worker (a bare one on the database if the caller wired none in)."""

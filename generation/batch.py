@@ -75,9 +75,12 @@ def case_seeds(base_seed: int, case_key: str, count: int) -> list[int]:
 class CaseLike(Protocol):
     """What generation needs of a case (``db.generated.CaseRef`` fits)."""
 
-    id: int
-    key: str
-    prompt: str
+    @property
+    def id(self) -> int: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
 
 
 @dataclass(frozen=True)

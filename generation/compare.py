@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,7 +172,7 @@ def _kind_names(kinds: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in items)
 
 
-def _check_generation(table: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+def _check_generation(table: dict[str, Any] | None, where: str, source: str) -> dict[str, Any]:
     table = _table(table, where, GENERATION_KEYS, source)
     for key in table:
         kinds: type | tuple[type, ...] = (
@@ -183,7 +184,7 @@ def _check_generation(table: dict[str, Any], where: str, source: str) -> dict[st
     return table
 
 
-def _check_train(kind: ContenderKind, table: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+def _check_train(kind: ContenderKind, table: dict[str, Any] | None, where: str, source: str) -> dict[str, Any]:
     from generation.lora_train import LoraTrainConfig
     from generation.msdm.config import TrainConfig
 
@@ -557,15 +558,15 @@ def _train(
     msdm = dataclasses.replace(get_config(contender.config), **contender.train)
     on_cuda = device != "cpu" and _cuda_available()
     allow_mixed_precision(msdm.mixed_precision if on_cuda else "no")
-    result = train_msdm(msdm, examples, folder, resume=True, include_text_encoder=False, progress=False)
+    trained = train_msdm(msdm, examples, folder, resume=True, include_text_encoder=False, progress=False)
     meta = json.loads((folder / "msdm.json").read_text(encoding="utf-8"))
     counts = meta.get("parameters", {})
     _register(workspace, name, "msdm", str(folder), {})
     return {
         "model": name,
         "folder": str(folder),
-        "train_seconds": result.wall_time_s,
-        "device_hours": result.wall_time_s / 3600.0,
+        "train_seconds": trained.wall_time_s,
+        "device_hours": trained.wall_time_s / 3600.0,
         "trainable_parameters": int(counts.get("vae", 0)) + int(counts.get("unet", 0)),
         "train_steps": msdm.unet_steps,
         "vae_steps": msdm.vae_steps,
@@ -684,7 +685,7 @@ def _metrics(workspace: Any, config: CompareConfig, cases: list[Any], out: Path)
             generated[contender.name] = _images(workspace, model_id, ids)
         feats = {name: extractor([image for _, image in images]) for name, images in generated.items()}
         table = compare_models(
-            extractor, real, feats, seed=settings.seed, n_boot=settings.n_boot, metrics=settings.metrics
+            extractor, real, feats, seed=settings.seed, n_boot=settings.n_boot, metrics=list(settings.metrics)  # type: ignore[arg-type]
         )
         rows = table.to_dict("records")
         if settings.alignment:
@@ -972,16 +973,16 @@ def run_comparison(workspace: Any, config_path: str | Path, *, progress: Progres
             stage(
                 f"train:{contender.name}",
                 upstream,
-                lambda c=contender: _train(workspace, config, c, chosen["train"], out, device),
+                partial(_train, workspace, config, contender, chosen["train"], out, device),
             )
             upstream.append(prints[f"train:{contender.name}"])
         gen_key = f"generate:{contender.name}"
         settings = config.generation_for(contender)
-        stage(gen_key, [*upstream, settings], lambda c=contender: _generate(workspace, config, c, cases, cache, device))
+        stage(gen_key, [*upstream, settings], partial(_generate, workspace, config, contender, cases, cache, device))
         stage(
             f"cost:{contender.name}",
             [prints[gen_key]],
-            lambda c=contender: _cost(workspace, config, c, cases, cache, device),
+            partial(_cost, workspace, config, contender, cases, cache, device),
         )
     cache.clear()
     generated = [prints[f"generate:{c.name}"] for c in config.contenders]

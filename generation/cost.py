@@ -147,7 +147,7 @@ def _flux_dev() -> tuple[torch.nn.Module, Callable[[torch.nn.Module, int], Any]]
     return model, forward
 
 
-def _unet(config: dict[str, Any], text: tuple[int, int], sdxl: bool = False):  # type: ignore[no-untyped-def]
+def _unet(config: dict[str, Any], text: tuple[int, int], sdxl: bool = False):
     from diffusers import UNet2DConditionModel
 
     model = UNet2DConditionModel(**config)
@@ -160,12 +160,12 @@ def _unet(config: dict[str, Any], text: tuple[int, int], sdxl: bool = False):  #
     return model, forward
 
 
-def _sd15():  # type: ignore[no-untyped-def]
+def _sd15():
     """Stable Diffusion 1.5 UNet (the diffusers defaults are SD 1.x's; CLIP ViT-L 77 x 768)."""
     return _unet({"cross_attention_dim": 768, "attention_head_dim": 8}, (77, 768))
 
 
-def _sdxl():  # type: ignore[no-untyped-def]
+def _sdxl():
     """SDXL base UNet (model card config)."""
     config = {
         "block_out_channels": (320, 640, 1280),
@@ -182,7 +182,7 @@ def _sdxl():  # type: ignore[no-untyped-def]
     return _unet(config, (77, 2048), sdxl=True)
 
 
-def _msdm_paper():  # type: ignore[no-untyped-def]
+def _msdm_paper():
     """MSDM's UNet at the paper config (:func:`generation.msdm.config.paper_config`, CLIP ViT-L/14 text)."""
     from generation.msdm.config import paper_config
     from generation.msdm.pipeline import build_unet

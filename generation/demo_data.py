@@ -197,7 +197,7 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
 def _smooth_noise(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
     """Value noise in [0, 1]: a random ``cells`` x ``cells`` grid bilinearly upsampled to ``n``."""
     coarse = rng.random((cells + 1, cells + 1)).astype(np.float32)
-    img = Image.fromarray(coarse).resize((n, n), Image.BILINEAR)
+    img = Image.fromarray(coarse).resize((n, n), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.float32)
 
 
@@ -312,7 +312,7 @@ def render_image(attrs: dict[str, Any], rng: np.random.Generator, size: int = 64
     else:
         raise ValueError(f"unknown domain {attrs['domain']!r}; expected one of {DOMAINS}")
     arr8 = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return Image.fromarray(arr8, "RGB").resize((size, size), Image.BOX)
+    return Image.fromarray(arr8, "RGB").resize((size, size), Image.Resampling.BOX)
 
 
 def generate_samples(n_per_domain: int, seed: int = 0, size: int = 64) -> list[tuple[Image.Image, str, dict[str, Any]]]:

@@ -452,7 +452,7 @@ class SDFamily(_UNetFamily):
         embeds, _ = self.pipe.encode_prompt(prompts, device, 1, False)
         return {"prompt_embeds": embeds}
 
-    def predict(self, model, noisy, t, cond):  # type: ignore[no-untyped-def]
+    def predict(self, model, noisy, t, cond):
         return model(noisy, t, encoder_hidden_states=cond["prompt_embeds"]).sample
 
 
@@ -467,7 +467,7 @@ class SDXLFamily(_UNetFamily):
         )
         return {"prompt_embeds": embeds, "pooled": pooled}
 
-    def predict(self, model, noisy, t, cond):  # type: ignore[no-untyped-def]
+    def predict(self, model, noisy, t, cond):
         side = noisy.shape[-1] * int(self.pipe.vae_scale_factor)
         time_ids = torch.tensor([[side, side, 0, 0, side, side]], device=noisy.device, dtype=cond["pooled"].dtype)
         added = {"text_embeds": cond["pooled"], "time_ids": time_ids.repeat(noisy.shape[0], 1)}

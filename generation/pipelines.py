@@ -227,7 +227,7 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if hub_offline():
         kwargs["local_files_only"] = True
-    pipeline_cls = text_to_image_class(str(components.get("_class_name", ""))) or DiffusionPipeline
+    pipeline_cls: Any = text_to_image_class(str(components.get("_class_name", ""))) or DiffusionPipeline
     try:
         return pipeline_cls.from_pretrained(source, **kwargs)
     except OSError as exc:

@@ -76,7 +76,7 @@ def load_image_tensor(item: ImageLike, resolution: int) -> torch.Tensor:
     side = min(w, h)
     img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
     if side != resolution:
-        img = img.resize((resolution, resolution), Image.BICUBIC)
+        img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
@@ -278,17 +278,19 @@ def train_msdm(
             raise InputError(f"VAE folder {vae} does not exist")
         vae = AutoencoderKL.from_pretrained(vae)
     if vae is None:
-        vae, vae_losses = train_vae(
+        trained_vae, vae_losses = train_vae(
             config, pixels, accelerator, ckpt_root / "vae", steps=config.vae_steps, resume=resume, progress=progress
         )
-        vae.register_to_config(scaling_factor=1.0)
-    vae = vae.to(device).eval().requires_grad_(False)
-    stats = encode_latents(vae, pixels, device)
-    if vae.config.scaling_factor == 1.0:
-        vae.register_to_config(scaling_factor=float(1.0 / stats[:, 0].std()))
+        trained_vae.register_to_config(scaling_factor=1.0)
+        vae = trained_vae
+    assert not isinstance(vae, str | Path)  # a folder was loaded above
+    autoencoder = vae.to(device).eval().requires_grad_(False)
+    stats = encode_latents(autoencoder, pixels, device)
+    if autoencoder.config.scaling_factor == 1.0:
+        autoencoder.register_to_config(scaling_factor=float(1.0 / stats[:, 0].std()))
     if accelerator.is_main_process:
-        vae.save_pretrained(vae_final)
-    scale = float(vae.config.scaling_factor)
+        autoencoder.save_pretrained(vae_final)
+    scale = float(autoencoder.config.scaling_factor)
 
     # ---- text -------------------------------------------------------------------------------
     tokenizer, text_encoder, info = load_text_encoder(cfg.text_encoder, cfg.max_text_length)
@@ -299,7 +301,7 @@ def train_msdm(
     # ---- UNet stage -------------------------------------------------------------------------
     torch.manual_seed(config.seed + 1)
     unet = build_unet(cfg.unet, cfg.resolution // cfg.vae.downsample_factor, cfg.vae.latent_channels, info.hidden_size)
-    pipe = assemble_pipeline(cfg, vae, unet, tokenizer, text_encoder)
+    pipe = assemble_pipeline(cfg, autoencoder, unet, tokenizer, text_encoder)
     params = list(unet.parameters())
     if not config.freeze_text_encoder:
         text_encoder.requires_grad_(True).train()
@@ -395,8 +397,8 @@ def train_msdm(
     wall = time.perf_counter() - started
     result = TrainResult(out, vae_losses, unet_losses, wall)
     if accelerator.is_main_process:
-        pipe = assemble_pipeline(cfg, vae.to("cpu"), raw.to("cpu"), tokenizer, text_encoder.to("cpu"))
-        counts = {"vae": _count(vae), "unet": _count(raw), "text_encoder": _count(text_encoder)}
+        pipe = assemble_pipeline(cfg, autoencoder.to("cpu"), raw.to("cpu"), tokenizer, text_encoder.to("cpu"))
+        counts = {"vae": _count(autoencoder), "unet": _count(raw), "text_encoder": _count(text_encoder)}
         meta = {"parameters": counts, "steps": {"vae": len(vae_losses), "unet": config.unet_steps}}
         save_msdm_pipeline(pipe, out, cfg, include_text_encoder=include_text_encoder, extra_meta=meta)
         card = model_card(

@@ -75,3 +75,34 @@ def test_compare_stage_cache_is_its_own_table(workspace: Workspace) -> None:
     assert find_stage(workspace.database, "cmp", "train:a", "0" * 64) is None
     with workspace.database.session() as session:
         assert list_jobs(session) == []  # nothing for the console's job list
+
+
+def test_upgrade_moves_compare_rows_out_of_jobs(db_url: str) -> None:
+    """Databases written before 0003 kept compare's stage cache as finished jobs rows: the upgrade moves them."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from db.session import MIGRATIONS_DIR, make_engine, open_database
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = make_engine(db_url)
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0002")
+        insert = text(
+            "INSERT INTO jobs (kind, params, status, progress, message, result, created_at, finished_at) "
+            "VALUES (:kind, :params, 'done', 1.0, '', :result, '2026-11-28 10:00:00', '2026-11-28 10:00:00')"
+        )
+        connection.execute(insert, {"kind": "compare", "params": '{"comparison": "c", "stage": "split", '
+                                    '"fingerprint": "abc"}', "result": '{"held_out": [1, 2]}'})  # fmt: skip
+        connection.execute(insert, {"kind": "generate", "params": "{}", "result": "{}"})
+    engine.dispose()
+    database = open_database(db_url)
+    try:
+        assert find_stage(database, "c", "split", "abc") == {"held_out": [1, 2]}
+        with database.session() as session:
+            assert [job.kind for job in list_jobs(session)] == ["generate"]  # the real job stays
+    finally:
+        database.dispose()
