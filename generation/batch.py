@@ -27,18 +27,25 @@ generate ...`` runs one process per GPU; :func:`distributed_context` reads its r
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from PIL import Image
 
 from db.errors import InputError
 from generation.devices import device_label, resolve_device, suggest_batch_size, track_peak_memory
-from generation.pipelines import LoadedPipeline, set_scheduler
+from generation.pipelines import LoadedPipeline, PipelineCache, set_scheduler
 from generation.presets import resolve_resolution, resolve_sampling, vae_factor
+
+if TYPE_CHECKING:
+    from db.session import Database
+    from db.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 SEED_SCHEME = "medsynth-seed-v1"
 _OWN_COLUMNS = frozenset({"steps", "guidance", "call_kwargs"})  # recorded in columns / filtered separately
@@ -344,7 +351,7 @@ class MemorySink:
 class DbImageSink:
     """Records into MedSynth's database and media store through ``db.generated``."""
 
-    database: Any
+    database: Database
     store: Any
     model_id: int
 
@@ -533,7 +540,7 @@ def distributed_context(device: str = "auto") -> DistributedContext:
 
 
 def generate_for_dataset(
-    workspace: Any,
+    workspace: Workspace,
     dataset: str,
     model: str,
     config: GenerationConfig,
@@ -542,7 +549,7 @@ def generate_for_dataset(
     progress: bool = True,
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
-    cache: Any = None,
+    cache: PipelineCache | None = None,
     limit: int | None = None,
 ) -> GenerationReport:
     """``app.py generate``: make the missing images of ``dataset`` with registered ``model``.
@@ -579,6 +586,7 @@ def generate_for_dataset(
     context = distributed_context(device)
     loaded = cache.get(spec, context.device) if cache is not None else load_pipeline(spec, context.device)
     sink = DbImageSink(workspace.database, workspace.store, model_id)
+    log.info("generating %d cases of %s with %s on %s", len(cases), dataset, model, loaded.device)
     return run_generation(
         loaded,
         cases,

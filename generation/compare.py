@@ -38,10 +38,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from db.errors import InputError
 from db.stages import find_stage, record_stage
+
+if TYPE_CHECKING:
+    from db.session import Database
+    from db.workspace import Workspace
+    from generation.pipelines import PipelineCache
 
 log = logging.getLogger(__name__)
 
@@ -411,12 +416,12 @@ class Manifest:
     """The stage record of one comparison: ``manifest.json`` in the output folder plus the ``compare_stages`` table."""
 
     path: Path
-    database: Any
+    database: Database
     comparison: str
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, out_dir: Path, database: Any, comparison: str) -> Manifest:
+    def open(cls, out_dir: Path, database: Database, comparison: str) -> Manifest:
         path = out_dir / MANIFEST_FILE
         stages = json.loads(path.read_text(encoding="utf-8")).get("stages", {}) if path.is_file() else {}
         return cls(path, database, comparison, stages)
@@ -513,7 +518,7 @@ def _generation_config(settings: dict[str, Any]) -> Any:
     return GenerationConfig(**settings, call_kwargs=extra)
 
 
-def _register(workspace: Any, name: str, kind: str, source: str, parameters: dict[str, Any]) -> None:
+def _register(workspace: Workspace, name: str, kind: str, source: str, parameters: dict[str, Any]) -> None:
     from db.generated import register_model
 
     with workspace.database.session() as session:
@@ -521,7 +526,12 @@ def _register(workspace: Any, name: str, kind: str, source: str, parameters: dic
 
 
 def _train(
-    workspace: Any, config: CompareConfig, contender: ContenderConfig, train_ids: list[int], out: Path, device: str
+    workspace: Workspace,
+    config: CompareConfig,
+    contender: ContenderConfig,
+    train_ids: list[int],
+    out: Path,
+    device: str,
 ) -> dict[str, Any]:
     """Train one contender into ``out/models/<name>`` (resuming) and register it; the stage's outputs."""
     from generation.lora_train import LoraTrainConfig, allow_mixed_precision, dataset_examples, train_lora
@@ -582,7 +592,7 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _held_out_cases(workspace: Any, config: CompareConfig, held: list[int]) -> list[Any]:
+def _held_out_cases(workspace: Workspace, config: CompareConfig, held: list[int]) -> list[Any]:
     from db.generated import dataset_cases
 
     with workspace.database.session() as session:
@@ -590,7 +600,7 @@ def _held_out_cases(workspace: Any, config: CompareConfig, held: list[int]) -> l
         return [c for c in dataset_cases(session, config.dataset) if c.id in chosen]
 
 
-def _model_row(workspace: Any, name: str) -> tuple[int, str, Any]:
+def _model_row(workspace: Workspace, name: str) -> tuple[int, str, Any]:
     from db.generated import get_model
     from generation.pipelines import ModelSpec
 
@@ -601,7 +611,12 @@ def _model_row(workspace: Any, name: str) -> tuple[int, str, Any]:
 
 
 def _generate(
-    workspace: Any, config: CompareConfig, contender: ContenderConfig, cases: list[Any], cache: Any, device: str
+    workspace: Workspace,
+    config: CompareConfig,
+    contender: ContenderConfig,
+    cases: list[Any],
+    cache: PipelineCache,
+    device: str,
 ) -> dict[str, Any]:
     from db.generated import existing_seeds
     from generation.batch import DbImageSink, run_generation
@@ -629,7 +644,12 @@ def _generate(
 
 
 def _cost(
-    workspace: Any, config: CompareConfig, contender: ContenderConfig, cases: list[Any], cache: Any, device: str
+    workspace: Workspace,
+    config: CompareConfig,
+    contender: ContenderConfig,
+    cases: list[Any],
+    cache: PipelineCache,
+    device: str,
 ) -> dict[str, Any]:
     from generation.batch import resolve_params
     from generation.cost import count_parameters, generation_timing, pipeline_flops_per_image
@@ -649,7 +669,7 @@ def _cost(
     }
 
 
-def _images(workspace: Any, model_id: int, case_ids: list[int]) -> list[tuple[int, Any]]:
+def _images(workspace: Workspace, model_id: int, case_ids: list[int]) -> list[tuple[int, Any]]:
     from db.generated import generated_shas
 
     with workspace.database.session() as session:
@@ -657,7 +677,7 @@ def _images(workspace: Any, model_id: int, case_ids: list[int]) -> list[tuple[in
     return [(case_id, workspace.store.open(sha)) for case_id, sha in rows]
 
 
-def _real_images(workspace: Any, cases: list[Any]) -> list[Any]:
+def _real_images(workspace: Workspace, cases: list[Any]) -> list[Any]:
     from db.generated import case_rows
 
     with workspace.database.session() as session:
@@ -665,7 +685,7 @@ def _real_images(workspace: Any, cases: list[Any]) -> list[Any]:
     return [workspace.store.open(shas[c.id]) for c in cases]
 
 
-def _metrics(workspace: Any, config: CompareConfig, cases: list[Any], out: Path) -> dict[str, Any]:
+def _metrics(workspace: Workspace, config: CompareConfig, cases: list[Any], out: Path) -> dict[str, Any]:
     """FD/KID/CMMD of every contender against the real held-out images (equal N), and alignment."""
     import pandas as pd
 
@@ -825,7 +845,7 @@ img{{image-rendering:pixelated;width:96px}}</style></head><body>
 
 
 def _report(
-    workspace: Any, config: CompareConfig, outputs: dict[str, dict[str, Any]], cases: list[Any], out: Path
+    workspace: Workspace, config: CompareConfig, outputs: dict[str, dict[str, Any]], cases: list[Any], out: Path
 ) -> dict[str, Any]:
     import pandas as pd
 
@@ -867,7 +887,7 @@ def study_config_text(config: CompareConfig, held_out_keys: Sequence[str]) -> st
     return "\n".join(lines) + "\n"
 
 
-def _study(workspace: Any, config: CompareConfig, held_out_keys: Sequence[str]) -> dict[str, Any]:
+def _study(workspace: Workspace, config: CompareConfig, held_out_keys: Sequence[str]) -> dict[str, Any]:
     from db.errors import NotFoundError
     from db.studies import create_study, get_study
 
@@ -886,7 +906,7 @@ def _study(workspace: Any, config: CompareConfig, held_out_keys: Sequence[str]) 
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def resolve_out_dir(workspace: Any, config: CompareConfig, config_path: Path | None) -> Path:
+def resolve_out_dir(workspace: Workspace, config: CompareConfig, config_path: Path | None) -> Path:
     """``out_dir`` relative to the config file, or ``<data dir>/compare/<name>``."""
     if config.out_dir:
         path = Path(config.out_dir).expanduser()
@@ -896,7 +916,9 @@ def resolve_out_dir(workspace: Any, config: CompareConfig, config_path: Path | N
     return Path(workspace.settings.data_dir) / "compare" / config.name
 
 
-def run_comparison(workspace: Any, config_path: str | Path, *, progress: Progress | None = None) -> ComparisonResult:
+def run_comparison(
+    workspace: Workspace, config_path: str | Path, *, progress: Progress | None = None
+) -> ComparisonResult:
     """``app.py compare CONFIG.toml``: run (or resume) every stage of the comparison and write the report.
 
     Parameters

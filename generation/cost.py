@@ -17,11 +17,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from db.errors import InputError
+
+if TYPE_CHECKING:
+    from db.session import Database
 
 #: bf16 dense peak of one H100 SXM / H200 (TFLOP/s), the basis of the GPU-hour estimates.
 H100_BF16_TFLOPS = 989.0
@@ -81,7 +84,7 @@ class GenerationTiming:
     device: str | None
 
 
-def generation_timing(database: Any, model_id: int, case_ids: Sequence[int] | None = None) -> GenerationTiming:
+def generation_timing(database: Database, model_id: int, case_ids: Sequence[int] | None = None) -> GenerationTiming:
     """Median seconds per image and the largest recorded peak memory of a model's generated images.
 
     Parameters

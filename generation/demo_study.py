@@ -12,6 +12,7 @@ and generates a coordinator password if none is set.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import secrets
 import time
@@ -25,6 +26,8 @@ from db.models import Domain, ModelKind, Specialty
 from db.settings import PASSWORD_ENV, coordinator_password_hash, set_coordinator_password
 from db.studies import get_study
 from db.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 DEMO_STUDY = "demo"
 DEMO_RATER = "Demo rater"
@@ -256,6 +259,7 @@ def ensure_demo(
         if not (folder / "model_index.json").is_file():
             raise InputError(f"the demo model is missing: {folder} has no model_index.json")
         say("building the demo study (first start only)")
+        log.info("building the demo study in %s", workspace.settings.data_dir)
         _ensure_datasets(workspace, n_per_domain, say)
         _ensure_models(workspace, folder)
         _generate(workspace, device, say)

@@ -30,13 +30,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,11 @@ from PIL import Image
 
 from db.errors import DependencyError, InputError
 from generation.lora import LORA_WEIGHT_NAME
+
+if TYPE_CHECKING:
+    from db.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
 Optimizer = Literal["adamw", "adamw8bit"]
@@ -278,7 +284,7 @@ class LoraTrainResult:
 
 
 def dataset_examples(
-    workspace: Any, dataset: str, *, split: str | None = None, case_ids: Sequence[int] | None = None
+    workspace: Workspace, dataset: str, *, split: str | None = None, case_ids: Sequence[int] | None = None
 ) -> list[tuple[Path, str]]:
     """``(image path, prompt)`` of a registered dataset's cases, in case order.
 
@@ -636,7 +642,7 @@ def train_lora(
     config: LoraTrainConfig,
     examples: Sequence[Example] | None = None,
     *,
-    workspace: Any = None,
+    workspace: Workspace | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> LoraTrainResult:
@@ -941,6 +947,8 @@ def train_lora(
         step_flops=step_flops,
         validation_images=validation,
     )
+    log.info("LoRA on %s: %d steps in %.0f s, eval loss %.4f -> %.4f", config.base, config.steps, wall,
+             eval_before, eval_after)  # fmt: skip
     if accelerator.is_main_process:
         meta = {"config": config.to_dict(), "resolution": resolution, "n_examples": len(examples), **result.to_dict()}
         (out / TRAIN_META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import os
 import threading
 import weakref
@@ -32,6 +33,8 @@ from db.errors import InputError, NetworkError
 from generation.devices import dtype_name, parse_dtype, resolve_device
 from generation.lora import LoraSpec, apply_loras, check_lora, looks_like_path, parse_lora
 from generation.presets import PRESETS, Family, Preset, detect_family
+
+log = logging.getLogger(__name__)
 
 ModelKindName = Literal["diffusers", "msdm", "folder"]
 MODEL_KINDS: tuple[str, ...] = ("diffusers", "msdm", "folder")
@@ -289,6 +292,7 @@ def load_pipeline(spec: ModelSpec, device: str | torch.device = "auto", dtype: s
     pipe.set_progress_bar_config(disable=True)
     remember_scheduler(pipe)
     family = detect_family(type(pipe).__name__, spec.source, spec.kind)
+    log.info("loaded model %s (%s) on %s as %s", spec.name, family, target, torch_dtype)
     return LoadedPipeline(pipe=pipe, spec=spec, device=target, dtype=torch_dtype, family=family, adapters=adapters)
 
 

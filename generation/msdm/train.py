@@ -13,6 +13,7 @@ No image flips or other augmentation: findings have sides ("left lung", "upper l
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import time
@@ -42,6 +43,8 @@ from generation.msdm.pipeline import (
     save_msdm_pipeline,
 )
 from generation.text_encoders import load_text_encoder
+
+log = logging.getLogger(__name__)
 
 ImageLike = Image.Image | str | Path
 _STAGES = {"vae": 1, "unet": 2}
@@ -396,6 +399,7 @@ def train_msdm(
     text_encoder.eval().requires_grad_(False)
     wall = time.perf_counter() - started
     result = TrainResult(out, vae_losses, unet_losses, wall)
+    log.info("MSDM trained into %s in %.0f s (%d VAE, %d UNet steps)", out, wall, len(vae_losses), len(unet_losses))
     if accelerator.is_main_process:
         pipe = assemble_pipeline(cfg, autoencoder.to("cpu"), raw.to("cpu"), tokenizer, text_encoder.to("cpu"))
         counts = {"vae": _count(autoencoder), "unet": _count(raw), "text_encoder": _count(text_encoder)}
