@@ -69,7 +69,7 @@ def shown_errors() -> Iterator[None]:
     """Turn errors a user can fix into a Gradio message (escaped: the text may quote their input)."""
     try:
         yield
-    except (MedSynthError, ValueError) as exc:
+    except MedSynthError as exc:  # anything else is a bug: Gradio logs it with its traceback
         raise gr.Error(html.escape(str(exc)), print_exception=False) from None
 
 
