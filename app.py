@@ -2,7 +2,9 @@
 
 This module only parses arguments and hands over to the packages: ``db`` (data, studies, exports),
 ``generation`` (models, training, generation), ``evalapp`` (the Gradio app) and ``analysis`` (reports).
-A user mistake prints one ``error:`` line and exits with status 2, never a traceback.
+A user mistake (a :class:`db.errors.MedSynthError`: bad input, unknown name, unreachable database or network)
+prints one ``error:`` line and exits with status 2; anything else is a bug: it is logged and raised with its
+traceback.
 """
 
 from __future__ import annotations
@@ -10,20 +12,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import getpass
+import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from db.errors import MedSynthError
 from db.settings import DEFAULT_DATA_DIR
+
+if TYPE_CHECKING:
+    from db.importers import GeneratedSummary, ImportSummary
+    from db.jobs import Worker
+    from db.workspace import Workspace
+
+log = logging.getLogger("medsynth.cli")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _workspace(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _workspace(args: argparse.Namespace) -> Workspace:
     from db.workspace import Workspace
 
     return Workspace.open(args.db, args.data_dir)
@@ -40,12 +52,32 @@ def _base_url(args: argparse.Namespace) -> str:
 # ------------------------------------------------------------------------------------------------ serve
 
 
+def build_worker(ws: Workspace) -> Worker:
+    """The app's background worker on the database, with every job kind registered before anything is served:
+    ``generate``, ``compare`` and ``report`` on the batch lane, ``demo`` on the live lane."""
+    from analysis.jobs import register_analysis_jobs
+    from db.jobs import DbJobStore, Worker
+    from generation.worker import register_generation_jobs
+
+    worker = Worker(DbJobStore(ws.database), workspace=ws)
+    register_generation_jobs(worker)
+    register_analysis_jobs(worker)
+    return worker
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the Gradio app (raters, coordinators, live demo)."""
     from evalapp.server import serve
 
     ws = _workspace(args)
-    serve(ws, host=args.host, port=args.port, demo=not args.no_demo, root_url=args.root_url)
+    notice = ""
+    if not args.no_demo:  # the built-in demo study is built on the first start (or reused)
+        from generation.demo_study import ensure_demo
+
+        base = (args.root_url or f"http://{args.host}:{args.port}").rstrip("/")
+        notice = ensure_demo(ws).describe(base)
+    serve(ws, host=args.host, port=args.port, demo=not args.no_demo, root_url=args.root_url,
+          worker=build_worker(ws), notice=notice)  # fmt: skip
     return 0
 
 
@@ -58,6 +90,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     ws = _workspace(args)
     path = Path(args.path)
+    summary: ImportSummary | GeneratedSummary
     if args.format == "generated":
         if not args.dataset or not args.model:
             raise MedSynthError("import generated needs --dataset NAME and --model NAME")
@@ -80,21 +113,15 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     """List datasets with their case and image counts."""
-    from sqlalchemy import func, select
-
-    from db.models import Case, Dataset
+    from db.generated import dataset_summaries
 
     ws = _workspace(args)
     with ws.database.session() as session:
-        rows = session.execute(
-            select(Dataset.name, Dataset.domain, Dataset.format, func.count(Case.id),
-                   func.count(func.distinct(Case.image_sha256)))
-            .outerjoin(Case).group_by(Dataset.id).order_by(Dataset.name)
-        ).all()  # fmt: skip
+        rows = dataset_summaries(session)
     if not rows:
         print("no datasets yet: python app.py import FORMAT PATH --name NAME")
-    for name, domain, fmt, cases, images in rows:
-        print(f"{name}\t{domain.value}\t{fmt}\t{cases} cases\t{images} images")
+    for d in rows:
+        print(f"{d.name}\t{d.domain}\t{d.format}\t{d.cases} cases\t{d.images} images")
     return 0
 
 
@@ -117,18 +144,15 @@ def cmd_study_create(args: argparse.Namespace) -> int:
 
 def cmd_study_list(args: argparse.Namespace) -> int:
     """List studies."""
-    from sqlalchemy import select
-
-    from db.models import Study
+    from db.progress import list_studies
 
     ws = _workspace(args)
     with ws.database.session() as session:
-        studies = list(session.scalars(select(Study).order_by(Study.name)))
-        if not studies:
-            print("no studies yet: python app.py study create CONFIG.toml")
-        for s in studies:
-            print(f"{s.name}\t{s.status.value}\t{len(s.items)} items\t{len(s.raters)} raters\t"
-                  f"config {s.config_sha256[:12]}")  # fmt: skip
+        studies = sorted(list_studies(session), key=lambda s: s.name)
+    if not studies:
+        print("no studies yet: python app.py study create CONFIG.toml")
+    for s in studies:
+        print(f"{s.name}\t{s.status}\t{s.items} items\t{s.raters} raters\tconfig {s.config_sha256[:12]}")
     return 0
 
 
@@ -253,22 +277,15 @@ def cmd_models_add(args: argparse.Namespace) -> int:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     """List registered models with their image counts."""
-    from sqlalchemy import func, select
-
-    from db.models import GeneratedImage, Model
+    from db.generated import model_summaries
 
     ws = _workspace(args)
     with ws.database.session() as session:
-        rows = session.execute(
-            select(Model, func.count(GeneratedImage.id))
-            .outerjoin(GeneratedImage)
-            .group_by(Model.id)
-            .order_by(Model.name)
-        ).all()
+        rows = model_summaries(session)
     if not rows:
         print("no models yet: python app.py models add NAME --kind diffusers --source HUB_ID_OR_FOLDER")
-    for model, images in rows:
-        print(f"{model.name}\t{model.kind.value}\t{model.source}\t{images} images")
+    for m in rows:
+        print(f"{m.name}\t{m.kind}\t{m.source}\t{m.images} images")
     return 0
 
 
@@ -397,16 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"data folder: media store, default database (env MEDSYNTH_DATA; default {DEFAULT_DATA_DIR})",
     )
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                        help="log messages of this level and above to stderr (default warning; info shows jobs)")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
 
-    def add(name: str, handler: Handler, help_text: str, parent=sub) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+    def add(name: str, handler: Handler, help_text: str, parent: Any = sub) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler)
         return p
 
     # serve's options are accepted before the subcommand too, so `python app.py --port 8000` works.
     for target, default in ((parser, True), (add("serve", cmd_serve, "serve the evaluation app"), False)):
-        keep = {} if default else {"default": argparse.SUPPRESS}
+        keep: dict[str, Any] = {} if default else {"default": argparse.SUPPRESS}
         target.add_argument(
             "--host", **({"default": DEFAULT_HOST} | keep), help="address to bind (default 127.0.0.1: local only)"
         )
@@ -587,15 +606,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
         args = parser.parse_args([*(argv or sys.argv[1:]), "serve"])
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)
-    except (MedSynthError, ValueError, FileNotFoundError, ImportError) as exc:
-        # User mistakes (bad names, files, settings) are reported in one line; bugs still raise.
+    except MedSynthError as exc:  # a problem the user can fix: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if _is_network_error(exc):
+            print(f"error: the network is unreachable or switched off (HF_HUB_OFFLINE): {_first_line(exc)}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        log.exception("bug: %s failed with %s", getattr(args, "command", "serve"), type(exc).__name__)
+        raise  # a bug: the traceback is the report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a failed download or connection, not a bug."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionError | TimeoutError | socket.gaierror):
+            return True
+        kind = type(seen)
+        if kind.__module__.split(".")[0] in {"huggingface_hub", "requests", "urllib3", "httpx", "httpcore"} and any(
+            word in kind.__name__ for word in ("Connect", "Offline", "Timeout", "LocalEntryNotFound", "Network")
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 if __name__ == "__main__":

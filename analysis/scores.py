@@ -235,7 +235,10 @@ def _compare(first: np.ndarray, second: np.ndarray, paired: bool) -> tuple[str, 
         a, b = first[keep], second[keep]
         if len(a) < 2 or np.all(a == b):
             return "wilcoxon", np.nan, np.nan, "rank_biserial", rank_biserial_paired(a, b), len(a), len(b)
-        result = stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided")
+        d = np.abs(a - b)  # exact only without zeros or ties (as R's wilcox.test); scipy's "auto" permutes: slow
+        exact = len(d) <= 50 and bool(np.all(d > 0)) and len(np.unique(d)) == len(d)
+        method = "exact" if exact else "approx"
+        result = stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided", method=method)
         return (
             "wilcoxon",
             float(result.statistic),

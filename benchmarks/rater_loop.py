@@ -101,7 +101,7 @@ def main() -> None:
         create_study(session, ws.store, fixtures.study_toml("bench", per_model, repeat=0.5))
     print(f"workspace built in {time.perf_counter() - t0:.1f} s")
 
-    ctx = server.AppContext(workspace=ws, views=())
+    ctx = server.AppContext(workspace=ws)
     original = server.build_app
 
     def build_with_bench(c: server.AppContext) -> Any:

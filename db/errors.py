@@ -32,3 +32,15 @@ class ConflictError(MedSynthError):
 
 class AccessDenied(MedSynthError, PermissionError):
     """The caller lacks the rights for this action."""
+
+
+class DatabaseUnavailable(MedSynthError):
+    """The database cannot be opened or reached (a malformed URL, a missing driver, a server that is down)."""
+
+
+class NetworkError(MedSynthError, ConnectionError):
+    """Something had to be downloaded but the network (or the hub) is unreachable or switched off."""
+
+
+class DependencyError(MedSynthError, ImportError):
+    """An optional package this feature needs is not installed; the message says how to install it."""

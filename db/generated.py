@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.errors import InputError, NotFoundError
+from db.errors import ConflictError, InputError, NotFoundError
 from db.importers import ensure_image_rows
 from db.media import MediaStore
 from db.models import Case, Dataset, GeneratedImage, Model, ModelKind
@@ -91,18 +91,28 @@ def register_model(
     source: str,
     parameters: dict[str, Any] | None = None,
     replace: bool = False,
+    exist_ok: bool = False,
 ) -> Model:
-    """Register (or with ``replace``, update) a model."""
+    """Register a model; with ``replace`` update one of that name; with ``exist_ok`` return one of that name.
+
+    Raises
+    ------
+    ConflictError
+        If the name is taken (without ``replace`` / ``exist_ok``), or with ``exist_ok`` the model of that
+        name is of another kind (images imported as a folder cannot join a generator's images).
+    """
     if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
         raise InputError("a model name of 1-200 printable characters is required")
     try:
         kind = ModelKind(kind)
     except ValueError:
         raise InputError(f"unknown model kind {kind!r}; choose msdm, diffusers or folder") from None
-    model = session.scalar(select(Model).where(Model.name == name))
+    model = find_model(session, name)
+    if model is not None and exist_ok and not replace:
+        if model.kind != kind:
+            raise ConflictError(f"a model called {name!r} is registered as kind {model.kind.value}, not {kind.value}")
+        return model
     if model is not None and not replace:
-        from db.errors import ConflictError
-
         raise ConflictError(f"a model called {name!r} is already registered")
     if model is None:
         model = Model(name=name, kind=kind, source=source, parameters=parameters or {})
@@ -173,3 +183,90 @@ def record_generated_image(
             if prior is None:
                 raise
             return prior.id
+
+
+def generatable_model_names(session: Session) -> list[str]:
+    """Names of registered models that can make images here (not imported folders), by name."""
+    return list(session.scalars(select(Model.name).where(Model.kind != ModelKind.FOLDER).order_by(Model.name)))
+
+
+def dataset_names(session: Session) -> set[str]:
+    """Names of every imported dataset."""
+    return set(session.scalars(select(Dataset.name)))
+
+
+def find_model(session: Session, name: str) -> Model | None:
+    """The registered model called ``name``, or None."""
+    return session.scalar(select(Model).where(Model.name == name))
+
+
+def generated_shas(session: Session, model_id: int, case_ids: list[int]) -> list[tuple[int, str]]:
+    """(case id, image sha256) of a model's images for these cases, by case then seed."""
+    rows = session.execute(
+        select(GeneratedImage.case_id, GeneratedImage.image_sha256)
+        .where(GeneratedImage.model_id == model_id, GeneratedImage.case_id.in_(case_ids))
+        .order_by(GeneratedImage.case_id, GeneratedImage.seed)
+    ).all()
+    return [(int(case_id), str(sha)) for case_id, sha in rows]
+
+
+def case_rows(session: Session, case_ids: list[int]) -> list[tuple[int, str, str]]:
+    """(case id, real image sha256, prompt) of these cases, by id."""
+    rows = session.execute(
+        select(Case.id, Case.image_sha256, Case.prompt).where(Case.id.in_(sorted(set(case_ids)))).order_by(Case.id)
+    ).all()
+    return [(int(i), str(sha), str(prompt)) for i, sha, prompt in rows]
+
+
+def generation_records(
+    session: Session, model_id: int, case_ids: list[int] | None = None
+) -> list[tuple[float | None, int | None, dict[str, Any], str]]:
+    """(seconds, peak memory bytes, parameters, device) of each of a model's generated images."""
+    query = select(GeneratedImage.seconds, GeneratedImage.peak_memory_bytes, GeneratedImage.parameters,
+                   GeneratedImage.device).where(GeneratedImage.model_id == model_id)  # fmt: skip
+    if case_ids is not None:
+        query = query.where(GeneratedImage.case_id.in_(list(case_ids)))
+    return [(s, p, dict(params or {}), str(d or "")) for s, p, params, d in session.execute(query).all()]
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """A dataset with its case and distinct image counts."""
+
+    name: str
+    domain: str
+    format: str
+    cases: int
+    images: int
+
+
+def dataset_summaries(session: Session) -> list[DatasetSummary]:
+    """Every dataset by name, with its case and distinct image counts."""
+    from sqlalchemy import func
+
+    rows = session.execute(
+        select(Dataset.name, Dataset.domain, Dataset.format, func.count(Case.id),
+               func.count(func.distinct(Case.image_sha256)))
+        .outerjoin(Case).group_by(Dataset.id).order_by(Dataset.name)
+    ).all()  # fmt: skip
+    return [DatasetSummary(n, d.value, f, int(c), int(i)) for n, d, f, c, i in rows]
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """A registered model with its generated image count."""
+
+    name: str
+    kind: str
+    source: str
+    images: int
+
+
+def model_summaries(session: Session) -> list[ModelSummary]:
+    """Every registered model by name, with how many images it has made (or were imported for it)."""
+    from sqlalchemy import func
+
+    rows = session.execute(
+        select(Model, func.count(GeneratedImage.id)).outerjoin(GeneratedImage).group_by(Model.id).order_by(Model.name)
+    ).all()
+    return [ModelSummary(m.name, m.kind.value, m.source, int(n)) for m, n in rows]

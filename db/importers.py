@@ -30,7 +30,7 @@ from tqdm import tqdm
 from db.errors import ConflictError, InputError, NotFoundError
 from db.imaging import dicom_header, is_dicom
 from db.media import DEFAULT_MAX_PIXELS, ImageInfo, MediaStore, read_file_checked, sha256_bytes
-from db.models import Case, Dataset, Domain, GeneratedImage, ImageBlob, Model, ModelKind
+from db.models import Case, Dataset, Domain, GeneratedImage, ImageBlob, ModelKind
 from db.session import Database
 
 DATASET_FORMATS = ("medvqa-gi", "rocov2", "roco", "kvasir-vqa", "kvasir-vqa-x1", "csv", "imagefolder", "dicom")
@@ -1068,23 +1068,6 @@ class GeneratedSummary:
         )
 
 
-def get_or_create_model(
-    session: Session,
-    name: str,
-    *,
-    kind: ModelKind,
-    source: str = "",
-    parameters: dict[str, Any] | None = None,
-) -> Model:
-    """The model called ``name``; created with ``kind`` if it does not exist (a kind mismatch is an error)."""
-    model = session.scalar(select(Model).where(Model.name == name))
-    if model is None:
-        model = Model(name=name, kind=kind, source=source, parameters=parameters or {})
-        session.add(model)
-        session.flush()
-    return model
-
-
 def import_generated(
     database: Database,
     store: MediaStore,
@@ -1155,7 +1138,9 @@ def import_generated(
     infos = {p: store.put_bytes(read_file_checked(p), source=p, max_pixels=max_pixels) for _, _, p, _ in planned}
     present = 0
     with database.session() as session:
-        m = get_or_create_model(session, model, kind=ModelKind.FOLDER, source=str(root))
+        from db.generated import register_model  # a local import: db.generated imports this module
+
+        m = register_model(session, model, kind=ModelKind.FOLDER, source=str(root), exist_ok=True)
         ensure_image_rows(session, infos.values())
         existing = {
             (g.case_id, g.seed): g

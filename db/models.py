@@ -302,3 +302,36 @@ class Job(Base):
     #: the worker that claimed the job (host, pid, random part) and when it last reported
     owner: Mapped[str | None] = mapped_column(String(120))
     heartbeat_at: Mapped[datetime | None]
+
+
+class CompareStage(Base):
+    """A finished stage of a comparison run (``generation.compare``): its fingerprint and outputs, so a rerun
+    skips it. Kept apart from ``jobs`` so the console's job list shows only real jobs."""
+
+    __tablename__ = "compare_stages"
+    __table_args__ = (UniqueConstraint("comparison", "stage", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    comparison: Mapped[str] = mapped_column(String(200))
+    stage: Mapped[str] = mapped_column(String(200))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    seconds: Mapped[float] = mapped_column(default=0.0)
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEntry(Base):
+    """One coordinator action (a study created, a rater added or revoked, an export, a job queued).
+
+    Append-only. Never holds a token, a link or a password: :func:`db.audit.record_action` drops such fields.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(120))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)

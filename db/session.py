@@ -6,22 +6,27 @@ brought up to date when it is opened.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import MedSynthError
+from db.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -75,12 +80,32 @@ class Database:
         self.engine.dispose()
 
 
+def _shown(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(a malformed URL)"
+
+
 def open_database(url: str, *, upgrade: bool = True) -> Database:
-    """Open ``url``, upgrade its schema, and return a :class:`Database`."""
+    """Open ``url``, upgrade its schema, and return a :class:`Database`.
+
+    Raises
+    ------
+    DatabaseUnavailable
+        For a malformed URL, a missing driver, or a server that refuses or does not answer.
+    """
     try:
         engine = make_engine(url)
-    except Exception as exc:  # a malformed URL or a missing driver
-        raise MedSynthError(f"cannot open database {url!r}: {exc}") from exc
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError, OSError) as exc:  # bad URL, driver or folder
+        raise DatabaseUnavailable(f"cannot open database {_shown(url)}: {exc}") from exc
     if upgrade:
-        upgrade_schema(engine)
+        try:
+            upgrade_schema(engine)
+        except (OperationalError, InterfaceError) as exc:  # the server is down, refuses us, or the file is unusable
+            engine.dispose()
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise DatabaseUnavailable(f"cannot connect to database {_shown(url)}: {reason}") from exc
+    log.info("opened database %s", _shown(url))
     return Database(engine=engine, sessionmaker=sessionmaker(engine, expire_on_commit=False))

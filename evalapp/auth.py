@@ -39,19 +39,22 @@ import gradio as gr
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import RedirectResponse, Response
 
-from db.app_settings import get_or_create_setting, get_setting, put_setting
-from db.errors import InputError
 from db.raters import rater_access, rater_by_token
 from db.session import Database
+from db.settings import (  # noqa: F401 - the password and secret live in db.settings; re-exported for callers
+    MIN_PASSWORD_CHARS,
+    PASSWORD_ENV,
+    PASSWORD_SETTING,
+    SECRET_SETTING,
+    coordinator_password_hash,
+    load_or_create_secret,
+    set_coordinator_password,
+)
 
 COOKIE_NAME = "medsynth_session"
 RATER_COOKIE_MAX_AGE_S = 120 * 24 * 3600
 COORDINATOR_SESSION_S = 12 * 3600
 COORDINATOR_IDLE_S = 2 * 3600
-PASSWORD_SETTING = "coordinator_password_hash"
-SECRET_SETTING = "session_secret"
-PASSWORD_ENV = "MEDSYNTH_COORDINATOR_PASSWORD"
-MIN_PASSWORD_CHARS = 8
 REFUSAL = "This page is only open to invited raters. Please use the personal link you were sent."
 
 
@@ -219,12 +222,6 @@ def config() -> AuthConfig:
     if _config is None:
         raise RuntimeError("evalapp.auth is not configured; call evalapp.auth.configure(database) first")
     return _config
-
-
-def load_or_create_secret(database: Database) -> bytes:
-    """The app's cookie-signing key, created once and kept in the database so cookies survive restarts."""
-    with database.session() as session:
-        return bytes.fromhex(get_or_create_setting(session, SECRET_SETTING, lambda: secrets.token_hex(32)))
 
 
 # ----------------------------------------------------------------------------------------------- cookies
@@ -402,17 +399,6 @@ def require_coordinator(request: gr.Request | StarletteRequest | None) -> Identi
 # ----------------------------------------------------------------------------------------------- coordinator
 
 
-def set_coordinator_password(database: Database, password: str) -> None:
-    """Store an argon2 hash of the coordinator password (replacing any earlier one)."""
-    if not isinstance(password, str) or len(password) < MIN_PASSWORD_CHARS:
-        raise InputError(f"the coordinator password must have at least {MIN_PASSWORD_CHARS} characters")
-    from argon2 import PasswordHasher
-
-    digest = PasswordHasher().hash(password)
-    with database.session() as session:
-        put_setting(session, PASSWORD_SETTING, digest)
-
-
 def verify_coordinator_password(database: Database, password: str) -> bool:
     """Check ``password`` against $MEDSYNTH_COORDINATOR_PASSWORD (constant time) or the stored argon2 hash."""
     if not isinstance(password, str) or not password:
@@ -420,8 +406,7 @@ def verify_coordinator_password(database: Database, password: str) -> bool:
     env = os.environ.get(PASSWORD_ENV)
     if env and hmac.compare_digest(env.encode("utf-8", "surrogatepass"), password.encode("utf-8", "surrogatepass")):
         return True
-    with database.session() as session:
-        stored = get_setting(session, PASSWORD_SETTING)
+    stored = coordinator_password_hash(database)
     if not stored:
         return False
     from argon2 import PasswordHasher

@@ -5,14 +5,13 @@ the server checks the caller on every event; hiding the console's components is 
 kept off the public API page (``api_visibility="private"``). Errors a user can fix (bad TOML, unknown names)
 are shown as messages, HTML-escaped.
 
-The work is done by plain functions (``db``, :mod:`evalapp.progress`, :mod:`generation.worker`); the handlers
+The work is done by plain functions (``db``, :mod:`db.progress`, the worker's jobs); the handlers
 only check the caller, call them, and shape their results into tables.
 """
 
 from __future__ import annotations
 
 import html
-import importlib
 import math
 import shutil
 import tempfile
@@ -28,15 +27,17 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from db import progress as prog
+from db.audit import record_action
 from db.errors import InputError, MedSynthError
 from db.export import export_study, items_frame
 from db.generated import get_model
 from db.models import Specialty
+from db.progress import list_jobs
 from db.raters import add_rater, reissue_token, revoke_rater
+from db.settings import demo_is_open, set_demo_open
 from db.studies import create_study, get_study, parse_study_config
-from evalapp import progress as prog
-from evalapp.auth import Role, coordinator_logout, coordinator_sign_in, identify, require_coordinator
-from evalapp.demo_view import background_worker, demo_is_open, set_demo_open
+from evalapp.auth import Role, client_key, coordinator_logout, coordinator_sign_in, identify, require_coordinator
 
 MAX_CONFIG_CHARS = 100_000
 MAX_CONFIG_BYTES = 1024 * 1024  # the server refuses larger uploads before they are read
@@ -73,7 +74,7 @@ def shown_errors() -> Iterator[None]:
     """Turn errors a user can fix into a Gradio message (escaped: the text may quote their input)."""
     try:
         yield
-    except (MedSynthError, ValueError) as exc:
+    except MedSynthError as exc:  # anything else is a bug: Gradio logs it with its traceback
         raise gr.Error(html.escape(str(exc)), print_exception=False) from None
 
 
@@ -245,7 +246,7 @@ def queue_generation(
         params["guidance"] = float(scale)
     with ctx.workspace.database.session() as session:  # a model may carry its own steps (the demo's fast one)
         own_steps = {m: get_model(session, m).parameters.get("steps") for m in chosen}
-    worker = background_worker(ctx)
+    worker = ctx.jobs()
     jobs = []
     for model in chosen:
         model_steps = n_steps if n_steps is not None else own_steps[model]
@@ -304,55 +305,6 @@ def config_text_from_upload(content: bytes | None) -> str:
     return text
 
 
-def report_writer() -> Any | None:
-    """``analysis.report.write_report`` if the analysis package provides it, else None."""
-    try:
-        module = importlib.import_module("analysis.report")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("analysis.report", "analysis"):
-            return None
-        raise
-    return getattr(module, "write_report", None)
-
-
-def report_job(params: dict[str, Any], job: Any) -> dict[str, Any]:
-    """Worker handler of ``report`` jobs: the study's tidy ratings table through ``write_report``."""
-    from db.export import ratings_frame
-
-    write_report = report_writer()
-    if write_report is None:
-        raise ValueError("this installation has no analysis report (analysis.report.write_report)")
-    study = str(params["study"])
-    job.report(0, 100, "reading the ratings")
-    with job.workspace.database.session() as session:
-        frame = ratings_frame(session, study)
-        config_sha256 = get_study(session, study).config_sha256
-
-    def on_progress(fraction: float, desc: str = "") -> None:
-        job.report(round(100 * fraction), 100, desc)
-
-    out_dir = Path(params["out_dir"])
-    result = write_report(
-        frame,
-        out_dir,
-        title=f"MedSynth report: {study}",
-        stamp={"study": study, "study_config_sha256": config_sha256, "written_at": datetime.now().isoformat()},
-        progress=on_progress,
-    )
-    tables_zip = out_dir / f"{out_dir.name}-tables.zip"
-    with zipfile.ZipFile(tables_zip, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(Path(result.tables_dir).rglob("*")):
-            if path.is_file():
-                zf.write(path, arcname=f"tables/{path.relative_to(result.tables_dir).as_posix()}")
-    return {
-        "study": study,
-        "path": str(result.html_path),
-        "tables_zip": str(tables_zip),
-        "ratings": len(frame),
-        "seconds": result.seconds,
-    }
-
-
 def reports_folder(ctx: Any) -> Path:
     """Where reports are written: ``<data folder>/reports``."""
     return Path(ctx.workspace.settings.data_dir) / "reports"
@@ -363,7 +315,7 @@ def latest_report_files(ctx: Any, study: str) -> list[str]:
     if not study:
         return []
     with ctx.workspace.database.session() as session:
-        jobs = prog.list_jobs(session, kinds=(REPORT_JOB,), limit=500)
+        jobs = list_jobs(session, kinds=(REPORT_JOB,), limit=500)
     for job in jobs:
         if job.status == "done" and job.result.get("study") == study:
             files = [job.result.get("path"), job.result.get("tables_zip")]
@@ -380,9 +332,7 @@ def queue_report(ctx: Any, study: str) -> int:
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80] or "study"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = reports_folder(ctx) / f"{stem}-{stamp}"
-    worker = background_worker(ctx)
-    worker.handlers.setdefault(REPORT_JOB, report_job)
-    return worker.submit(REPORT_JOB, {"study": name, "out_dir": str(out_dir)})
+    return ctx.jobs().submit(REPORT_JOB, {"study": name, "out_dir": str(out_dir)})
 
 
 # ----------------------------------------------------------------------------------------------- the console
@@ -411,7 +361,7 @@ class CoordinatorConsole:
 
 def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
     """Build the coordinator console inside the current ``gr.Blocks`` (the server mounts it at /coordinator)."""
-    analysis_available = report_writer() is not None
+    analysis_available = REPORT_JOB in ctx.jobs().handlers
     private: dict[str, Any] = {"api_visibility": "private", "concurrency_id": "coordinator", "concurrency_limit": 4}
     quiet = {**private, "show_progress": "hidden"}
     # Sign-in, sign-out and the page check never wait behind console work (nor console work behind them);
@@ -553,12 +503,15 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
         text = password_text if isinstance(password_text, str) else ""
         result = coordinator_sign_in(request, text[:MAX_PASSWORD_CHARS])
         if not result.ok or len(text) > MAX_PASSWORD_CHARS:
+            audit(request, "signin.failed")
             return [gr.update(), gr.update(), gr.Timer(active=False), *[gr.update()] * 4,
                     html.escape(result.message() or "Wrong password."), ""]  # fmt: skip
+        audit(request, "signin")
         return [*signed_in_view(), "", ""]
 
     def coordinator_signout(request: gr.Request) -> list[Any]:
         coordinator_logout(request)
+        audit(request, "signout")
         return [gr.update(visible=True), gr.update(visible=False), gr.Timer(active=False)]
 
     def coord_refresh(chosen: str | None, request: gr.Request) -> list[Any]:
@@ -605,12 +558,14 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
             name = parse_study_config(text).name
         except (MedSynthError, ValueError) as exc:  # shown under the config; the tables stay as they are
             return [f"**Not created:** {html.escape(str(exc))}", *[gr.skip()] * 3]
+        audit(request, "study.create", name)
         return [f"Created {html.escape(summary)}", *overview(name)]
 
     def coord_add_rater(chosen: str, name: str, spec: str, yrs: float | None, request: gr.Request) -> list[Any]:
         require_coordinator(request)
         with shown_errors():
             message, url = add_study_rater(ctx, chosen, name, spec, yrs)
+        audit(request, "rater.add", chosen, rater=name, specialty=spec)
         return [html.escape(message), url, raters_table(ctx, chosen), gr.update(choices=rater_choices(ctx, chosen)),
                 ""]  # fmt: skip
 
@@ -621,6 +576,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
                 raise InputError("choose a study and a rater first")
             with ctx.workspace.database.session() as session:
                 revoked = revoke_rater(session, chosen, rater).name
+        audit(request, "rater.revoke", chosen, rater=revoked)
         return [f"Revoked the link of {html.escape(revoked)}; their ratings are kept.", "",
                 raters_table(ctx, chosen), gr.update(choices=rater_choices(ctx, chosen))]  # fmt: skip
 
@@ -631,6 +587,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
                 raise InputError("choose a study and a rater first")
             with ctx.workspace.database.session() as session:
                 token = reissue_token(session, chosen, rater)
+        audit(request, "rater.reissue", chosen, rater=rater)
         return ["New link issued; the old one no longer works.", ctx.rater_link(token), raters_table(ctx, chosen),
                 gr.update(choices=rater_choices(ctx, chosen))]  # fmt: skip
 
@@ -648,20 +605,28 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
             ids = queue_generation(ctx, chosen, models, dev, steps, guidance, seed)
         except (MedSynthError, ValueError) as exc:  # shown beside the fields; the jobs table stays
             return [f"**Not queued:** {html.escape(str(exc))}", gr.skip()]
+        audit(request, "generate.queue", chosen, jobs=",".join(map(str, ids)))
         return [f"Queued job(s) {', '.join(map(str, ids))} for study {html.escape(chosen)}.", jobs_table(ctx)]
 
     def coord_export(chosen: str, fmt: str, request: gr.Request) -> list[str]:
         require_coordinator(request)
         with shown_errors():
-            return export_files(ctx, chosen, fmt)
+            files = export_files(ctx, chosen, fmt)
+        audit(request, "export", chosen, format=fmt)
+        return files
 
     def coord_set_demo(is_open: bool, request: gr.Request) -> str:
         require_coordinator(request)
         set_demo_open(ctx.workspace.database, bool(is_open))
+        audit(request, "demo.switch", open=bool(is_open))
         state = "open to everyone" if is_open else "switched off"
         if not getattr(ctx, "demo_enabled", False):
             state += " (but this server runs without the demo: --no-demo)"
         return f"The live demo is {state}."
+
+    def audit(request: gr.Request, action: str, target: str = "", **details: Any) -> None:
+        record_action(ctx.workspace.database, action, actor=f"coordinator@{client_key(request)}", target=target,
+                      details=details)  # fmt: skip
 
     # ---- wiring
 
@@ -700,6 +665,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
                 job_id = queue_report(ctx, chosen)
             except (MedSynthError, ValueError) as exc:
                 return f"**Not queued:** {html.escape(str(exc))}"
+            audit(request, "report.queue", chosen, job=job_id)
             return (
                 f"Queued report job {job_id} for study {html.escape(chosen)}; "
                 "it appears below when done (this page checks every few seconds)."

@@ -1,28 +1,34 @@
 """The live demo tab: prompt, model, seed, steps, guidance -> one image, with step progress and the time taken.
 
-Generation never runs in the request handler: the handler queues a ``live_demo`` job on the app's background
-worker (:mod:`generation.worker`) and polls it, reporting the worker's step count to the page. The event has
-its own concurrency group, so raters' events never queue behind it. The tab is open to everyone unless the
-app was started with ``--no-demo`` or the coordinator switched it off (an ``AppSetting``).
+Generation never runs in the request handler: the handler queues a ``demo`` job on the app's background
+worker (:class:`db.jobs.Worker`, live lane: it never waits behind batch generation or reports) and polls it,
+reporting the worker's step count to the page. The event has its own concurrency group, so raters' events
+never queue behind it. The tab is open to everyone unless the app was started with ``--no-demo`` or the
+coordinator switched it off (:func:`db.settings.set_demo_open`).
 """
 
 from __future__ import annotations
 
 import html
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
-from sqlalchemy import select
+from PIL import Image
 
 from db.errors import InputError, MedSynthError
-from db.models import AppSetting, Model, ModelKind
+from db.generated import generatable_model_names
+from db.jobs import FINISHED, JobStatus
 from db.session import Database
+from db.settings import demo_is_open
 
-DEMO_SETTING = "live_demo_open"
-LIVE_DEMO_JOB = "live_demo"
+if TYPE_CHECKING:
+    from evalapp.server import AppContext
+
+#: the worker's job kind that makes one demo image (registered on the live lane by ``generation.worker``)
+DEMO_JOB = "demo"
 DEMO_CONCURRENCY_ID = "live_demo"
 DEMO_CONCURRENCY_LIMIT = 2
 MAX_PROMPT_CHARS = 500
@@ -88,81 +94,25 @@ def validate_demo_inputs(prompt: Any, model: Any, seed: Any, steps: Any, guidanc
     )
 
 
-def demo_is_open(database: Database) -> bool:
-    """Whether the coordinator leaves the live demo open (the default)."""
-    with database.session() as session:
-        row = session.get(AppSetting, DEMO_SETTING)
-        return row is None or row.value != "0"
-
-
-def set_demo_open(database: Database, is_open: bool) -> None:
-    """Open or close the live demo for everyone."""
-    with database.session() as session:
-        row = session.get(AppSetting, DEMO_SETTING)
-        value = "1" if is_open else "0"
-        if row is None:
-            session.add(AppSetting(key=DEMO_SETTING, value=value))
-        else:
-            row.value = value
-
-
-def demo_available(ctx: Any) -> bool:
+def demo_available(ctx: AppContext) -> bool:
     """The demo runs only when the app was started with it and the coordinator has not closed it."""
-    return bool(getattr(ctx, "demo_enabled", True)) and demo_is_open(ctx.workspace.database)
+    return ctx.demo_enabled and demo_is_open(ctx.workspace.database)
 
 
 def generatable_models(database: Database) -> list[str]:
     """Names of registered models that can make images here (not imported folders), by name."""
     with database.session() as session:
-        query = select(Model.name).where(Model.kind != ModelKind.FOLDER).order_by(Model.name)
-        return list(session.scalars(query))
+        return generatable_model_names(session)
 
 
-def live_demo_job(params: dict[str, Any], job: Any) -> dict[str, Any]:
-    """Worker handler of ``live_demo`` jobs: the worker's ``demo`` job, reporting each denoising step.
-
-    The step callback is added here, inside the worker, because job parameters are stored as JSON.
-    """
-    from generation.worker import default_handlers
-
-    steps = int(params.get("steps") or 1)
-
-    def on_step(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        job.report(step + 1, steps, f"step {step + 1} of {steps}")
-        return tensors
-
-    call_kwargs = {**dict(params.get("call_kwargs") or {}), "callback_on_step_end": on_step}
-    return default_handlers()["demo"]({**params, "call_kwargs": call_kwargs}, job)
-
-
-_WORKER_LOCK = threading.Lock()
-
-
-def background_worker(ctx: Any) -> Any:
-    """The app's background worker (``ctx.worker`` or ``ctx.extra["worker"]``), started on first use.
-
-    A worker made here keeps its jobs in the database (``DbJobStore``), so the coordinator console lists them
-    and a restart picks up queued ones; it also runs ``live_demo`` jobs.
-    """
-    from generation.worker import DbJobStore, Worker
-
-    with _WORKER_LOCK:
-        worker = getattr(ctx, "worker", None) or ctx.extra.get("worker")
-        if worker is None:
-            worker = Worker(DbJobStore(ctx.workspace.database), workspace=ctx.workspace)
-            ctx.extra["worker"] = worker
-        worker.handlers.setdefault(LIVE_DEMO_JOB, live_demo_job)
-        return worker.start()
-
-
-def run_demo_job(ctx: Any, request_: DemoRequest, on_progress: Any = None) -> tuple[Any, str]:
-    """Queue the demo job, wait for it (reporting progress), and return (image, summary text)."""
-    from generation.worker import FINISHED, JobState
-
-    worker = background_worker(ctx)
+def run_demo_job(
+    ctx: AppContext, request_: DemoRequest, on_progress: Callable[[float, str], object] | None = None
+) -> tuple[Image.Image, str]:
+    """Queue a ``demo`` job on the worker's live lane, wait for it (reporting progress), return (image, summary)."""
+    worker = ctx.jobs()
     started = time.perf_counter()
     job_id = worker.submit(
-        LIVE_DEMO_JOB,
+        DEMO_JOB,
         {
             "model": request_.model,
             "prompt": request_.prompt,
@@ -177,7 +127,7 @@ def run_demo_job(ctx: Any, request_: DemoRequest, on_progress: Any = None) -> tu
         if job.status in FINISHED:
             break
         if on_progress is not None:
-            if job.status == JobState.QUEUED:
+            if job.status == JobStatus.QUEUED:
                 on_progress(0.0, "waiting for the worker")
             else:
                 on_progress(job.progress, job.message or "running")
@@ -185,7 +135,7 @@ def run_demo_job(ctx: Any, request_: DemoRequest, on_progress: Any = None) -> tu
             worker.cancel(job_id)
             raise gr.Error("The demo took too long and was cancelled.", print_exception=False)
         time.sleep(POLL_S)
-    if job.status != JobState.DONE:
+    if job.status != JobStatus.DONE:
         reason = job.message or job.status.value
         raise gr.Error(f"The demo image could not be made: {html.escape(reason)}", print_exception=False)
     image = ctx.workspace.store.open(job.result["sha256"])
@@ -215,7 +165,7 @@ class DemoTab:
     info: gr.Textbox
 
 
-def build_demo_tab(ctx: Any) -> DemoTab:
+def build_demo_tab(ctx: AppContext) -> DemoTab:
     """The live demo page; call inside the app's ``gr.Blocks`` (the server mounts it at /demo)."""
     models = generatable_models(ctx.workspace.database)
     with gr.Column() as page:

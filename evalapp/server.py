@@ -19,14 +19,12 @@ narrows uploads, file downloads and coordinator sign-in per mount; every respons
 
 from __future__ import annotations
 
-import importlib
 import logging
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -38,8 +36,11 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from db.jobs import DbJobStore, Worker
 from db.workspace import Workspace
 from evalapp import auth
+from evalapp.coordinator_view import build_coordinator_tab
+from evalapp.demo_view import build_demo_tab
 from evalapp.http_guard import GradioGuard, MountPolicy
 from evalapp.media_routes import install_media_routes
 from evalapp.rater_view import build_rater_blocks, page_assets
@@ -88,8 +89,14 @@ class AppContext:
     secret_key: bytes = b""
     base_url: str = "http://127.0.0.1:7860"
     login_failure_delay_s: float = 1.0
-    views: tuple[str, ...] = ("coordinator", "demo")  # optional views to mount (when their modules exist)
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: the background worker with every job kind registered (``app.build_worker``); a bare one if None
+    worker: Worker | None = None
+
+    def jobs(self) -> Worker:
+        """The started background worker (a bare one on the database if the caller wired none in)."""
+        if self.worker is None:
+            self.worker = Worker(DbJobStore(self.workspace.database), workspace=self.workspace)
+        return self.worker.start()
 
     def rater_link(self, token: str) -> str:
         """The personal link of a rater holding ``token``."""
@@ -167,17 +174,6 @@ class RedactQueryFilter(logging.Filter):
 # ----------------------------------------------------------------------------------------------- assembly
 
 
-def optional_builder(module: str, name: str) -> Callable[[AppContext], Any] | None:
-    """``module.name`` if that module exists (views by other engineers plug in here), else None."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return None
-        raise
-    return getattr(mod, name)
-
-
 def files_folder(name: str) -> Path:
     """A fresh private folder (mode 0700) inside Gradio's upload folder for one mount's output files."""
     root = Path(gr.utils.get_upload_folder())
@@ -249,36 +245,32 @@ def build_app(ctx: AppContext) -> FastAPI:
     install_media_routes(app, ctx.workspace.database, ctx.workspace.store)
     pages = ["/"]
     policies = [MountPolicy(prefix="")]  # the rater page: no uploads, no files
-    coordinator = (
-        optional_builder("evalapp.coordinator_view", "build_coordinator_tab") if "coordinator" in ctx.views else None
+    ctx.jobs()  # every job kind is registered and queued jobs run before a request arrives
+    with gr.Blocks(title="MedSynth coordinator", analytics_enabled=False) as blocks:
+        build_coordinator_tab(ctx)
+    folder = files_folder("coordinator")
+    reports = Path(ctx.workspace.settings.data_dir) / "reports"  # returned reports come from here
+    _mount(
+        app,
+        blocks,
+        COORDINATOR_PATH,
+        files_dir=folder,
+        max_file_size=MAX_UPLOAD_BYTES,
+        allowed_paths=[str(reports)],
     )
-    if coordinator is not None:
-        with gr.Blocks(title="MedSynth coordinator", analytics_enabled=False) as blocks:
-            coordinator(ctx)
-        folder = files_folder("coordinator")
-        reports = Path(ctx.workspace.settings.data_dir) / "reports"  # returned reports come from here
-        _mount(
-            app,
-            blocks,
-            COORDINATOR_PATH,
+    policies.append(
+        MountPolicy(
+            prefix=COORDINATOR_PATH,
             files_dir=folder,
-            max_file_size=MAX_UPLOAD_BYTES,
-            allowed_paths=[str(reports)],
+            coordinator_only=True,
+            max_upload_bytes=MAX_UPLOAD_BYTES,
+            signin_fns=_fn_ids(blocks, SIGNIN_FN),
         )
-        policies.append(
-            MountPolicy(
-                prefix=COORDINATOR_PATH,
-                files_dir=folder,
-                coordinator_only=True,
-                max_upload_bytes=MAX_UPLOAD_BYTES,
-                signin_fns=_fn_ids(blocks, SIGNIN_FN),
-            )
-        )
-        pages += [COORDINATOR_PATH, COORDINATOR_PATH + "/"]
-    demo = optional_builder("evalapp.demo_view", "build_demo_tab") if ctx.demo_enabled and "demo" in ctx.views else None
-    if demo is not None:
+    )
+    pages += [COORDINATOR_PATH, COORDINATOR_PATH + "/"]
+    if ctx.demo_enabled:
         with gr.Blocks(title="MedSynth demo", analytics_enabled=False) as blocks:
-            demo(ctx)
+            build_demo_tab(ctx)
         folder = files_folder("demo")
         _mount(app, blocks, DEMO_PATH, files_dir=folder)
         policies.append(MountPolicy(prefix=DEMO_PATH, files_dir=folder))
@@ -339,24 +331,21 @@ def serve(
     port: int = 7860,
     demo: bool = False,
     root_url: str | None = None,
+    *,
+    worker: Worker | None = None,
+    notice: str = "",
 ) -> None:
     """Serve the app until interrupted. ``root_url`` is the public address used in rater links.
 
-    With ``demo`` the built-in demo study is built on first start (or reused) and its rater link and the
-    coordinator password are printed. The background worker (generation, reports, live demo) starts with
-    the server, so jobs queued before a restart run again.
+    ``worker`` carries every job kind (``app.build_worker`` registers generation, demo, compare and report);
+    it starts before the server accepts a request, so jobs queued before a restart run again. ``notice`` is
+    printed after the address (the demo study's links).
     """
     base = (root_url or f"http://{host}:{port}").rstrip("/")
-    ctx = AppContext(workspace=workspace, demo_enabled=demo, base_url=base)
-    if demo:
-        from generation.demo_study import ensure_demo
-
-        info = ensure_demo(workspace)
+    ctx = AppContext(workspace=workspace, demo_enabled=demo, base_url=base, worker=worker)
     app = build_app(ctx)
-    from evalapp.demo_view import background_worker
-
-    background_worker(ctx)
+    log.info("serving on %s with job kinds %s", base, ", ".join(sorted(ctx.jobs().handlers)) or "none")
     print(f"MedSynth is serving on {base}/ (coordinator: {base}{COORDINATOR_PATH}/)", flush=True)
-    if demo:
-        print(info.describe(base), flush=True)
+    if notice:
+        print(notice, flush=True)
     uvicorn.Server(uvicorn_config(app, host, port)).run()

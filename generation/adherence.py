@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from db.errors import InputError
 from generation.demo_data import (
     DOMAIN_ATTRIBUTES,
     DOMAINS,
@@ -56,7 +57,8 @@ def attribute_targets(attrs: dict[str, Any]) -> dict[str, int]:
 
 def images_to_tensor(images: Sequence[Image.Image], size: int = 64) -> torch.Tensor:
     """RGB PIL images -> float tensor ``(N, 3, size, size)`` in [-1, 1]."""
-    arrs = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) for im in images]
+    bilinear = Image.Resampling.BILINEAR
+    arrs = [np.asarray(im.convert("RGB").resize((size, size), bilinear), dtype=np.float32) for im in images]
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
@@ -356,7 +358,7 @@ def load_classifier(path: str | Path) -> AttributeClassifier:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no adherence classifier at {path}")
+        raise InputError(f"no adherence classifier at {path}")
     model = AttributeClassifier()
     model.load_state_dict(load_file(str(path)))
     return model.eval()

@@ -27,17 +27,25 @@ generate ...`` runs one process per GPU; :func:`distributed_context` reads its r
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from PIL import Image
 
+from db.errors import InputError
 from generation.devices import device_label, resolve_device, suggest_batch_size, track_peak_memory
-from generation.pipelines import LoadedPipeline, set_scheduler
+from generation.pipelines import LoadedPipeline, PipelineCache, set_scheduler
 from generation.presets import resolve_resolution, resolve_sampling, vae_factor
+
+if TYPE_CHECKING:
+    from db.session import Database
+    from db.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 SEED_SCHEME = "medsynth-seed-v1"
 _OWN_COLUMNS = frozenset({"steps", "guidance", "call_kwargs"})  # recorded in columns / filtered separately
@@ -74,9 +82,12 @@ def case_seeds(base_seed: int, case_key: str, count: int) -> list[int]:
 class CaseLike(Protocol):
     """What generation needs of a case (``db.generated.CaseRef`` fits)."""
 
-    id: int
-    key: str
-    prompt: str
+    @property
+    def id(self) -> int: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -108,9 +119,9 @@ def split_work(items: Sequence[WorkItem], process_index: int, num_processes: int
         If ``num_processes < 1`` or ``process_index`` is outside ``[0, num_processes)``.
     """
     if num_processes < 1:
-        raise ValueError(f"num_processes must be at least 1, got {num_processes}")
+        raise InputError(f"num_processes must be at least 1, got {num_processes}")
     if not 0 <= process_index < num_processes:
-        raise ValueError(f"process_index {process_index} is outside [0, {num_processes})")
+        raise InputError(f"process_index {process_index} is outside [0, {num_processes})")
     return list(items[process_index::num_processes])
 
 
@@ -147,25 +158,25 @@ def check_inputs(
     """
     for label, side in (("height", height), ("width", width)):
         if not isinstance(side, int) or isinstance(side, bool):
-            raise ValueError(f"{label} must be an integer number of pixels, got {side!r}")
+            raise InputError(f"{label} must be an integer number of pixels, got {side!r}")
         if side < max(MIN_SIDE, factor) or side > MAX_SIDE:
-            raise ValueError(f"{label}={side} px is out of range: use {max(MIN_SIDE, factor)}..{MAX_SIDE} px")
+            raise InputError(f"{label}={side} px is out of range: use {max(MIN_SIDE, factor)}..{MAX_SIDE} px")
         if side % factor:
             lower, upper = side - side % factor, side - side % factor + factor
-            raise ValueError(
+            raise InputError(
                 f"{label}={side} px is not a multiple of this model's VAE factor {factor}: "
                 f"use {lower or upper} or {upper}"
             )
     if not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps={steps} is out of range: use 1..{MAX_STEPS}")
+        raise InputError(f"steps={steps} is out of range: use 1..{MAX_STEPS}")
     if not 0.0 <= guidance <= MAX_GUIDANCE:
-        raise ValueError(f"guidance={guidance} is out of range: use 0..{MAX_GUIDANCE:g}")
+        raise InputError(f"guidance={guidance} is out of range: use 0..{MAX_GUIDANCE:g}")
     if not 1 <= per_case <= MAX_PER_CASE:
-        raise ValueError(f"per-case={per_case} is out of range: use 1..{MAX_PER_CASE}")
+        raise InputError(f"per-case={per_case} is out of range: use 1..{MAX_PER_CASE}")
     if batch_size < 1:
-        raise ValueError(f"batch-size={batch_size} must be at least 1")
+        raise InputError(f"batch-size={batch_size} must be at least 1")
     if not seed >= 0:
-        raise ValueError(f"seed={seed} must be a non-negative integer")
+        raise InputError(f"seed={seed} must be a non-negative integer")
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -340,7 +351,7 @@ class MemorySink:
 class DbImageSink:
     """Records into MedSynth's database and media store through ``db.generated``."""
 
-    database: Any
+    database: Database
     store: Any
     model_id: int
 
@@ -529,7 +540,7 @@ def distributed_context(device: str = "auto") -> DistributedContext:
 
 
 def generate_for_dataset(
-    workspace: Any,
+    workspace: Workspace,
     dataset: str,
     model: str,
     config: GenerationConfig,
@@ -538,7 +549,7 @@ def generate_for_dataset(
     progress: bool = True,
     on_progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
-    cache: Any = None,
+    cache: PipelineCache | None = None,
     limit: int | None = None,
 ) -> GenerationReport:
     """``app.py generate``: make the missing images of ``dataset`` with registered ``model``.
@@ -575,6 +586,7 @@ def generate_for_dataset(
     context = distributed_context(device)
     loaded = cache.get(spec, context.device) if cache is not None else load_pipeline(spec, context.device)
     sink = DbImageSink(workspace.database, workspace.store, model_id)
+    log.info("generating %d cases of %s with %s on %s", len(cases), dataset, model, loaded.device)
     return run_generation(
         loaded,
         cases,

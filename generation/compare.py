@@ -13,8 +13,8 @@ study. The run is a list of stages, in this order::
     report                     report.csv and report.html, side by side
     study                      the blinded study of those images                     (with a [study] table)
 
-Every finished stage is written to ``manifest.json`` in the output folder and as a ``jobs`` row
-(``kind = "compare"``) in the database, with a fingerprint of everything it depends on. A rerun skips a
+Every finished stage is written to ``manifest.json`` in the output folder and to the database's stage cache
+(``compare_stages``, :mod:`db.stages`), with a fingerprint of everything it depends on. A rerun skips a
 stage whose fingerprint is unchanged; a changed setting redoes that stage and every stage after it that
 depends on it. Inside a stage, training resumes from its last checkpoint and generation from the images
 already recorded, so an interrupted run loses at most one checkpoint interval. See ``docs/compare.md``.
@@ -28,6 +28,7 @@ import hashlib
 import html
 import io
 import json
+import logging
 import random
 import time
 import tomllib
@@ -35,15 +36,23 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from db.errors import InputError
+from db.stages import find_stage, record_stage
+
+if TYPE_CHECKING:
+    from db.session import Database
+    from db.workspace import Workspace
+    from generation.pipelines import PipelineCache
+
+log = logging.getLogger(__name__)
 
 ContenderKind = Literal["msdm", "lora", "registered"]
 CONTENDER_KINDS: tuple[str, ...] = ("msdm", "lora", "registered")
 MANIFEST_FILE = "manifest.json"
-JOB_KIND = "compare"
 Progress = Callable[[str], None]
 
 #: [generation] keys (also allowed in a contender's own [contenders.generation] table).
@@ -168,7 +177,7 @@ def _kind_names(kinds: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in items)
 
 
-def _check_generation(table: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+def _check_generation(table: dict[str, Any] | None, where: str, source: str) -> dict[str, Any]:
     table = _table(table, where, GENERATION_KEYS, source)
     for key in table:
         kinds: type | tuple[type, ...] = (
@@ -180,7 +189,7 @@ def _check_generation(table: dict[str, Any], where: str, source: str) -> dict[st
     return table
 
 
-def _check_train(kind: ContenderKind, table: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+def _check_train(kind: ContenderKind, table: dict[str, Any] | None, where: str, source: str) -> dict[str, Any]:
     from generation.lora_train import LoraTrainConfig
     from generation.msdm.config import TrainConfig
 
@@ -404,15 +413,15 @@ def fingerprint(*parts: Any) -> str:
 
 @dataclass
 class Manifest:
-    """The stage record of one comparison: ``manifest.json`` in the output folder plus ``jobs`` rows."""
+    """The stage record of one comparison: ``manifest.json`` in the output folder plus the ``compare_stages`` table."""
 
     path: Path
-    database: Any
+    database: Database
     comparison: str
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, out_dir: Path, database: Any, comparison: str) -> Manifest:
+    def open(cls, out_dir: Path, database: Database, comparison: str) -> Manifest:
         path = out_dir / MANIFEST_FILE
         stages = json.loads(path.read_text(encoding="utf-8")).get("stages", {}) if path.is_file() else {}
         return cls(path, database, comparison, stages)
@@ -422,18 +431,14 @@ class Manifest:
         entry = self.stages.get(stage)
         if entry and entry.get("status") == "done" and entry.get("fingerprint") == stage_fingerprint:
             return entry["outputs"]
-        row = self._job(stage, stage_fingerprint)
-        if row is not None:
-            self.stages[stage] = row
+        outputs = find_stage(self.database, self.comparison, stage, stage_fingerprint)
+        if outputs is not None:
+            self.stages[stage] = {"status": "done", "fingerprint": stage_fingerprint, "outputs": outputs}
             self._write()
-            return row["outputs"]
-        return None
+        return outputs
 
     def record(self, stage: str, stage_fingerprint: str, outputs: dict[str, Any], started: float) -> None:
-        """Write a finished stage to the manifest and the database's ``jobs`` table."""
-        from db.models import Job, JobStatus, utcnow
-
-        now = utcnow()
+        """Write a finished stage to the manifest and the database's stage cache."""
         seconds = time.perf_counter() - started
         entry = {
             "status": "done",
@@ -444,38 +449,8 @@ class Manifest:
         }
         self.stages[stage] = entry
         self._write()
-        with self.database.session() as session:
-            session.add(
-                Job(
-                    kind=JOB_KIND,
-                    params={"comparison": self.comparison, "stage": stage, "fingerprint": stage_fingerprint},
-                    status=JobStatus.DONE,
-                    progress=1.0,
-                    message=f"{self.comparison}: {stage} done in {seconds:.1f} s",
-                    result=json.loads(json.dumps(outputs, default=str)),
-                    started_at=now,
-                    finished_at=now,
-                )
-            )
-
-    def _job(self, stage: str, stage_fingerprint: str) -> dict[str, Any] | None:
-        from sqlalchemy import select
-
-        from db.models import Job, JobStatus
-
-        with self.database.session() as session:
-            rows = session.scalars(
-                select(Job).where(Job.kind == JOB_KIND, Job.status == JobStatus.DONE).order_by(Job.id.desc())
-            ).all()
-            for job in rows:
-                params = job.params or {}
-                if (
-                    params.get("comparison") == self.comparison
-                    and params.get("stage") == stage
-                    and params.get("fingerprint") == stage_fingerprint
-                ):
-                    return {"status": "done", "fingerprint": stage_fingerprint, "outputs": dict(job.result)}
-        return None
+        record_stage(self.database, self.comparison, stage, stage_fingerprint, outputs, seconds=seconds)
+        log.info("comparison %s: stage %s done in %.1f s", self.comparison, stage, seconds)
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -573,7 +548,7 @@ def _generation_config(settings: dict[str, Any]) -> Any:
     return GenerationConfig(**settings, call_kwargs=extra)
 
 
-def _register(workspace: Any, name: str, kind: str, source: str, parameters: dict[str, Any]) -> None:
+def _register(workspace: Workspace, name: str, kind: str, source: str, parameters: dict[str, Any]) -> None:
     from db.generated import register_model
 
     with workspace.database.session() as session:
@@ -581,7 +556,12 @@ def _register(workspace: Any, name: str, kind: str, source: str, parameters: dic
 
 
 def _train(
-    workspace: Any, config: CompareConfig, contender: ContenderConfig, train_ids: list[int], out: Path, device: str
+    workspace: Workspace,
+    config: CompareConfig,
+    contender: ContenderConfig,
+    train_ids: list[int],
+    out: Path,
+    device: str,
 ) -> dict[str, Any]:
     """Train one contender into ``out/models/<name>`` (resuming) and register it; the stage's outputs."""
     from generation.lora_train import LoraTrainConfig, allow_mixed_precision, dataset_examples, train_lora
@@ -621,15 +601,15 @@ def _train(
     on_cuda = device != "cpu" and _cuda_available()
     allow_mixed_precision(msdm.mixed_precision if on_cuda else "no")
     # The folder carries its text encoder (with its attention-mask setting), so plain diffusers loads it as is.
-    result = train_msdm(msdm, examples, folder, resume=True, include_text_encoder=True, progress=False)
+    trained = train_msdm(msdm, examples, folder, resume=True, include_text_encoder=True, progress=False)
     meta = json.loads((folder / "msdm.json").read_text(encoding="utf-8"))
     counts = meta.get("parameters", {})
     _register(workspace, name, "msdm", str(folder), {})
     return {
         "model": name,
         "folder": str(folder),
-        "train_seconds": result.wall_time_s,
-        "device_hours": result.wall_time_s / 3600.0,
+        "train_seconds": trained.wall_time_s,
+        "device_hours": trained.wall_time_s / 3600.0,
         "trainable_parameters": int(counts.get("vae", 0)) + int(counts.get("unet", 0)),
         "train_steps": msdm.unet_steps,
         "vae_steps": msdm.vae_steps,
@@ -645,7 +625,7 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _held_out_cases(workspace: Any, config: CompareConfig, held: list[int]) -> list[Any]:
+def _held_out_cases(workspace: Workspace, config: CompareConfig, held: list[int]) -> list[Any]:
     from db.generated import dataset_cases
 
     with workspace.database.session() as session:
@@ -653,7 +633,7 @@ def _held_out_cases(workspace: Any, config: CompareConfig, held: list[int]) -> l
         return [c for c in dataset_cases(session, config.dataset) if c.id in chosen]
 
 
-def _model_row(workspace: Any, name: str) -> tuple[int, str, Any]:
+def _model_row(workspace: Workspace, name: str) -> tuple[int, str, Any]:
     from db.generated import get_model
     from generation.pipelines import ModelSpec
 
@@ -664,7 +644,12 @@ def _model_row(workspace: Any, name: str) -> tuple[int, str, Any]:
 
 
 def _generate(
-    workspace: Any, config: CompareConfig, contender: ContenderConfig, cases: list[Any], cache: Any, device: str
+    workspace: Workspace,
+    config: CompareConfig,
+    contender: ContenderConfig,
+    cases: list[Any],
+    cache: PipelineCache,
+    device: str,
 ) -> dict[str, Any]:
     from db.generated import existing_seeds
     from generation.batch import DbImageSink, run_generation
@@ -675,7 +660,7 @@ def _generate(
             have = {c for c, _ in existing_seeds(session, model_id, [c.id for c in cases])}
         missing = [c.key for c in cases if c.id not in have]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"contender {contender.name!r} is the image folder model {config.model_name(contender)!r}, which has "
                 f"no images for {len(missing)} held-out case(s) (e.g. {missing[0]!r}); import them first"
             )
@@ -692,7 +677,12 @@ def _generate(
 
 
 def _cost(
-    workspace: Any, config: CompareConfig, contender: ContenderConfig, cases: list[Any], cache: Any, device: str
+    workspace: Workspace,
+    config: CompareConfig,
+    contender: ContenderConfig,
+    cases: list[Any],
+    cache: PipelineCache,
+    device: str,
 ) -> dict[str, Any]:
     from generation.batch import resolve_params
     from generation.cost import count_parameters, generation_timing, pipeline_flops_per_image
@@ -712,21 +702,15 @@ def _cost(
     }
 
 
-def _images(workspace: Any, model_id: int, case_ids: list[int]) -> list[tuple[int, Any]]:
-    from sqlalchemy import select
-
-    from db.models import GeneratedImage
+def _images(workspace: Workspace, model_id: int, case_ids: list[int]) -> list[tuple[int, Any]]:
+    from db.generated import generated_shas
 
     with workspace.database.session() as session:
-        rows = session.execute(
-            select(GeneratedImage.case_id, GeneratedImage.image_sha256)
-            .where(GeneratedImage.model_id == model_id, GeneratedImage.case_id.in_(case_ids))
-            .order_by(GeneratedImage.case_id, GeneratedImage.seed)
-        ).all()
+        rows = generated_shas(session, model_id, case_ids)
     return [(case_id, workspace.store.open(sha)) for case_id, sha in rows]
 
 
-def _real_images(workspace: Any, cases: list[Any]) -> list[Any]:
+def _real_images(workspace: Workspace, cases: list[Any]) -> list[Any]:
     """The distinct real images of ``cases`` (one per image, however many prompts share it)."""
     from db.generated import case_image_shas
 
@@ -736,7 +720,7 @@ def _real_images(workspace: Any, cases: list[Any]) -> list[Any]:
     return [workspace.store.open(sha) for sha in distinct]
 
 
-def _metrics(workspace: Any, config: CompareConfig, cases: list[Any], out: Path) -> dict[str, Any]:
+def _metrics(workspace: Workspace, config: CompareConfig, cases: list[Any], out: Path) -> dict[str, Any]:
     """FD/KID/CMMD of every contender against the real held-out images (equal N), and alignment."""
     import pandas as pd
 
@@ -756,13 +740,13 @@ def _metrics(workspace: Any, config: CompareConfig, cases: list[Any], out: Path)
             generated[contender.name] = _images(workspace, model_id, ids)
         feats = {name: extractor([image for _, image in images]) for name, images in generated.items()}
         table = compare_models(
-            extractor, real, feats, seed=settings.seed, n_boot=settings.n_boot, metrics=settings.metrics
+            extractor, real, feats, seed=settings.seed, n_boot=settings.n_boot, metrics=list(settings.metrics)  # type: ignore[arg-type]
         )
         rows = table.to_dict("records")
         if settings.alignment:
             encoder = load_extractor(settings.alignment)
             if not callable(getattr(encoder, "embed_texts", None)):
-                raise ValueError(f"metrics.alignment {settings.alignment!r} is not a dual (image-text) encoder")
+                raise InputError(f"metrics.alignment {settings.alignment!r} is not a dual (image-text) encoder")
             for name, images in generated.items():
                 result = alignment_metric(encoder, [im for _, im in images], [prompts[c] for c, _ in images])
                 rows.append({"model": name, **result.to_row()})
@@ -896,7 +880,7 @@ img{{image-rendering:pixelated;width:96px}}</style></head><body>
 
 
 def _report(
-    workspace: Any, config: CompareConfig, outputs: dict[str, dict[str, Any]], cases: list[Any], out: Path
+    workspace: Workspace, config: CompareConfig, outputs: dict[str, dict[str, Any]], cases: list[Any], out: Path
 ) -> dict[str, Any]:
     import pandas as pd
 
@@ -938,17 +922,18 @@ def study_config_text(config: CompareConfig, held_out_keys: Sequence[str]) -> st
     return "\n".join(lines) + "\n"
 
 
-def _study(workspace: Any, config: CompareConfig, held_out_keys: Sequence[str]) -> dict[str, Any]:
-    from sqlalchemy import select
-
-    from db.models import Study
-    from db.studies import create_study
+def _study(workspace: Workspace, config: CompareConfig, held_out_keys: Sequence[str]) -> dict[str, Any]:
+    from db.errors import NotFoundError
+    from db.studies import create_study, get_study
 
     text = study_config_text(config, held_out_keys)
     name = tomllib.loads(text)["name"]
     with workspace.database.session() as session:
-        if session.scalar(select(Study).where(Study.name == name)) is not None:
+        try:
+            get_study(session, name)
             return {"study": name, "created": False}
+        except NotFoundError:
+            pass
         summary = create_study(session, workspace.store, text, source=f"comparison {config.name}")
     return {"study": name, "created": True, "items": summary.items, "config": text}
 
@@ -956,7 +941,7 @@ def _study(workspace: Any, config: CompareConfig, held_out_keys: Sequence[str]) 
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def resolve_out_dir(workspace: Any, config: CompareConfig, config_path: Path | None) -> Path:
+def resolve_out_dir(workspace: Workspace, config: CompareConfig, config_path: Path | None) -> Path:
     """``out_dir`` relative to the config file, or ``<data dir>/compare/<name>``."""
     if config.out_dir:
         path = Path(config.out_dir).expanduser()
@@ -966,7 +951,9 @@ def resolve_out_dir(workspace: Any, config: CompareConfig, config_path: Path | N
     return Path(workspace.settings.data_dir) / "compare" / config.name
 
 
-def run_comparison(workspace: Any, config_path: str | Path, *, progress: Progress | None = None) -> ComparisonResult:
+def run_comparison(
+    workspace: Workspace, config_path: str | Path, *, progress: Progress | None = None
+) -> ComparisonResult:
     """``app.py compare CONFIG.toml``: run (or resume) every stage of the comparison and write the report.
 
     Parameters
@@ -994,7 +981,7 @@ def run_comparison(workspace: Any, config_path: str | Path, *, progress: Progres
 
     path = Path(config_path)
     if not path.is_file():
-        raise ValueError(f"comparison config {path} does not exist")
+        raise InputError(f"comparison config {path} does not exist")
     config = parse_compare_config(path.read_text(encoding="utf-8"), source=str(path))
     say = progress or (lambda _line: None)
     out = resolve_out_dir(workspace, config, path)
@@ -1030,7 +1017,7 @@ def run_comparison(workspace: Any, config_path: str | Path, *, progress: Progres
             if config.split.split is not None:
                 split_ids = [c.id for c in dataset_cases(session, config.dataset, split=config.split.split)]
                 if not split_ids:
-                    raise ValueError(f"dataset {config.dataset!r} has no cases with split {config.split.split!r}")
+                    raise InputError(f"dataset {config.dataset!r} has no cases with split {config.split.split!r}")
         result = choose_split(everything, split_ids, config.split)
         audit = result["audit"]
         say(
@@ -1051,16 +1038,16 @@ def run_comparison(workspace: Any, config_path: str | Path, *, progress: Progres
             stage(
                 f"train:{contender.name}",
                 upstream,
-                lambda c=contender: _train(workspace, config, c, chosen["train"], out, device),
+                partial(_train, workspace, config, contender, chosen["train"], out, device),
             )
             upstream.append(prints[f"train:{contender.name}"])
         gen_key = f"generate:{contender.name}"
         settings = config.generation_for(contender)
-        stage(gen_key, [*upstream, settings], lambda c=contender: _generate(workspace, config, c, cases, cache, device))
+        stage(gen_key, [*upstream, settings], partial(_generate, workspace, config, contender, cases, cache, device))
         stage(
             f"cost:{contender.name}",
             [prints[gen_key]],
-            lambda c=contender: _cost(workspace, config, c, cases, cache, device),
+            partial(_cost, workspace, config, contender, cases, cache, device),
         )
     cache.clear()
     generated = [prints[f"generate:{c.name}"] for c in config.contenders]

@@ -17,9 +17,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from db.errors import InputError
+
+if TYPE_CHECKING:
+    from db.session import Database
 
 #: bf16 dense peak of one H100 SXM / H200 (TFLOP/s), the basis of the GPU-hour estimates.
 H100_BF16_TFLOPS = 989.0
@@ -79,7 +84,7 @@ class GenerationTiming:
     device: str | None
 
 
-def generation_timing(database: Any, model_id: int, case_ids: Sequence[int] | None = None) -> GenerationTiming:
+def generation_timing(database: Database, model_id: int, case_ids: Sequence[int] | None = None) -> GenerationTiming:
     """Median seconds per image and the largest recorded peak memory of a model's generated images.
 
     Parameters
@@ -91,16 +96,10 @@ def generation_timing(database: Any, model_id: int, case_ids: Sequence[int] | No
     case_ids
         Only these cases (e.g. a comparison's held-out prompts); ``None`` = all.
     """
-    from sqlalchemy import select
+    from db.generated import generation_records
 
-    from db.models import GeneratedImage
-
-    query = select(GeneratedImage.seconds, GeneratedImage.peak_memory_bytes, GeneratedImage.parameters,
-                   GeneratedImage.device).where(GeneratedImage.model_id == model_id)  # fmt: skip
-    if case_ids is not None:
-        query = query.where(GeneratedImage.case_id.in_(list(case_ids)))
     with database.session() as session:
-        rows = session.execute(query).all()
+        rows = generation_records(session, model_id, None if case_ids is None else list(case_ids))
     seconds = [float(s) for s, *_ in rows if s is not None]
     peaks = [int(p) for _, p, *_ in rows if p is not None]
     kinds = {str((params or {}).get("peak_memory_kind", "")) for _, _, params, _ in rows} - {""}
@@ -123,7 +122,7 @@ def gpu_hours(flops: float, peak_tflops: float = H100_BF16_TFLOPS, utilisation: 
         If ``peak_tflops`` is not positive or ``utilisation`` is outside ``(0, 1]``.
     """
     if peak_tflops <= 0 or not 0 < utilisation <= 1:
-        raise ValueError(f"need peak_tflops > 0 and 0 < utilisation <= 1, got {peak_tflops}, {utilisation}")
+        raise InputError(f"need peak_tflops > 0 and 0 < utilisation <= 1, got {peak_tflops}, {utilisation}")
     return float(flops) / (peak_tflops * 1e12 * utilisation) / 3600.0
 
 
@@ -151,7 +150,7 @@ def _flux_dev() -> tuple[torch.nn.Module, Callable[[torch.nn.Module, int], Any]]
     return model, forward
 
 
-def _unet(config: dict[str, Any], text: tuple[int, int], sdxl: bool = False):  # type: ignore[no-untyped-def]
+def _unet(config: dict[str, Any], text: tuple[int, int], sdxl: bool = False):
     from diffusers import UNet2DConditionModel
 
     model = UNet2DConditionModel(**config)
@@ -164,12 +163,12 @@ def _unet(config: dict[str, Any], text: tuple[int, int], sdxl: bool = False):  #
     return model, forward
 
 
-def _sd15():  # type: ignore[no-untyped-def]
+def _sd15():
     """Stable Diffusion 1.5 UNet (the diffusers defaults are SD 1.x's; CLIP ViT-L 77 x 768)."""
     return _unet({"cross_attention_dim": 768, "attention_head_dim": 8}, (77, 768))
 
 
-def _sdxl():  # type: ignore[no-untyped-def]
+def _sdxl():
     """SDXL base UNet (model card config)."""
     config = {
         "block_out_channels": (320, 640, 1280),
@@ -186,7 +185,7 @@ def _sdxl():  # type: ignore[no-untyped-def]
     return _unet(config, (77, 2048), sdxl=True)
 
 
-def _msdm_paper():  # type: ignore[no-untyped-def]
+def _msdm_paper():
     """MSDM's UNet at the paper config (:func:`generation.msdm.config.paper_config`, CLIP ViT-L/14 text)."""
     from generation.msdm.config import paper_config
     from generation.msdm.pipeline import build_unet
@@ -230,7 +229,7 @@ def reference_denoiser_flops(name: str, resolution: int) -> ReferenceCost:
         For a name not in :data:`REFERENCE_DENOISERS`.
     """
     if name not in REFERENCE_DENOISERS:
-        raise ValueError(f"unknown reference denoiser {name!r}; expected one of {', '.join(REFERENCE_DENOISERS)}")
+        raise InputError(f"unknown reference denoiser {name!r}; expected one of {', '.join(REFERENCE_DENOISERS)}")
     with torch.device("meta"):
         model, forward = REFERENCE_DENOISERS[name]()
         flops = count_flops(lambda: forward(model, resolution))

@@ -25,6 +25,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from PIL import Image
 
+from db.errors import InputError
+
 Domain = Literal["endoscopy", "chest_xray"]
 DOMAINS: tuple[Domain, ...] = ("endoscopy", "chest_xray")
 
@@ -84,7 +86,7 @@ class AttributePriors:
 def empty_attributes(domain: Domain) -> dict[str, Any]:
     """Attribute dict with every column present and those of the other domain set to ``None``."""
     if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
+        raise InputError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
     attrs: dict[str, Any] = dict.fromkeys(ATTRIBUTE_COLUMNS)
     attrs["domain"] = domain
     return attrs
@@ -179,7 +181,7 @@ def parse_caption(caption: str) -> dict[str, Any]:
         attrs["cardiomegaly"] = "enlarged heart" in text
         attrs["effusion"] = "effusion" in text
         return attrs
-    raise ValueError(f"caption names no known domain (endoscopy / chest X-ray): {caption!r}")
+    raise InputError(f"caption names no known domain (endoscopy / chest X-ray): {caption!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,7 +197,7 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
 def _smooth_noise(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
     """Value noise in [0, 1]: a random ``cells`` x ``cells`` grid bilinearly upsampled to ``n``."""
     coarse = rng.random((cells + 1, cells + 1)).astype(np.float32)
-    img = Image.fromarray(coarse).resize((n, n), Image.BILINEAR)
+    img = Image.fromarray(coarse).resize((n, n), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.float32)
 
 
@@ -301,7 +303,7 @@ def _render_chest_xray(attrs: dict[str, Any], rng: np.random.Generator, n: int) 
 def render_image(attrs: dict[str, Any], rng: np.random.Generator, size: int = 64) -> Image.Image:
     """Draw the frame described by ``attrs`` as an RGB PIL image of ``size`` x ``size`` pixels."""
     if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
+        raise InputError(f"size must be at least 16 pixels, got {size}")
     canvas = 2 * size
     if attrs["domain"] == "endoscopy":
         arr = _render_endoscopy(attrs, rng, canvas)
@@ -310,7 +312,7 @@ def render_image(attrs: dict[str, Any], rng: np.random.Generator, size: int = 64
     else:
         raise ValueError(f"unknown domain {attrs['domain']!r}; expected one of {DOMAINS}")
     arr8 = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return Image.fromarray(arr8, "RGB").resize((size, size), Image.BOX)
+    return Image.fromarray(arr8, "RGB").resize((size, size), Image.Resampling.BOX)
 
 
 def generate_samples(n_per_domain: int, seed: int = 0, size: int = 64) -> list[tuple[Image.Image, str, dict[str, Any]]]:
@@ -320,7 +322,7 @@ def generate_samples(n_per_domain: int, seed: int = 0, size: int = 64) -> list[t
     keeps the earlier frames identical.
     """
     if n_per_domain < 1:
-        raise ValueError(f"n_per_domain must be >= 1, got {n_per_domain}")
+        raise InputError(f"n_per_domain must be >= 1, got {n_per_domain}")
     out = []
     for d_idx, domain in enumerate(DOMAINS):
         for i in range(n_per_domain):
@@ -374,7 +376,7 @@ def read_metadata(folder: str | Path) -> list[DemoSample]:
     folder = Path(folder)
     meta = folder / "metadata.csv"
     if not meta.is_file():
-        raise ValueError(f"no metadata.csv in {folder}; is this a demo dataset folder?")
+        raise InputError(f"no metadata.csv in {folder}; is this a demo dataset folder?")
     samples = []
     with open(meta, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):

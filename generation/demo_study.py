@@ -12,6 +12,7 @@ and generates a coordinator password if none is set.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import secrets
 import time
@@ -19,10 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-
-from db.models import AppSetting, Dataset, Domain, Model, ModelKind, Rater, Specialty, Study
+from db.errors import InputError, NotFoundError
+from db.generated import dataset_names, find_model, register_model
+from db.models import Domain, ModelKind, Specialty
+from db.settings import PASSWORD_ENV, coordinator_password_hash, set_coordinator_password
+from db.studies import get_study
 from db.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 DEMO_STUDY = "demo"
 DEMO_RATER = "Demo rater"
@@ -113,7 +118,7 @@ def _ensure_datasets(workspace: Workspace, n_per_domain: int, say: Progress) -> 
     from generation.demo_data import make_demo_dataset
 
     with workspace.database.session() as session:
-        present = set(session.scalars(select(Dataset.name)))
+        present = dataset_names(session)
     if all(name in present for name, _, _ in DEMO_DATASETS):
         return
     folder = workspace.settings.data_dir / "demo" / "data"
@@ -129,11 +134,9 @@ def _ensure_datasets(workspace: Workspace, n_per_domain: int, say: Progress) -> 
 
 
 def _ensure_models(workspace: Workspace, model_dir: Path) -> None:
-    from db.generated import register_model
-
     with workspace.database.session() as session:
         for name, steps in DEMO_MODELS:
-            model = session.scalar(select(Model).where(Model.name == name))
+            model = find_model(session, name)
             if model is None or model.source != str(model_dir):
                 register_model(
                     session,
@@ -172,9 +175,9 @@ def _generate(workspace: Workspace, device: str, say: Progress) -> None:
 def _ensure_study(workspace: Workspace, cases_per_model: int, say: Progress) -> bool:
     from db.studies import create_study
 
+    if _demo_study_exists(workspace):
+        return False
     with workspace.database.session() as session:
-        if session.scalar(select(Study).where(Study.name == DEMO_STUDY)) is not None:
-            return False
         summary = create_study(session, workspace.store, demo_config_text(cases_per_model), source="demo study")
     say(summary.describe())
     return True
@@ -183,22 +186,27 @@ def _ensure_study(workspace: Workspace, cases_per_model: int, say: Progress) -> 
 def _demo_token(workspace: Workspace) -> str:
     from db.raters import add_rater, reissue_token
 
-    with workspace.database.session() as session:
-        study_id = session.scalar(select(Study.id).where(Study.name == DEMO_STUDY))
-        exists = session.scalar(select(Rater).where(Rater.study_id == study_id, Rater.name == DEMO_RATER))
-        if exists is None:
+    try:
+        with workspace.database.session() as session:
+            return reissue_token(session, DEMO_STUDY, DEMO_RATER)
+    except NotFoundError:  # the demo rater is added on the first start
+        with workspace.database.session() as session:
             return add_rater(session, DEMO_STUDY, DEMO_RATER, Specialty.OTHER, 5.0).token
-        return reissue_token(session, DEMO_STUDY, DEMO_RATER)
+
+
+def _demo_study_exists(workspace: Workspace) -> bool:
+    try:
+        with workspace.database.session() as session:
+            get_study(session, DEMO_STUDY)
+    except NotFoundError:
+        return False
+    return True
 
 
 def _coordinator_password(workspace: Workspace) -> tuple[str | None, str]:
-    from evalapp.auth import PASSWORD_ENV, PASSWORD_SETTING, set_coordinator_password
-
     if os.environ.get(PASSWORD_ENV):
         return None, f"taken from ${PASSWORD_ENV}"
-    with workspace.database.session() as session:
-        stored = session.get(AppSetting, PASSWORD_SETTING)
-    if stored is not None:
+    if coordinator_password_hash(workspace.database) is not None:
         return None, "already set (change it with: python app.py coordinator set-password)"
     password = secrets.token_urlsafe(12)
     set_coordinator_password(workspace.database, password)
@@ -236,7 +244,7 @@ def ensure_demo(
 
     Raises
     ------
-    ValueError
+    InputError
         If ``model_dir`` is not a saved pipeline folder, or ``n_per_domain`` is below 2.
     """
     from generation.msdm.pipeline import DEMO_MODEL_DIR
@@ -244,14 +252,14 @@ def ensure_demo(
     say = progress or _print
     started = time.perf_counter()
     if n_per_domain < 2:
-        raise ValueError(f"the demo needs at least 2 cases per domain, got n_per_domain={n_per_domain}")
+        raise InputError(f"the demo needs at least 2 cases per domain, got n_per_domain={n_per_domain}")
     folder = Path(model_dir or DEMO_MODEL_DIR).resolve()
-    with workspace.database.session() as session:
-        built = session.scalar(select(Study.id).where(Study.name == DEMO_STUDY)) is None
+    built = not _demo_study_exists(workspace)
     if built:
         if not (folder / "model_index.json").is_file():
-            raise ValueError(f"the demo model is missing: {folder} has no model_index.json")
+            raise InputError(f"the demo model is missing: {folder} has no model_index.json")
         say("building the demo study (first start only)")
+        log.info("building the demo study in %s", workspace.settings.data_dir)
         _ensure_datasets(workspace, n_per_domain, say)
         _ensure_models(workspace, folder)
         _generate(workspace, device, say)

@@ -20,6 +20,8 @@ from typing import Literal
 
 import torch
 
+from db.errors import InputError
+
 DeviceName = Literal["auto", "cuda", "cpu"]
 DtypeName = Literal["bf16", "fp16", "fp32"]
 
@@ -44,9 +46,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     if text == "cuda" or text.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
+            raise InputError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
         return torch.device(text)
-    raise ValueError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_NAMES)} (or cuda:N)")
+    raise InputError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_NAMES)} (or cuda:N)")
 
 
 def parse_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -64,7 +66,7 @@ def parse_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.d
     key = str(name).strip().lower().replace("float", "fp").replace("bfloat", "bf")
     key = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "half": "fp16"}.get(key, key)
     if key not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
+        raise InputError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
     return DTYPES[key]
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from db.errors import InputError
+
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
@@ -41,12 +43,12 @@ def parse_lora(text: str) -> LoraSpec:
         try:
             scale = float(tail)
         except ValueError:
-            raise ValueError(f"LoRA {text!r}: the part after '@' must be a number (the scale)") from None
+            raise InputError(f"LoRA {text!r}: the part after '@' must be a number (the scale)") from None
         path = head
     if not path:
-        raise ValueError(f"LoRA {text!r}: no path given")
+        raise InputError(f"LoRA {text!r}: no path given")
     if scale != scale or scale in (float("inf"), float("-inf")):
-        raise ValueError(f"LoRA {text!r}: the scale must be a finite number")
+        raise InputError(f"LoRA {text!r}: the scale must be a finite number")
     return LoraSpec(path=path, scale=scale)
 
 
@@ -69,9 +71,9 @@ def check_lora(spec: LoraSpec) -> None:
         return  # a hub id: checked when it is loaded (offline cache, see pipelines.check_hub_available)
     path = Path(spec.path).expanduser()
     if not path.exists():
-        raise ValueError(f"LoRA weights not found: {path} does not exist")
+        raise InputError(f"LoRA weights not found: {path} does not exist")
     if path.is_dir() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise ValueError(f"LoRA folder {path} holds no .safetensors or .bin weights (expected {LORA_WEIGHT_NAME})")
+        raise InputError(f"LoRA folder {path} holds no .safetensors or .bin weights (expected {LORA_WEIGHT_NAME})")
 
 
 def supports_lora(pipe: Any) -> bool:
@@ -103,7 +105,7 @@ def apply_loras(pipe: Any, loras: Sequence[LoraSpec]) -> list[str]:
     if not loras:
         return []
     if not supports_lora(pipe):
-        raise ValueError(f"{type(pipe).__name__} does not support LoRA weights (no load_lora_weights)")
+        raise InputError(f"{type(pipe).__name__} does not support LoRA weights (no load_lora_weights)")
     names: list[str] = []
     for index, spec in enumerate(loras):
         check_lora(spec)
@@ -118,10 +120,10 @@ def apply_loras(pipe: Any, loras: Sequence[LoraSpec]) -> list[str]:
         try:
             pipe.load_lora_weights(target, **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise ValueError(f"cannot load LoRA {spec.path} into {type(pipe).__name__}: {exc}") from exc
+            raise InputError(f"cannot load LoRA {spec.path} into {type(pipe).__name__}: {exc}") from exc
         loaded = {adapter for names_ in pipe.get_list_adapters().values() for adapter in names_}
         if name not in loaded:  # diffusers only warns when no key matches: a LoRA for another model
-            raise ValueError(
+            raise InputError(
                 f"cannot load LoRA {spec.path} into {type(pipe).__name__}: none of its weights match this "
                 "pipeline's layers (a LoRA made for another base model?)"
             )

@@ -30,20 +30,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from db.errors import DependencyError, InputError
 from generation.lora import LORA_WEIGHT_NAME
 from generation.msdm.pipeline import model_kind_for
+
+if TYPE_CHECKING:
+    from db.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
 Optimizer = Literal["adamw", "adamw8bit"]
@@ -192,27 +199,27 @@ class LoraTrainConfig:
         }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"LoRA training: {name} must be a whole number >= 1, got {value!r}")
+                raise InputError(f"LoRA training: {name} must be a whole number >= 1, got {value!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"LoRA training: lr must be a positive number, got {self.lr!r}")
+            raise InputError(f"LoRA training: lr must be a positive number, got {self.lr!r}")
         if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"LoRA training: alpha must be positive, got {self.alpha!r}")
+            raise InputError(f"LoRA training: alpha must be positive, got {self.alpha!r}")
         if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 8):
-            raise ValueError(f"LoRA training: resolution must be whole pixels >= 8, got {self.resolution!r}")
+            raise InputError(f"LoRA training: resolution must be whole pixels >= 8, got {self.resolution!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"LoRA training: mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+            raise InputError(f"LoRA training: mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.optimizer not in ("adamw", "adamw8bit"):
-            raise ValueError(f"LoRA training: optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
+            raise InputError(f"LoRA training: optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
         if self.prediction_type not in ("auto", "epsilon", "v_prediction"):
-            raise ValueError(
+            raise InputError(
                 f"LoRA training: prediction_type must be auto, epsilon or v_prediction, got {self.prediction_type!r}"
             )
         if self.weighting_scheme not in ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap"):
-            raise ValueError(f"LoRA training: unknown weighting_scheme {self.weighting_scheme!r}")
+            raise InputError(f"LoRA training: unknown weighting_scheme {self.weighting_scheme!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"LoRA training: ema_decay must be between 0 and 1, got {self.ema_decay!r}")
+            raise InputError(f"LoRA training: ema_decay must be between 0 and 1, got {self.ema_decay!r}")
         if self.validate_every < 0 or self.lr_warmup_steps < 0:
-            raise ValueError("LoRA training: validate_every and lr_warmup_steps must not be negative")
+            raise InputError("LoRA training: validate_every and lr_warmup_steps must not be negative")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings (paths as text)."""
@@ -278,7 +285,7 @@ class LoraTrainResult:
 
 
 def dataset_examples(
-    workspace: Any, dataset: str, *, split: str | None = None, case_ids: Sequence[int] | None = None
+    workspace: Workspace, dataset: str, *, split: str | None = None, case_ids: Sequence[int] | None = None
 ) -> list[tuple[Path, str]]:
     """``(image path, prompt)`` of a registered dataset's cases, in case order.
 
@@ -300,20 +307,15 @@ def dataset_examples(
     ValueError
         When no case is left.
     """
-    from sqlalchemy import select
-
-    from db.generated import dataset_cases
-    from db.models import Case
+    from db.generated import case_rows, dataset_cases
 
     with workspace.database.session() as session:
         refs = dataset_cases(session, dataset, split=split)
         wanted = {ref.id for ref in refs} if case_ids is None else {ref.id for ref in refs} & set(case_ids)
-        rows = session.execute(
-            select(Case.id, Case.image_sha256, Case.prompt).where(Case.id.in_(sorted(wanted))).order_by(Case.id)
-        ).all()
+        rows = case_rows(session, sorted(wanted))
     if not rows:
         where = f" with split {split!r}" if split else ""
-        raise ValueError(f"dataset {dataset!r} has no cases{where} to train on")
+        raise InputError(f"dataset {dataset!r} has no cases{where} to train on")
     return [(workspace.store.path(sha), prompt) for _, sha, prompt in rows]
 
 
@@ -351,12 +353,12 @@ def trainer_kind(pipe: Any) -> TrainerKind:
     if name in PIPELINE_TRAINERS:
         return PIPELINE_TRAINERS[name]
     if name.startswith("Kandinsky"):
-        raise ValueError(
+        raise InputError(
             f"{name}: diffusers {_diffusers_version()} cannot put a LoRA on Kandinsky 2.2/3 (their UNets take no "
             "peft adapters and Kandinsky 2.2 pipelines have no load_lora_weights), so an adapter could neither "
             "be trained here nor loaded by 'models add --lora'; fine-tune it fully or compare it as a registered model"
         )
-    raise ValueError(f"train lora does not support {name}; supported pipelines: {', '.join(sorted(PIPELINE_TRAINERS))}")
+    raise InputError(f"train lora does not support {name}; supported pipelines: {', '.join(sorted(PIPELINE_TRAINERS))}")
 
 
 @contextmanager
@@ -429,7 +431,7 @@ class _UNetFamily(Family):
         configured = self.schedule.config.get("prediction_type", "epsilon")
         self.prediction_type = configured if config.prediction_type == "auto" else config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(
+            raise InputError(
                 f"{type(pipe).__name__}: prediction type {self.prediction_type!r} cannot be trained here; "
                 "set prediction_type to epsilon or v_prediction"
             )
@@ -457,7 +459,7 @@ class SDFamily(_UNetFamily):
         embeds, _ = self.pipe.encode_prompt(prompts, device, 1, False)
         return {"prompt_embeds": embeds}
 
-    def predict(self, model, noisy, t, cond):  # type: ignore[no-untyped-def]
+    def predict(self, model, noisy, t, cond):
         return model(noisy, t, encoder_hidden_states=cond["prompt_embeds"]).sample
 
 
@@ -472,7 +474,7 @@ class SDXLFamily(_UNetFamily):
         )
         return {"prompt_embeds": embeds, "pooled": pooled}
 
-    def predict(self, model, noisy, t, cond):  # type: ignore[no-untyped-def]
+    def predict(self, model, noisy, t, cond):
         side = noisy.shape[-1] * int(self.pipe.vae_scale_factor)
         time_ids = torch.tensor([[side, side, 0, 0, side, side]], device=noisy.device, dtype=cond["pooled"].dtype)
         added = {"text_embeds": cond["pooled"], "time_ids": time_ids.repeat(noisy.shape[0], 1)}
@@ -600,7 +602,7 @@ def _make_optimizer(kind: Optimizer, params: list[torch.nn.Parameter], lr: float
         try:
             import bitsandbytes as bnb
         except ImportError as exc:
-            raise ImportError(
+            raise DependencyError(
                 "8-bit Adam needs bitsandbytes (CUDA only): pip install bitsandbytes, or use --optimizer adamw"
             ) from exc
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-4)
@@ -641,7 +643,7 @@ def train_lora(
     config: LoraTrainConfig,
     examples: Sequence[Example] | None = None,
     *,
-    workspace: Any = None,
+    workspace: Workspace | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> LoraTrainResult:
@@ -685,10 +687,10 @@ def train_lora(
     config.validate()
     if examples is None:
         if workspace is None or not config.dataset:
-            raise ValueError("train lora needs training examples, or a dataset name and a workspace to read it from")
+            raise InputError("train lora needs training examples, or a dataset name and a workspace to read it from")
         examples = dataset_examples(workspace, config.dataset, split=config.split)
     if not examples:
-        raise ValueError("no training examples given")
+        raise InputError("no training examples given")
     started = time.perf_counter()
     out = Path(config.out_dir).expanduser()
     on_cuda = resolve_device(config.device).type == "cuda"
@@ -703,7 +705,7 @@ def train_lora(
     factor = vae_factor(pipe)
     resolution = config.resolution or native_resolution(pipe) or 512
     if resolution % factor:
-        raise ValueError(
+        raise InputError(
             f"resolution {resolution} px is not a multiple of {type(pipe).__name__}'s VAE factor {factor}: "
             f"use {resolution - resolution % factor or factor} or {resolution - resolution % factor + factor}"
         )
@@ -787,7 +789,7 @@ def train_lora(
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state.get("fingerprint") != fingerprint:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {checkpoint} was made with other settings or data; train into another --out "
                 "or start over without --resume"
             )
@@ -946,6 +948,8 @@ def train_lora(
         step_flops=step_flops,
         validation_images=validation,
     )
+    log.info("LoRA on %s: %d steps in %.0f s, eval loss %.4f -> %.4f", config.base, config.steps, wall,
+             eval_before, eval_after)  # fmt: skip
     if accelerator.is_main_process:
         meta = {"config": config.to_dict(), "resolution": resolution, "n_examples": len(examples), **result.to_dict()}
         (out / TRAIN_META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -962,12 +966,6 @@ def _fingerprint(config: LoraTrainConfig, kind: str, resolution: int, n_examples
     }
     text = json.dumps({"config": keep, "kind": kind, "resolution": resolution, "n": n_examples}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def read_train_meta(out_dir: str | Path) -> dict[str, Any]:
-    """The ``lora_train.json`` written beside an adapter (``{}`` when absent)."""
-    path = Path(out_dir) / TRAIN_META_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def adapter_card(config: LoraTrainConfig, result: LoraTrainResult, resolution: int, n_examples: int) -> str:

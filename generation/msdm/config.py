@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from db.errors import InputError
+
 ConfigName = Literal["tiny", "paper"]
 Sampler = Literal["ddim", "dpmpp"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
@@ -74,14 +76,14 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` if the shapes cannot work together."""
         if len(self.unet.cross_attention) != len(self.unet.block_out_channels):
-            raise ValueError(
+            raise InputError(
                 f"unet.cross_attention has {len(self.unet.cross_attention)} entries but there are "
                 f"{len(self.unet.block_out_channels)} UNet levels"
             )
         check_resolution(self.resolution, self.resolution, self.vae.downsample_factor)
         latent = self.resolution // self.vae.downsample_factor
         if latent % self.unet.downsample_factor:
-            raise ValueError(
+            raise InputError(
                 f"resolution {self.resolution} gives a {latent}px latent, not a multiple of the UNet's "
                 f"down-sampling factor {self.unet.downsample_factor}"
             )
@@ -134,7 +136,7 @@ def check_resolution(height: int, width: int, factor: int) -> None:
     """Raise ``ValueError`` unless ``height`` and ``width`` are positive multiples of ``factor``."""
     for label, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or value <= 0 or value % factor:
-            raise ValueError(f"{label}={value!r} is impossible: it must be a positive multiple of {factor}")
+            raise InputError(f"{label}={value!r} is impossible: it must be a positive multiple of {factor}")
 
 
 def paper_config() -> TrainConfig:
@@ -194,5 +196,5 @@ CONFIGS = {"paper": paper_config, "tiny": tiny_config}
 def get_config(name: ConfigName | str) -> TrainConfig:
     """Return a fresh copy of the named config (``tiny`` or ``paper``)."""
     if name not in CONFIGS:
-        raise ValueError(f"unknown MSDM config {name!r}; expected one of {sorted(CONFIGS)}")
+        raise InputError(f"unknown MSDM config {name!r}; expected one of {sorted(CONFIGS)}")
     return CONFIGS[name]()

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from db.errors import InputError
+
 
 class FixedFeatureNet(nn.Module):
     """Frozen 4-stage conv net (seeded orthogonal init) returning normalised multi-scale features."""
@@ -163,7 +165,7 @@ def make_perceptual_net(name: str, weights: str | None) -> nn.Module:
 def text_dropout_mask(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Boolean mask of the prompts to replace by the empty prompt: ``rand(n) < p`` under ``generator``."""
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"text dropout probability must be in [0, 1], got {p}")
+        raise InputError(f"text dropout probability must be in [0, 1], got {p}")
     return torch.rand(n, generator=generator) < p
 
 

@@ -40,6 +40,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from db.errors import InputError
 from generation.msdm.config import ModelConfig, Sampler, UNetConfig, VAEConfig, check_resolution
 from generation.text_encoders import load_text_encoder
 
@@ -108,7 +109,7 @@ def build_sampler(cfg: ModelConfig, sampler: Sampler | None = None) -> DDIMSched
         return DPMSolverMultistepScheduler(
             **_schedule_kwargs(cfg), algorithm_type="dpmsolver++", solver_order=2, steps_offset=1
         )
-    raise ValueError(f"unknown sampler {kind!r}; expected 'ddim' or 'dpmpp'")
+    raise InputError(f"unknown sampler {kind!r}; expected 'ddim' or 'dpmpp'")
 
 
 def set_sampler(pipe: StableDiffusionPipeline, sampler: Sampler) -> StableDiffusionPipeline:
@@ -123,7 +124,7 @@ def set_sampler(pipe: StableDiffusionPipeline, sampler: Sampler) -> StableDiffus
             pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2
         )
     else:
-        raise ValueError(f"unknown sampler {sampler!r}; expected 'ddim' or 'dpmpp'")
+        raise InputError(f"unknown sampler {sampler!r}; expected 'ddim' or 'dpmpp'")
     return pipe
 
 
@@ -157,14 +158,6 @@ def build_pipeline(cfg: ModelConfig, seed: int = 0) -> StableDiffusionPipeline:
     vae = build_vae(cfg.vae)
     unet = build_unet(cfg.unet, cfg.resolution // cfg.vae.downsample_factor, cfg.vae.latent_channels, info.hidden_size)
     return assemble_pipeline(cfg, vae, unet, tokenizer, text_encoder)
-
-
-def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
-    """Rebuild a :class:`ModelConfig` from ``dataclasses.asdict`` output (lists back to tuples)."""
-    data = dict(data)
-    vae = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("vae").items()})
-    unet = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("unet").items()})
-    return ModelConfig(vae=vae, unet=unet, **data)
 
 
 def save_msdm_pipeline(
@@ -225,13 +218,13 @@ def load_msdm_pipeline(folder: str | Path, device: str | torch.device = "cpu") -
     """
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
-        raise ValueError(f"{folder} is not a saved pipeline folder (missing folder or model_index.json)")
+        raise InputError(f"{folder} is not a saved pipeline folder (missing folder or model_index.json)")
     meta = read_msdm_meta(folder)
     kwargs: dict[str, Any] = {}
     if not (folder / "text_encoder").is_dir():
         source = meta.get("text_encoder_source")
         if not source:
-            raise ValueError(f"{folder} has no text_encoder/ and its {MSDM_META_FILE} names no text encoder source")
+            raise InputError(f"{folder} has no text_encoder/ and its {MSDM_META_FILE} names no text encoder source")
         max_len = meta.get("model_config", {}).get("max_text_length", 64)
         _, kwargs["text_encoder"], _ = load_text_encoder(source, max_len)
     pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)

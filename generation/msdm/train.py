@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import platform
 import time
@@ -44,6 +45,8 @@ from generation.msdm.pipeline import (
 )
 from generation.run_guard import SETTINGS_FILE, check_resume_settings, out_dir_lock
 from generation.text_encoders import load_text_encoder
+
+log = logging.getLogger(__name__)
 
 ImageLike = Image.Image | str | Path
 #: settings that may change between a run and its resume (more steps, other bookkeeping)
@@ -78,7 +81,7 @@ def load_image_tensor(item: ImageLike, resolution: int) -> torch.Tensor:
     """
     if isinstance(item, str | Path):
         if not Path(item).is_file():
-            raise ValueError(f"training image {item} does not exist")
+            raise InputError(f"training image {item} does not exist")
         with Image.open(item) as fh:
             img = fh.convert("RGB")
     else:
@@ -87,7 +90,7 @@ def load_image_tensor(item: ImageLike, resolution: int) -> torch.Tensor:
     side = min(w, h)
     img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
     if side != resolution:
-        img = img.resize((resolution, resolution), Image.BICUBIC)
+        img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
@@ -360,24 +363,26 @@ def _train_msdm(
             vae_losses, earlier_s = list(logged["losses"]), float(logged["seconds"])
     if isinstance(vae, str | Path):
         if not Path(vae).is_dir():
-            raise ValueError(f"VAE folder {vae} does not exist")
+            raise InputError(f"VAE folder {vae} does not exist")
         vae = AutoencoderKL.from_pretrained(vae)
     if vae is None:
-        vae, vae_losses = train_vae(
+        trained_vae, vae_losses = train_vae(
             config, pixels, accelerator, ckpt_root / "vae", steps=config.vae_steps, resume=resume, progress=progress,
             perceptual=perceptual,
         )
-        vae.register_to_config(scaling_factor=1.0)
-    vae = vae.to(device).eval().requires_grad_(False)
-    stats = encode_latents(vae, pixels, device)
-    if vae.config.scaling_factor == 1.0:
-        vae.register_to_config(scaling_factor=float(1.0 / stats[:, 0].std()))
+        trained_vae.register_to_config(scaling_factor=1.0)
+        vae = trained_vae
+    assert not isinstance(vae, str | Path)  # a folder was loaded above
+    autoencoder = vae.to(device).eval().requires_grad_(False)
+    stats = encode_latents(autoencoder, pixels, device)
+    if autoencoder.config.scaling_factor == 1.0:
+        autoencoder.register_to_config(scaling_factor=float(1.0 / stats[:, 0].std()))
     if accelerator.is_main_process:
-        vae.save_pretrained(vae_final)
+        autoencoder.save_pretrained(vae_final)
         if not vae_log.is_file():
             vae_seconds = time.perf_counter() - started
             vae_log.write_text(json.dumps({"losses": vae_losses, "seconds": vae_seconds}) + "\n", encoding="utf-8")
-    scale = float(vae.config.scaling_factor)
+    scale = float(autoencoder.config.scaling_factor)
 
     # ---- text -------------------------------------------------------------------------------
     tokenizer, text_encoder, info = text
@@ -388,7 +393,7 @@ def _train_msdm(
     # ---- UNet stage -------------------------------------------------------------------------
     torch.manual_seed(config.seed + 1)
     unet = build_unet(cfg.unet, cfg.resolution // cfg.vae.downsample_factor, cfg.vae.latent_channels, info.hidden_size)
-    pipe = assemble_pipeline(cfg, vae, unet, tokenizer, text_encoder)
+    pipe = assemble_pipeline(cfg, autoencoder, unet, tokenizer, text_encoder)
     params = list(unet.parameters())
     if not config.freeze_text_encoder:
         text_encoder.requires_grad_(True).train()
@@ -489,9 +494,10 @@ def _train_msdm(
     vae_s = earlier_s if earlier_s else unet_started - started
     wall = vae_s + unet_earlier_s + time.perf_counter() - unet_started
     result = TrainResult(out, vae_losses, unet_losses, wall)
+    log.info("MSDM trained into %s in %.0f s (%d VAE, %d UNet steps)", out, wall, len(vae_losses), len(unet_losses))
     if accelerator.is_main_process:
-        pipe = assemble_pipeline(cfg, vae.to("cpu"), raw.to("cpu"), tokenizer, text_encoder.to("cpu"))
-        counts = {"vae": _count(vae), "unet": _count(raw), "text_encoder": _count(text_encoder)}
+        pipe = assemble_pipeline(cfg, autoencoder.to("cpu"), raw.to("cpu"), tokenizer, text_encoder.to("cpu"))
+        counts = {"vae": _count(autoencoder), "unet": _count(raw), "text_encoder": _count(text_encoder)}
         meta = {"parameters": counts, "steps": {"vae": len(vae_losses), "unet": config.unet_steps}}
         save_msdm_pipeline(pipe, out, cfg, include_text_encoder=include_text_encoder, extra_meta=meta)
         card = model_card(

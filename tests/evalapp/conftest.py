@@ -210,7 +210,9 @@ def app_env(
     from evalapp.auth import set_coordinator_password
 
     set_coordinator_password(ws.database, COORDINATOR_PASSWORD)
-    ctx = AppContext(workspace=ws, demo_enabled=True, login_failure_delay_s=0.01)
+    from app import build_worker
+
+    ctx = AppContext(workspace=ws, demo_enabled=True, login_failure_delay_s=0.01, worker=build_worker(ws))
     server = start_server(ctx)
     try:
         yield AppEnv(workspace=ws, server=server, data_dir=root / "data", case_keys=keys)

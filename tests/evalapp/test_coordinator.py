@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
+from db.audit import recent_actions
 from db.export import ratings_frame
 from db.models import Assignment, Model, Rating, StudyItem
+from db.progress import assignment_rows, model_progress, rater_progress
 from db.raters import rater_by_token
 from db.ratings import submit_rating
 from evalapp.demo_view import MAX_SEED, validate_demo_inputs
-from evalapp.progress import assignment_rows, model_progress, rater_progress
 from tests.evalapp.conftest import COORDINATOR_PASSWORD, STUDY, AppEnv, study_toml
 from tests.evalapp.test_rights import App, Browser, enumerate_app
 
@@ -115,6 +116,12 @@ def test_create_add_revoke_progress_export(app_env: AppEnv, app: App, coordinato
         assert list(got.columns) == list(expected.columns)
         assert sorted(got["item"]) == sorted(expected["item"]) and len(got) == 3
 
+    # every action is in the audit log, which never holds the rater's token or link
+    audited = [a for a in recent_actions(app_env.workspace.database, limit=200) if a.target == name]
+    assert {"study.create", "rater.add", "rater.revoke", "export"} <= {a.action for a in audited}
+    assert all(a.actor.startswith("coordinator@") for a in audited)
+    assert token not in repr(recent_actions(app_env.workspace.database, limit=1000))
+
 
 def test_bad_config_is_a_message_not_a_crash(app: App, coordinator: Browser) -> None:
     fn = app.endpoints[("/coordinator", "coord_create_study")].fn_index
@@ -132,7 +139,7 @@ def test_generation_job_is_queued_and_reported(app_env: AppEnv, app: App, coordi
     message = call(app, coordinator, "coord_generate", [STUDY, [folder_model], "cpu", 2, 1.0, 0])[0]
     assert message.startswith("Queued job(s)")
     job_id = int(message.split()[-1].rstrip("."))
-    worker = app_env.ctx.extra["worker"]
+    worker = app_env.ctx.jobs()
     finished = worker.wait(job_id, timeout=60)
     assert finished.status.value == "failed" and "imported, not generated" in finished.message
     table = call(app, coordinator, "coord_tick", [STUDY])[3]

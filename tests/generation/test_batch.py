@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from db.jobs import DbJobStore, JobStatus, Lane, MemoryJobStore, Worker
 from generation.batch import (
     MAX_SEED,
     DbImageSink,
@@ -29,7 +30,7 @@ from generation.batch import (
     split_work,
 )
 from generation.pipelines import LoadedPipeline, PipelineCache, build_spec, load_pipeline
-from generation.worker import DbJobStore, JobState, MemoryJobStore, Worker
+from generation.worker import register_generation_jobs
 from tests.generation.conftest import SIZES
 
 
@@ -271,20 +272,20 @@ def test_worker_runs_jobs_off_thread_with_progress_and_failures() -> None:
     def boom(params, ctx):  # type: ignore[no-untyped-def]
         raise ValueError("height=33 px is not a multiple")
 
-    worker = Worker(MemoryJobStore(), handlers={"count": count, "boom": boom}).start()
+    worker = Worker(MemoryJobStore()).register("count", count).register("boom", boom).start()
     try:
         first = worker.submit("count", {"n": 3})
         queued = worker.submit("count", {"n": 1})
-        assert worker.cancel(queued).status == JobState.CANCELLED  # still queued behind the first
+        assert worker.cancel(queued).status == JobStatus.CANCELLED  # still queued behind the first
         failing = worker.submit("boom")
         release.set()
         done = worker.wait(first, timeout=10)
-        assert done.status == JobState.DONE and done.progress == 1.0 and done.result == {"counted": 3}
+        assert done.status == JobStatus.DONE and done.progress == 1.0 and done.result == {"counted": 3}
         failed = worker.wait(failing, timeout=10)
-        assert failed.status == JobState.FAILED and "ValueError: height=33" in failed.message
-        assert worker.status(queued).status == JobState.CANCELLED
-        assert seen_threads == ["medsynth-worker"]  # ran on the worker thread, not the caller's
-        with pytest.raises(ValueError, match="unknown job kind 'train'"):
+        assert failed.status == JobStatus.FAILED and "ValueError: height=33" in failed.message
+        assert worker.status(queued).status == JobStatus.CANCELLED
+        assert seen_threads == ["medsynth-worker-batch"]  # ran on the worker thread, not the caller's
+        with pytest.raises(KeyError, match="unknown job kind 'train'"):
             worker.submit("train")
     finally:
         worker.stop(timeout=10)
@@ -294,14 +295,16 @@ def test_worker_generates_through_the_db_job_table(gi_workspace) -> None:
     from db.models import Job
 
     cache = PipelineCache(capacity=1)
-    worker = Worker(DbJobStore(gi_workspace.database), cache=cache, workspace=gi_workspace).start()
+    worker = Worker(DbJobStore(gi_workspace.database), workspace=gi_workspace)
+    register_generation_jobs(worker, cache)
+    worker.start()
     try:
         params = {"dataset": "gi", "model": "tiny-sd", "per_case": 1, "steps": 2, "device": "cpu"}
         job = worker.wait(worker.submit("generate", params), timeout=60)
-        assert job.status == JobState.DONE, job.message
+        assert job.status == JobStatus.DONE, job.message
         assert job.result["generated"] == 2 and job.progress == 1.0
         demo = worker.wait(worker.submit("demo", {"model": "tiny-sd", "prompt": "a polyp", "steps": 2}), timeout=60)
-        assert demo.status == JobState.DONE, demo.message
+        assert demo.status == JobStatus.DONE, demo.message
         with gi_workspace.store.open(demo.result["sha256"]) as img:
             assert isinstance(img, Image.Image) and img.size == (32, 32)
         assert len(cache.loaded_keys()) == 1  # the demo reused the warm pipeline
@@ -312,15 +315,48 @@ def test_worker_generates_through_the_db_job_table(gi_workspace) -> None:
         worker.stop(timeout=10)
 
 
+def test_a_demo_request_completes_while_a_batch_generation_runs(gi_workspace) -> None:
+    """The live lane has its own thread: a demo image is made while a batch generation holds the batch lane."""
+    from generation.worker import generate_handler
+
+    cache = PipelineCache(capacity=1)
+    worker = Worker(DbJobStore(gi_workspace.database), workspace=gi_workspace)
+    register_generation_jobs(worker, cache)
+    release, holding = threading.Event(), threading.Event()
+    generate = generate_handler(cache)
+
+    def long_generation(params, ctx):  # type: ignore[no-untyped-def]
+        holding.set()  # a real generation that takes as long as the test wants
+        release.wait(60)
+        return generate(params, ctx)
+
+    worker.register("long-generate", long_generation, Lane.BATCH).start()
+    try:
+        params = {"dataset": "gi", "model": "tiny-sd", "per_case": 1, "steps": 2, "device": "cpu"}
+        batch = worker.submit("long-generate", params)
+        queued_behind = worker.submit("generate", params)
+        assert holding.wait(30)
+        demo = worker.wait(worker.submit("demo", {"model": "tiny-sd", "prompt": "a polyp", "steps": 2}), timeout=60)
+        assert demo.status == JobStatus.DONE, demo.message
+        assert worker.status(batch).status == JobStatus.RUNNING  # the batch job was still running
+        assert worker.status(queued_behind).status == JobStatus.QUEUED  # batch jobs run one at a time
+        release.set()
+        assert worker.wait(batch, timeout=60).status == JobStatus.DONE
+        assert worker.wait(queued_behind, timeout=60).status == JobStatus.DONE
+    finally:
+        release.set()
+        worker.stop(timeout=30)
+
+
 def test_worker_restart_fails_interrupted_jobs_and_runs_queued(tmp_path: Path) -> None:
     store = MemoryJobStore()
     interrupted = store.create("count", {})
-    store.update(interrupted.id, status=JobState.RUNNING)
+    store.update(interrupted.id, status=JobStatus.RUNNING)
     waiting = store.create("count", {})
-    worker = Worker(store, handlers={"count": lambda params, ctx: {"ok": True}}).start()
+    worker = Worker(store).register("count", lambda params, ctx: {"ok": True}).start()
     try:
-        assert worker.wait(waiting.id, timeout=10).status == JobState.DONE
-        assert store.get(interrupted.id).status == JobState.FAILED
+        assert worker.wait(waiting.id, timeout=10).status == JobStatus.DONE
+        assert store.get(interrupted.id).status == JobStatus.FAILED
     finally:
         worker.stop(timeout=10)
 
@@ -333,7 +369,6 @@ def test_two_workers_on_one_database_share_jobs_without_duplicates(tmp_path: Pat
 
     from db.models import Job
     from db.workspace import Workspace
-    from generation.worker import DbJobStore
 
     ws = Workspace.open(f"sqlite:///{tmp_path / 'jobs.sqlite3'}", tmp_path / "data")
     runs: list[int] = []
@@ -352,13 +387,13 @@ def test_two_workers_on_one_database_share_jobs_without_duplicates(tmp_path: Pat
     with ws.database.session() as session:
         session.get(Job, stale.id).heartbeat_at -= timedelta(hours=1)
     ids = [store.create("count", {"n": n}).id for n in range(12)]
-    workers = [Worker(DbJobStore(ws.database), handlers={"count": count}).start() for _ in range(2)]
+    workers = [Worker(DbJobStore(ws.database)).register("count", count).start() for _ in range(2)]
     try:
         for job_id in ids:
-            assert workers[0].wait(job_id, timeout=30).status == JobState.DONE
+            assert workers[0].wait(job_id, timeout=30).status == JobStatus.DONE
         assert sorted(runs) == list(range(12))  # each job ran exactly once
-        assert store.get(alive.id).status == JobState.RUNNING  # the live server's job is untouched
-        assert store.get(stale.id).status == JobState.FAILED
+        assert store.get(alive.id).status == JobStatus.RUNNING  # the live server's job is untouched
+        assert store.get(stale.id).status == JobStatus.FAILED
     finally:
         for worker in workers:
             worker.stop(timeout=10)

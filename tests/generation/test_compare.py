@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from db.generated import dataset_cases, register_model
 from db.importers import import_dataset
-from db.models import GeneratedImage, Job, Model, Study, StudyItem
+from db.models import CompareStage, GeneratedImage, Job, Model, Study, StudyItem
 from db.workspace import Workspace
 from generation import compare
 from generation.compare import choose_split, parse_compare_config, run_comparison, study_config_text
@@ -138,8 +138,9 @@ def test_the_run_writes_quality_and_cost_side_by_side(
             model = session.scalar(select(Model).where(Model.name == f"demo-cmp-{name}"))
             images = session.scalars(select(GeneratedImage).where(GeneratedImage.model_id == model.id)).all()
             assert len(images) == 8 and {g.case_id for g in images} == held_out
-        jobs = session.scalars(select(Job).where(Job.kind == "compare")).all()
-        assert {j.params["stage"] for j in jobs} == set(result.stages_run)
+        stages = session.scalars(select(CompareStage).where(CompareStage.comparison == result.name)).all()
+        assert {s.stage for s in stages} == set(result.stages_run)
+        assert session.scalar(select(func.count()).select_from(Job)) == 0  # no fake jobs in the console's list
         study = session.scalar(select(Study).where(Study.name == "demo-cmp-study"))
         assert result.study == "demo-cmp-study"
         assert session.scalar(select(func.count()).select_from(StudyItem).where(StudyItem.study_id == study.id)) == 12
@@ -160,7 +161,7 @@ def test_a_rerun_skips_finished_stages_and_a_change_redoes_only_what_depends_on_
     assert set(again.stages_skipped) == set(first_run.stages_run)
     pd.testing.assert_frame_equal(pd.read_csv(again.report_csv), pd.read_csv(first_run.report_csv))
 
-    # the manifest is lost: the database's job records still say what is done
+    # the manifest is lost: the database's stage cache still says what is done
     again.manifest.unlink()
     assert run_comparison(workspace, path).stages_run == []
 

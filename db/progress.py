@@ -1,4 +1,4 @@
-"""Progress of a study, per rater and per model, and the state of background jobs: plain reads of the db.
+"""Progress of a study, per rater and per model (and, through :func:`db.jobs.list_jobs`, background jobs).
 
 These functions know nothing of Gradio; the coordinator console turns their rows into tables. Counts are
 aggregated in SQL so a refresh stays cheap while raters are submitting.
@@ -6,14 +6,15 @@ aggregated in SQL so a refresh stays cheap while raters are submitting.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Assignment, Job, JobStatus, Model, Rater, Rating, Study, StudyItem
+from db.jobs import list_jobs  # noqa: F401 - the console reads jobs and progress from one module
+from db.models import Assignment, Model, Rater, Rating, Study, StudyItem
 from db.studies import get_study
 
 
@@ -60,20 +61,7 @@ class StudyRow:
     raters: int
     ratings: int
     created_at: datetime
-
-
-@dataclass(frozen=True)
-class JobRow:
-    """One background job as the console shows it."""
-
-    id: int
-    kind: str
-    status: str
-    progress: float
-    message: str
-    created_at: datetime
-    finished_at: datetime | None
-    result: dict[str, Any]
+    config_sha256: str = ""
 
 
 def _count(session: Session, query: Any) -> int:
@@ -93,7 +81,9 @@ def list_studies(session: Session) -> list[StudyRow]:
             .join(StudyItem, Rating.item_id == StudyItem.id)
             .where(StudyItem.study_id == study.id),
         )
-        rows.append(StudyRow(study.name, study.status.value, items, raters, ratings, study.created_at))
+        rows.append(
+            StudyRow(study.name, study.status.value, items, raters, ratings, study.created_at, study.config_sha256)
+        )
     return rows
 
 
@@ -151,35 +141,6 @@ def model_progress(session: Session, study_name: str) -> list[ModelProgress]:
         entry = per_model.setdefault(name, [0, 0, 0])
         entry[1], entry[2] = int(n_assigned), int(n_rated)
     return [ModelProgress(name, *counts) for name, counts in per_model.items()]
-
-
-def list_jobs(session: Session, *, limit: int = 20, kinds: tuple[str, ...] | None = None) -> list[JobRow]:
-    """The most recent background jobs (optionally of some kinds only), newest first."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
-    if kinds:
-        query = query.where(Job.kind.in_(kinds))
-    return [
-        JobRow(j.id, j.kind, j.status.value, j.progress, j.message, j.created_at, j.finished_at, dict(j.result or {}))
-        for j in session.scalars(query)
-    ]
-
-
-def active_jobs(session: Session) -> int:
-    """How many jobs are queued or running."""
-    return _count(
-        session, select(func.count()).select_from(Job).where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
-    )
-
-
-def as_records(rows: list[Any]) -> list[dict[str, Any]]:
-    """Dataclass rows as plain dicts (with ``fraction`` where the row has one), e.g. for a DataFrame."""
-    out = []
-    for row in rows:
-        record = asdict(row)
-        if hasattr(row, "fraction"):
-            record["fraction"] = round(row.fraction, 4)
-        out.append(record)
-    return out
 
 
 @dataclass(frozen=True)
