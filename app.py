@@ -393,7 +393,7 @@ def cmd_study_plan(args: argparse.Namespace) -> int:
                                pilot=args.pilot))  # fmt: skip
         return 0
     given = (args.var_tr, args.var_error, args.cov1, args.cov2, args.cov3, args.pilot_cases)
-    components = ORComponents(*given) if all(v is not None for v in given) else None  # type: ignore[arg-type]
+    components = ORComponents(*given) if all(v is not None for v in given) else None
     print(mrmc_plan_text(effect=args.effect, power=args.power, components=components, roc=args.roc))
     return 0
 

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -66,8 +66,11 @@ class _Store(Protocol):
 
 
 class _Workspace(Protocol):
-    store: _Store
-    database: object
+    @property
+    def store(self) -> _Store: ...
+
+    @property
+    def database(self) -> Any: ...
 
 
 @dataclass(frozen=True)

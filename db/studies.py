@@ -688,8 +688,8 @@ def prerender_study(session: Session, store: MediaStore, study: Study) -> int:
         grey = pair_is_grey(domain.value, mode)
         for size in (cfg.display.size, zoom_size(cfg.display.size)):
             for sha in (real, generated):
-                rendered += store.render_served(  # type: ignore[arg-type]
-                    sha, size=size, fit=fit, grey=grey, window=cfg.display.window
+                rendered += store.render_served(
+                    sha, size=size, fit=fit, grey=grey, window=cfg.display.window  # type: ignore[arg-type]
                 )
     return rendered
 

@@ -99,8 +99,8 @@ def image_bytes(database: Database, store: MediaStore, displays: DisplayCache, r
         return None
     display = displays.get(found.study_id, found.config_text)
     size = zoom_size(display) if ref.zoom else display.size
-    return store.served_copy(  # type: ignore[arg-type]
-        found.sha256, size=size, fit=display.fit, grey=found.grey, window=display.window
+    return store.served_copy(
+        found.sha256, size=size, fit=display.fit, grey=found.grey, window=display.window  # type: ignore[arg-type]
     )
 
 
