@@ -113,3 +113,15 @@ def reissue_token(session: Session, study_name: str, name_or_id: str) -> str:
 def rater_link(base_url: str, token: str) -> str:
     """The personal link a rater opens (the token travels in the query, never in logs we write)."""
     return f"{base_url.rstrip('/')}/?rater={token}"
+
+
+def active_token_hash(session: Session, rater_id: int) -> str | None:
+    """The token hash of rater ``rater_id`` if their link still works (not revoked, study open), else None."""
+    row = session.execute(
+        select(Rater.token_hash, Rater.revoked_at, Study.status)
+        .join(Study, Rater.study_id == Study.id)
+        .where(Rater.id == rater_id)
+    ).first()
+    if row is None or row.revoked_at is not None or row.status != StudyStatus.OPEN:
+        return None
+    return str(row.token_hash)

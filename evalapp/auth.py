@@ -29,12 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
-from sqlalchemy import select
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import RedirectResponse, Response
 
-from db.models import Rater, Study, StudyStatus
-from db.raters import rater_by_token
+from db.raters import active_token_hash, rater_by_token
 from db.session import Database
 from db.settings import (  # noqa: F401 - the password and secret live in db.settings; re-exported for callers
     MIN_PASSWORD_CHARS,
@@ -235,19 +233,10 @@ def enter_response(token: str | None) -> Response:
 
 def _rater_active(rater_id: int, fingerprint: str | None) -> bool:
     with config().database.session() as session:
-        row = session.execute(
-            select(Rater.token_hash, Rater.revoked_at, Study.status)
-            .join(Study, Rater.study_id == Study.id)
-            .where(Rater.id == rater_id)
-        ).first()
-    if row is None or fingerprint is None:
+        token_hash = active_token_hash(session, rater_id)
+    if token_hash is None or fingerprint is None:
         return False
-    token_hash, revoked_at, status = row
-    return (
-        revoked_at is None
-        and status == StudyStatus.OPEN
-        and hmac.compare_digest(token_fingerprint(token_hash), fingerprint)
-    )
+    return hmac.compare_digest(token_fingerprint(token_hash), fingerprint)
 
 
 def identify(request: gr.Request | StarletteRequest | None) -> Identity:
