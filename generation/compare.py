@@ -914,6 +914,10 @@ def study_config_text(config: CompareConfig, held_out_keys: Sequence[str]) -> st
         "cases_per_model": study.pop("cases_per_model", len(held_out_keys)),
         "cases": sorted(held_out_keys),
     }
+    # Enough rater slots that a case's models go to different raters (no real image recurs for a rater) while
+    # every contender is rated on every held-out case.
+    models, per_item = len(values["models"]), int(study.get("raters_per_item", 1))
+    values["rater_slots"] = study.pop("rater_slots", models * per_item)
     display = study.pop("display", None)
     values |= study
     lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
