@@ -562,8 +562,10 @@ def _train(
     train_ids: list[int],
     out: Path,
     device: str,
+    bars: bool = False,
 ) -> dict[str, Any]:
-    """Train one contender into ``out/models/<name>`` (resuming) and register it; the stage's outputs."""
+    """Train one contender into ``out/models/<name>`` (resuming) and register it; the stage's outputs.
+    ``bars`` shows training progress bars (on from the command line: stages run for hours)."""
     from generation.lora_train import LoraTrainConfig, allow_mixed_precision, dataset_examples, train_lora
     from generation.msdm.pipeline import model_kind_for
     from generation.pipelines import build_spec
@@ -576,7 +578,7 @@ def _train(
         settings = LoraTrainConfig(
             base=contender.base, out_dir=folder, dataset=config.dataset, resume=True, device=device, **contender.train
         )
-        result = train_lora(settings, examples, progress=False)
+        result = train_lora(settings, examples, progress=bars)
         kind = model_kind_for(contender.base)  # an MSDM base keeps its own sampler, steps and guidance
         spec = build_spec(name, kind, contender.base, lora=[str(folder)])
         _register(workspace, name, kind, contender.base, spec.parameters())
@@ -601,7 +603,7 @@ def _train(
     on_cuda = device != "cpu" and _cuda_available()
     allow_mixed_precision(msdm.mixed_precision if on_cuda else "no")
     # The folder carries its text encoder (with its attention-mask setting), so plain diffusers loads it as is.
-    trained = train_msdm(msdm, examples, folder, resume=True, include_text_encoder=True, progress=False)
+    trained = train_msdm(msdm, examples, folder, resume=True, include_text_encoder=True, progress=bars)
     meta = json.loads((folder / "msdm.json").read_text(encoding="utf-8"))
     counts = meta.get("parameters", {})
     _register(workspace, name, "msdm", str(folder), {})
@@ -650,6 +652,7 @@ def _generate(
     cases: list[Any],
     cache: PipelineCache,
     device: str,
+    bars: bool = False,
 ) -> dict[str, Any]:
     from db.generated import existing_seeds
     from generation.batch import DbImageSink, run_generation
@@ -667,7 +670,7 @@ def _generate(
         return {"model": config.model_name(contender), "generated": 0, "skipped": len(cases), "params": None}
     loaded = cache.get(spec, device)
     sink = DbImageSink(workspace.database, workspace.store, model_id)
-    report = run_generation(loaded, cases, _generation_config(config.generation_for(contender)), sink, progress=False)
+    report = run_generation(loaded, cases, _generation_config(config.generation_for(contender)), sink, progress=bars)
     return {
         "model": config.model_name(contender),
         "generated": report.generated,
@@ -988,6 +991,7 @@ def run_comparison(
         raise InputError(f"comparison config {path} does not exist")
     config = parse_compare_config(path.read_text(encoding="utf-8"), source=str(path))
     say = progress or (lambda _line: None)
+    bars = progress is not None  # the command line shows progress bars for every long stage
     out = resolve_out_dir(workspace, config, path)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.open(out, workspace.database, config.name)
@@ -1042,12 +1046,16 @@ def run_comparison(
             stage(
                 f"train:{contender.name}",
                 upstream,
-                partial(_train, workspace, config, contender, chosen["train"], out, device),
+                partial(_train, workspace, config, contender, chosen["train"], out, device, bars),
             )
             upstream.append(prints[f"train:{contender.name}"])
         gen_key = f"generate:{contender.name}"
         settings = config.generation_for(contender)
-        stage(gen_key, [*upstream, settings], partial(_generate, workspace, config, contender, cases, cache, device))
+        stage(
+            gen_key,
+            [*upstream, settings],
+            partial(_generate, workspace, config, contender, cases, cache, device, bars),
+        )
         stage(
             f"cost:{contender.name}",
             [prints[gen_key]],

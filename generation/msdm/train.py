@@ -94,6 +94,52 @@ def load_image_tensor(item: ImageLike, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+class _ImageDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Decodes one training image per item (for a DataLoader with workers)."""
+
+    def __init__(self, images: Sequence[tuple[ImageLike, str]], resolution: int) -> None:
+        self.images, self.resolution = images, resolution
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return load_image_tensor(self.images[index][0], self.resolution)
+
+
+def pixel_cache(
+    images: Sequence[tuple[ImageLike, str]],
+    resolution: int,
+    path: Path,
+    *,
+    workers: int = 0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """All training images as one ``uint8`` tensor ``(N, 3, r, r)`` backed by a memory-mapped file at ``path``.
+
+    Images are decoded by a DataLoader with ``workers`` processes and written to disk as they come, so
+    the dataset never has to fit in RAM (ROCOv2's 60k images at 256 px are 11.8 GB); batches then read
+    only their own rows. A complete file from an earlier run (resume) is reused as is.
+    """
+    shape = (len(images), 3, resolution, resolution)
+    done = path.with_suffix(".complete")
+    if path.is_file() and done.is_file() and path.stat().st_size == int(np.prod(shape)):
+        return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="r+", shape=shape))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done.unlink(missing_ok=True)
+    array = np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(images, resolution), batch_size=64, num_workers=workers, shuffle=False
+    )
+    row = 0
+    for batch in tqdm(loader, desc="decode", disable=not progress, total=len(loader)):
+        array[row : row + len(batch)] = batch.numpy()
+        row += len(batch)
+    array.flush()
+    done.write_text(f"{len(images)} images at {resolution} px\n", encoding="utf-8")
+    return torch.from_numpy(array)
+
+
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 127.5 - 1.0
 
@@ -321,8 +367,10 @@ def train_msdm(
             raise InputError(
                 f"{out} holds checkpoints of an earlier run: continue it with --resume, or train into another --out"
             )
-        if not resume:
+        if not resume:  # nothing of an unfinished earlier start (settings, decoded images) is reused
             (ckpt_root / SETTINGS_FILE).unlink(missing_ok=True)
+            for stale in ckpt_root.glob("pixels-*"):
+                stale.unlink()
         check_resume_settings(ckpt_root, settings)
         return _train_msdm(config, images, out, accelerator, text, perceptual, vae, resume, include_text_encoder,
                            progress, data_description, command, on_step, started)  # fmt: skip
@@ -348,7 +396,11 @@ def _train_msdm(
     cfg = config.model
     ckpt_root = out / "checkpoints"
     device = accelerator.device
-    pixels = torch.stack([load_image_tensor(img, cfg.resolution) for img, _ in images])
+    with accelerator.main_process_first():  # the main process writes the cache, the others then map it
+        pixels = pixel_cache(
+            images, cfg.resolution, ckpt_root / f"pixels-{cfg.resolution}.u8", workers=config.num_workers,
+            progress=progress and accelerator.is_main_process,
+        )  # fmt: skip
     captions = [c for _, c in images]
     earlier_s = 0.0  # wall time of the runs this one resumes (VAE stage and UNet checkpoints)
 

@@ -353,3 +353,18 @@ def test_paper_config_without_lpips_weights_names_how_to_give_them(tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="are not torchvision VGG-16"):
         make_perceptual_net("lpips-vgg", f"{tmp_path / 'bad.pth'},{tmp_path / 'bad.pth'}")
+
+
+def test_pixel_cache_is_a_memory_map_reused_when_complete(tmp_path):
+    from generation.msdm.train import load_image_tensor, pixel_cache
+
+    data = [(img, cap) for img, cap, _ in generate_samples(3, seed=0, size=40)]
+    pixels = pixel_cache(data, 32, tmp_path / "pixels-32.u8")
+    assert pixels.shape == (6, 3, 32, 32) and pixels.dtype == torch.uint8
+    assert torch.equal(pixels[4], load_image_tensor(data[4][0], 32))
+    assert (tmp_path / "pixels-32.u8").stat().st_size == 6 * 3 * 32 * 32
+    again = pixel_cache(data[::-1], 32, tmp_path / "pixels-32.u8")  # complete file: reused, not re-decoded
+    assert torch.equal(again, pixels)
+    (tmp_path / "pixels-32.complete").unlink()  # an interrupted write is rebuilt
+    rebuilt = pixel_cache(data[::-1], 32, tmp_path / "pixels-32.u8")
+    assert torch.equal(rebuilt[0], load_image_tensor(data[-1][0], 32))
