@@ -124,5 +124,8 @@ def write_study_report(
     if metrics:
         sections.append(metrics_section(study_images(workspace, study_name), metrics, extractor,
                                         seed=(config or ReportConfig()).seed))  # fmt: skip
+    from analysis.memorization import study_memorization_section  # issue 20: next to FD/KID
+
+    sections.extend(study_memorization_section(workspace, study_name))
     return write_report(ratings, Path(out_dir), title=f"MedSynth study report: {study_name}", stamp=stamp,
                         extra_sections=sections, progress=progress, config=config)  # fmt: skip

@@ -19,6 +19,7 @@ Example config::
     specialty_routing = false  # true: radiologists get radiology items, gastroenterologists GI items
     split = "test"             # optional: only cases of this split
     cases = ["a.jpg", "b.jpg"] # optional: only these case keys (e.g. a comparison's held-out prompts)
+    copies = "exclude"         # generated images a memorization audit flagged: "exclude" or "keep" (marked)
 
     [display]
     size = 512
@@ -42,6 +43,7 @@ from sqlalchemy.orm import Session
 from db.errors import ConflictError, InputError, NotFoundError
 from db.importers import ensure_image_rows
 from db.media import MediaStore
+from db.memorization import copy_filter
 from db.models import (
     Assignment,
     Case,
@@ -87,6 +89,7 @@ class StudyConfig:
     instructions: str = ""
     cases: list[str] = field(default_factory=list)
     split: str = ""
+    copies: str = "exclude"
 
     @property
     def slots(self) -> int:
@@ -165,6 +168,9 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
     cases = raw.get("cases", [])
     if not isinstance(cases, list) or not all(isinstance(c, str) and c for c in cases):
         raise InputError("'cases' must be a list of case keys", path=source)
+    copies = raw.get("copies", "exclude")
+    if copies not in ("exclude", "keep"):
+        raise InputError("'copies' must be 'exclude' or 'keep'", path=source)
     return StudyConfig(
         name=name,
         seed=seed,
@@ -181,6 +187,7 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
         instructions=instructions,
         cases=list(cases),
         split=split,
+        copies=copies,
     )
 
 
@@ -210,12 +217,14 @@ class StudySummary:
     attention: int
     repeats: int
     config_sha256: str
+    copies: str = ""
 
     def describe(self) -> str:
         models = ", ".join(f"{m}: {n}" for m, n in self.per_model.items())
         return (
             f"study {self.name!r}: {self.items} items ({models}; {self.attention} attention, "
             f"{self.repeats} repeats), config sha256 {self.config_sha256[:12]}"
+            + (f"; {self.copies}" if self.copies else "")
         )
 
 
@@ -240,6 +249,7 @@ def create_study(
             raise NotFoundError(f"study config names model {name!r}, which is not registered")
         models.append(m)
 
+    copies = copy_filter(session, models, cfg.copies)  # memorization audit (issue 20)
     per_model_items: list[list[tuple[Case, GeneratedImage]]] = []
     for m in models:
         query = (
@@ -252,7 +262,7 @@ def create_study(
             query = query.where(Case.key.in_(cfg.cases))
         if cfg.split:
             query = query.where(Case.split == cfg.split)
-        rows = session.execute(query).all()
+        rows = copies.apply(m.name, session.execute(query).all())
         by_case: dict[int, tuple[Case, GeneratedImage]] = {}
         for gen, case in rows:
             by_case.setdefault(case.id, (case, gen))
@@ -260,7 +270,8 @@ def create_study(
         if len(pool) < cfg.cases_per_model:
             raise InputError(
                 f"model {m.name!r} has generated images for {len(pool)} cases of {', '.join(cfg.datasets)}, "
-                f"fewer than cases_per_model = {cfg.cases_per_model}; generate more or lower the number",
+                f"fewer than cases_per_model = {cfg.cases_per_model}; generate more or lower the number"
+                + (f" ({copies.describe()})" if copies.flagged else ""),
                 path=source,
             )
         chosen = _rng(cfg.seed, "cases", m.name).sample(pool, cfg.cases_per_model)
@@ -270,7 +281,7 @@ def create_study(
         name=cfg.name,
         config_text=config_text,
         config_sha256=hashlib.sha256(config_text.encode()).hexdigest(),
-        config=cfg.to_dict(),
+        config=cfg.to_dict() | {"memorization": copies.record(g.id for ch in per_model_items for _c, g in ch)},
         seed=cfg.seed,
     )
     session.add(study)
@@ -353,6 +364,7 @@ def create_study(
         attention=len(attention),
         repeats=len(repeats),
         config_sha256=study.config_sha256,
+        copies=copies.describe(),
     )
 
 
