@@ -41,6 +41,11 @@ def main() -> None:
     print(f"AUC pixel score (aligned NCC): {result.auc_pixel:.4f}; descriptor cosine alone: {result.auc_feature:.4f}")
     print(f"Youden threshold: {result.threshold:.2f} (TPR {result.tpr:.3f}, FPR {result.fpr:.3f}); "
           f"DEFAULT_COPY_THRESHOLD = {DEFAULT_COPY_THRESHOLD:.2f}")  # fmt: skip
+    pixel = np.array([m.pixel_score for m in result.matches])
+    labels = np.array(result.labels)
+    at_default = pixel >= DEFAULT_COPY_THRESHOLD
+    print(f"at DEFAULT_COPY_THRESHOLD: TPR {at_default[labels == 1].mean():.3f}, "
+          f"FPR {at_default[labels == 0].mean():.3f}")  # fmt: skip
     fpr, tpr, thr = result.roc
     print("ROC (threshold, FPR, TPR) at 0.05 steps:")
     for t in np.arange(0.40, 1.0, 0.05):
