@@ -196,3 +196,18 @@ def test_audit_flags_copies_study_excludes_them_and_report_has_the_table(
     table = pd.read_csv(next(report.glob("tables/*memorization*.csv")))
     assert table.loc[0, "model"] == "leaky" and table.loc[0, "copies"] == 8
     assert table.loc[0, "share_copies"] == pytest.approx(0.4)
+
+
+def test_user_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--data-dir", str(tmp_path / "data")]
+    assert main([*base, "memorization", "--model", "nope", "--dataset", "gi"]) == 2
+    err = capsys.readouterr().err
+    assert "error: no model called 'nope'" in err and len(err.strip().splitlines()) == 1
+    from db.errors import InputError
+    from db.studies import parse_study_config
+
+    toml = 'name = "s"\nseed = 1\ndatasets = ["d"]\nmodels = ["m"]\ncases_per_model = 2\n'
+    assert parse_study_config(toml).copies == "exclude"
+    assert parse_study_config(toml + 'copies = "keep"\n').copies == "keep"
+    with pytest.raises(InputError, match="'copies' must be 'exclude' or 'keep'"):
+        parse_study_config(toml + 'copies = "maybe"\n')
