@@ -3,7 +3,7 @@
 Exact cosine top-k of 2,000 query features over 100,000 training features with
 :func:`analysis.memorization.top_k_search` (blocked float32 matrix products, running top-k), target under
 60 s on 2 cores. ``--tta`` also times the audit's real layout (:func:`analysis.memorization.nearest_by_owner`
-over 7 views per training image and 3 per query; about 21 times the work). Usage:
+over 7 views per training image and 3 per query: 21 times the work). Usage:
 ``python benchmarks/memorization_search.py [--n 100000] [--queries 2000] [--dim 576] [--k 5] [--threads 2] [--tta]``
 """
 
@@ -23,7 +23,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=576, help="576 = the default pixels descriptor; 768 = DINOv2-base")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tta", action="store_true", help="also time 3 views per image on both sides")
+    parser.add_argument("--tta", action="store_true", help="also time the audit's layout (7 index views per image)")
+    parser.add_argument("--query-views", type=int, default=3, help="views per query with --tta")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -58,7 +59,7 @@ def main() -> None:
     agree = float(np.mean(np.argmax(exact, axis=1) == idx[:50, 0]))
     print(f"agreement with a brute-force argmax on 50 queries: {agree:.3f} (target 1.000)")
     if args.tta:
-        views, q_views = 7, 3
+        views, q_views = 7, args.query_views
         i_feats = np.repeat(index, views, axis=0)
         i_feats += 0.2 / args.dim**0.5 * rng.standard_normal(i_feats.shape, dtype=np.float32)
         i_owner = np.repeat(np.arange(args.n), views)
