@@ -398,6 +398,29 @@ def cmd_study_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ memorization
+
+
+def cmd_memorization(args: argparse.Namespace) -> int:
+    """Audit a model's generated images for copies of its training images (stored for studies and reports)."""
+    from analysis.memorization import AuditConfig, run_audit
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            print(f"  {stage}: {done}/{total}", file=sys.stderr, flush=True)
+
+    config = AuditConfig() if args.threshold is None else AuditConfig(threshold=args.threshold)
+    ws = _workspace(args)
+    summary = run_audit(ws, args.model, args.dataset, split=args.split, extractor=args.extractor,
+                        out_dir=Path(args.out) if args.out else None, cfg=config, progress=progress)  # fmt: skip
+    print(summary.describe())
+    for top in summary.top_copied:
+        print(f"  copied {top['copies']}x: {top['train_key']}")
+    if args.out:
+        print(f"wrote {args.out}/summary.json, matches.csv and {len(summary.pairs)} side-by-side pairs")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 
@@ -586,6 +609,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rater-labels", choices=["codes", "names"], default="codes",
                    help="show raters as R01, R02 ... (default) or by name")  # fmt: skip
+
+    p = add("memorization", cmd_memorization, "audit a model's generated images for copies of training images")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", required=True, help="the training dataset")
+    p.add_argument("--split", help="training split (default: every case); other splits are the held-out baseline")
+    p.add_argument("--extractor", default="pixels",
+                   help="retrieval descriptor: pixels (no weights, default) or a report --extractor spec")  # fmt: skip
+    p.add_argument("--out", help="folder for summary.json, matches.csv and side-by-side PNGs of the top matches")
+    p.add_argument("--threshold", type=float, help="copy threshold on the pixel score (default: the calibrated one)")
 
     coord = add("coordinator", lambda a: _help(a, coord), "coordinator account")
     coord_sub = coord.add_subparsers(dest="coordinator_command", metavar="ACTION")

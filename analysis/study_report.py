@@ -318,6 +318,9 @@ def compute_study_report(
         sections = metrics_sections(ratings, images, names, feature_extractor, config=config,
                                     random_weights=feature_extractor.name.endswith("random"))  # fmt: skip
         stamp["extractor"] = {"name": feature_extractor.name, "weights_sha256": feature_extractor.weights_sha256}
+    from analysis.memorization import study_memorization_section  # next to FD/KID (issue 20)
+
+    sections.extend(study_memorization_section(workspace, study_name))
     return compute_report(ratings, title=f"MedSynth study report: {study.name}", stamp=stamp,
                           extra_sections=sections, config=config, step=step)  # fmt: skip
 

@@ -335,3 +335,35 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class MemorizationRun(Base):
+    """One memorization audit of a model's generated images against a training dataset (issue 20)."""
+
+    __tablename__ = "memorization_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    split: Mapped[str | None] = mapped_column(String(32))
+    extractor: Mapped[str] = mapped_column(String(200))
+    threshold: Mapped[float]
+    #: the per-model summary (share of copies, nearest-neighbour distributions, most-copied images)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MemorizationMatch(Base):
+    """A generated image's nearest training image in one audit, and whether it is a copy."""
+
+    __tablename__ = "memorization_matches"
+    __table_args__ = (UniqueConstraint("run_id", "generated_image_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("memorization_runs.id", ondelete="CASCADE"), index=True)
+    generated_image_id: Mapped[int] = mapped_column(ForeignKey("generated_images.id", ondelete="CASCADE"), index=True)
+    nearest_case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="SET NULL"))
+    feature_similarity: Mapped[float]
+    pixel_score: Mapped[float]
+    is_copy: Mapped[bool]
+    alignment: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -24,6 +24,7 @@ Example config::
     specialty_routing = false  # true: radiologists get radiology items, gastroenterologists GI items
     split = "test"             # optional: only cases of this split
     cases = ["a.jpg", "b.jpg"] # optional: only these case keys (e.g. a comparison's held-out prompts)
+    copies = "exclude"         # generated images a memorization audit flagged: "exclude" or "keep" (marked)
 
     [display]
     size = 512
@@ -68,6 +69,7 @@ from db.errors import ConflictError, InputError, NotFoundError
 from db.imaging import WINDOW_PRESETS
 from db.importers import ensure_image_rows
 from db.media import MediaStore, pair_is_grey, zoom_size
+from db.memorization import copy_filter
 from db.models import (
     Assignment,
     Case,
@@ -120,6 +122,7 @@ class StudyConfig:
     instructions: str = ""
     cases: list[str] = field(default_factory=list)
     split: str = ""
+    copies: str = "exclude"
 
     @property
     def slots(self) -> int:
@@ -205,6 +208,9 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
     cases = raw.get("cases", [])
     if not isinstance(cases, list) or not all(isinstance(c, str) and c for c in cases):
         raise InputError("'cases' must be a list of case keys", path=source)
+    copies = raw.get("copies", "exclude")
+    if copies not in ("exclude", "keep"):
+        raise InputError("'copies' must be 'exclude' or 'keep'", path=source)
     return StudyConfig(
         name=name,
         seed=seed,
@@ -222,6 +228,7 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
         instructions=instructions,
         cases=list(cases),
         split=split,
+        copies=copies,
     )
 
 
@@ -252,6 +259,7 @@ class StudySummary:
     audits: list[DesignAudit] = field(default_factory=list)
     own_cases: bool = False
     rendered: int = 0
+    copies: str = ""
 
     def describe(self) -> str:
         models = ", ".join(f"{m}: {n}" for m, n in self.per_model.items())
@@ -262,6 +270,8 @@ class StudySummary:
             + "; a rater sees each real image in one normal pair at most",
             f"served copies rendered now: {self.rendered}",
         ]  # fmt: skip
+        if self.copies:
+            lines.append(self.copies)
         lines.extend(a.describe() for a in self.audits)
         return "\n".join(lines)
 
@@ -349,6 +359,7 @@ def create_study(
     kind = DesignKind(cfg.design)
     own = needs_own_cases(kind, len(models), effective_k(kind, cfg.raters_per_item, cfg.slots), cfg.slots)
 
+    copies = copy_filter(session, models, cfg.copies)  # generated images a memorization audit flagged
     pools: list[dict[int, tuple[Case, GeneratedImage]]] = []
     for m in models:
         query = (
@@ -362,12 +373,13 @@ def create_study(
         if cfg.split:
             query = query.where(Case.split == cfg.split)
         by_case: dict[int, tuple[Case, GeneratedImage]] = {}
-        for gen, case in session.execute(query).all():
+        for gen, case in copies.apply(m.name, session.execute(query).all()):
             by_case.setdefault(case.id, (case, gen))
         if len(by_case) < cfg.cases_per_model:
             raise InputError(
                 f"model {m.name!r} has generated images for {len(by_case)} cases of {', '.join(cfg.datasets)}, "
-                f"fewer than cases_per_model = {cfg.cases_per_model}; generate more or lower the number",
+                f"fewer than cases_per_model = {cfg.cases_per_model}; generate more or lower the number"
+                + (f" ({copies.describe()})" if copies.flagged else ""),
                 path=source,
             )
         pools.append(by_case)
@@ -377,7 +389,11 @@ def create_study(
         name=cfg.name,
         config_text=config_text,
         config_sha256=hashlib.sha256(config_text.encode()).hexdigest(),
-        config={**cfg.to_dict(), "design_version": DESIGN_VERSION},
+        config={
+            **cfg.to_dict(),
+            "design_version": DESIGN_VERSION,
+            "memorization": copies.record(gen.id for items in per_model_items for _case, gen in items),
+        },
         seed=cfg.seed,
     )
     session.add(study)
@@ -479,6 +495,7 @@ def create_study(
         audits=audits,
         own_cases=own,
         rendered=rendered,
+        copies=copies.describe(),
     )
 
 
