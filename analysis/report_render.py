@@ -227,7 +227,9 @@ def _forest(spec: FigureSpec, figure: Figure) -> None:
     axes.errorbar(rows["estimate"], y, xerr=np.nan_to_num(err), fmt="o", capsize=3, color="#1f4e79")
     axes.set_yticks(y, labels)
     axes.axvline(0, color="grey", lw=0.8)
-    axes.set_xlim(min(-0.2, float(np.nanmin(rows["ci_low"])) - 0.05), 1.0)
+    lows = rows["ci_low"].to_numpy(dtype=float)
+    lowest = float(np.nanmin(lows)) if np.isfinite(lows).any() else 0.0  # no estimate or no CI: the default span
+    axes.set_xlim(min(-0.2, lowest - 0.05), 1.0)
     axes.set_xlabel(spec.options.get("xlabel", "Agreement (95% CI)"))
 
 
