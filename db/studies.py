@@ -32,6 +32,7 @@ Example config::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -743,6 +744,26 @@ def served_side(session: Session, rater_id: int, position: int, side: Side) -> S
     real, generated, generated_side, domain, mode, study_id, config_text = row
     sha = generated if side == generated_side else real
     return ServedSide(sha, pair_is_grey(domain.value, mode), study_id, config_text)
+
+
+@functools.lru_cache(maxsize=256)
+def display_of(config_text: str) -> DisplayConfig:
+    """The display settings of a study config (cached: a study's config never changes)."""
+    return parse_study_config(config_text).display
+
+
+def served_bytes(
+    database: Any, store: MediaStore, rater_id: int, position: int, side: Side, *, zoom: bool = False
+) -> bytes | None:
+    """The bytes ``GET /m/...`` serves for one side of a rater's pair (None when there is no such pair):
+    the kept, pre-rendered copy fitted to the study's display (or zoom) square."""
+    with database.session() as session:
+        found = served_side(session, rater_id, position, side)
+    if found is None:
+        return None
+    display = display_of(found.config_text)
+    size = zoom_size(display.size) if zoom else display.size
+    return store.served_copy(found.sha256, size=size, fit=display.fit, grey=found.grey)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
