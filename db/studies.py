@@ -261,18 +261,17 @@ class StudySummary:
         return "\n".join(lines)
 
 
-def _domain_quota(available: dict[Domain, int], per_model: int, groups: int) -> dict[Domain, int] | None:
-    """Cases per model from each domain: proportional to what is available (largest remainder), each
-    domain holding ``groups`` disjoint sets of them; None when there are not enough."""
-    capacity = {d: n // groups for d, n in available.items()}
-    if sum(capacity.values()) < per_model:
+def _domain_quota(available: dict[Domain, int], total: int) -> dict[Domain, int] | None:
+    """How many of ``total`` cases to take from each domain: proportional to what is available (largest
+    remainder, capped by it); None when there are not enough."""
+    have = sum(available.values())
+    if have < total:
         return None
-    total = sum(available.values())
-    quota = {d: min(capacity[d], per_model * n // total) for d, n in available.items()}
-    order = sorted(available, key=lambda d: (-(per_model * available[d] / total - quota[d]), d.value))
-    while sum(quota.values()) < per_model:
+    quota = {d: total * n // have for d, n in available.items()}
+    order = sorted(available, key=lambda d: (-(total * available[d] / have - quota[d]), d.value))
+    while sum(quota.values()) < total:
         for d in order:
-            if quota[d] < capacity[d] and sum(quota.values()) < per_model:
+            if quota[d] < available[d] and sum(quota.values()) < total:
                 quota[d] += 1
     return quota
 
@@ -285,35 +284,32 @@ def _draw_cases(
     own: bool,
     source: str,
 ) -> list[list[tuple[Case, GeneratedImage]]]:
-    """Each model's cases, aligned by rank (rank r has the same domain for every model)."""
+    """Each model's cases in rank order: the same cases for every model, or (``own``) disjoint ones dealt
+    round-robin from domain-sorted draws, so every model gets the domains in equal numbers (within 1)."""
     common = sorted(set.intersection(*(set(p) for p in pools)))
     groups = len(models) if own else 1
     by_domain: dict[Domain, list[int]] = defaultdict(list)
     for case_id in common:
         by_domain[domains[pools[0][case_id][0].dataset_id]].append(case_id)
-    quota = _domain_quota({d: len(ids) for d, ids in by_domain.items()}, cfg.cases_per_model, groups)
+    needed = cfg.cases_per_model * groups
+    quota = _domain_quota({d: len(ids) for d, ids in by_domain.items()}, needed)
     if quota is None:
-        needed = cfg.cases_per_model * groups
         why = (
-            f" x {groups} models, since each model needs its own cases when rater_slots < models x raters_per_item"
-            f" ({cfg.slots} < {len(models)} x {cfg.raters_per_item}) or the design is crossed"
+            f" x {groups} models (= {needed}): each model needs its own cases when rater_slots < models x "
+            f"raters_per_item ({cfg.slots} < {len(models)} x {cfg.raters_per_item}) or the design is crossed"
             if own
             else ""
         )
         raise InputError(
             f"the models {', '.join(m.name for m in models)} have generated images for {len(common)} cases of "
-            f"{', '.join(cfg.datasets)} in common, fewer than cases_per_model = {cfg.cases_per_model}{why} "
-            f"(= {needed}); generate more, lower cases_per_model"
+            f"{', '.join(cfg.datasets)} in common, fewer than cases_per_model = {cfg.cases_per_model}{why}; "
+            "generate more, lower cases_per_model"
             + (f", or raise rater_slots to {len(models) * cfg.raters_per_item}" if own else ""),
             path=source,
         )
     rng = _rng(cfg.seed, "cases")
-    chosen: list[list[int]] = [[] for _ in models]
-    for d in sorted(by_domain, key=lambda d: d.value):
-        ids = rng.sample(by_domain[d], quota[d] * groups)
-        for j in range(len(models)):
-            g = j if own else 0
-            chosen[j].extend(ids[g * quota[d] : (g + 1) * quota[d]])
+    drawn = [cid for d in sorted(by_domain, key=lambda d: d.value) for cid in rng.sample(by_domain[d], quota[d])]
+    chosen = [drawn[j::groups] for j in range(groups)] if own else [drawn] * len(models)
     order = list(range(cfg.cases_per_model))
     rng.shuffle(order)
     return [[pool[ids[r]] for r in order] for pool, ids in zip(pools, chosen, strict=True)]
