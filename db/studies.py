@@ -399,9 +399,9 @@ def create_study(
     # Sides, attention and repeat bases follow the design of every rater group the item belongs to.
     units = _units(normal)
     memberships: dict[int, list[tuple[str, int]]] = defaultdict(list)
-    for key, group in _groups(cfg, normal).items():
-        for item_id, slots in _plan(study, cfg, group, key).items():
-            memberships[item_id].extend((key, s) for s in slots)
+    for group_key, group in _groups(cfg, normal).items():
+        for item_id, slots in _plan(study, cfg, group, group_key).items():
+            memberships[item_id].extend((group_key, s) for s in slots)
     left = choose_sides(units, memberships, (cfg.seed, "sides"))
     for item in normal:
         item.generated_side = Side.LEFT if left[item.id] else Side.RIGHT

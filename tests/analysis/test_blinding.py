@@ -4,7 +4,6 @@ that does not depend on timing)."""
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +16,11 @@ from sklearn.metrics import roc_auc_score
 
 from analysis.blinding import audit_blinding, blinding_report_section, delong_auc, served_fetch
 from app import main
-from db.importers import import_dataset, import_generated
 from db.models import Side
 from db.raters import add_rater
 from db.studies import ServedPair, create_study
 from db.workspace import Workspace
-from tests.db.conftest import STUDY_TOML, TRANSFORMS, write_generated
+from tests.db.conftest import STUDY_TOML, import_gi_with_models
 
 DETERMINISTIC = ["bytes", "width", "height", "mode"]
 
@@ -57,13 +55,7 @@ def served_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def served_study(served_root: Path, shared_data: Path) -> Iterator[Workspace]:
     """The GI samples, two transform 'models' and a study (K = 2 of 4 slots) with four raters assigned."""
     tmp_path = served_root
-    ws = Workspace.open(None, tmp_path / "data")
-    import_dataset(ws.database, ws.store, "csv", shared_data / "gi", name="gi", domain="gi",
-                   file_column="file", text_column="caption")  # fmt: skip
-    names = [r["file"] for r in csv.DictReader((shared_data / "gi" / "captions.csv").open())][:24]
-    for model, fn in TRANSFORMS.items():
-        import_generated(ws.database, ws.store, write_generated(shared_data / "gi", tmp_path / model, names, fn),
-                         dataset="gi", model=model)  # fmt: skip
+    ws = import_gi_with_models(Workspace.open(None, tmp_path / "data"), shared_data, tmp_path)
     with ws.database.session() as s:
         create_study(s, ws.store, STUDY_TOML.replace("rater_slots = 3", "rater_slots = 4") + "[display]\nsize = 128\n")
     with ws.database.session() as s:
