@@ -600,8 +600,16 @@ def _named(items: list[SlotItem], names: dict[str, str]) -> list[SlotItem]:
 
 
 def _audit_lists(
-    session: Session, study: Study, cfg: StudyConfig, lists: list[list[StudyItem]], items: list[StudyItem], label: str
+    session: Session,
+    study: Study,
+    cfg: StudyConfig,
+    lists: list[list[StudyItem]],
+    items: list[StudyItem],
+    label: str,
+    replicates: int | None = 1,
 ) -> DesignAudit:
+    """Audit slot lists; ``replicates``: how many times the slots are filled (None: not a whole number of
+    times yet, so reads per item are not checked)."""
     names = _model_names(session, study)
     normal = [i for i in items if i.kind == ItemKind.NORMAL]
     normal_by_pair = {(i.case_id, i.model_id): i.id for i in normal}
@@ -609,9 +617,17 @@ def _audit_lists(
         names.get(str(mid), str(mid)) for mid in dict.fromkeys(i.model_id for i in sorted(normal, key=lambda i: i.id))
     ]
     kind = DesignKind(cfg.design) if not _is_legacy(study) else "legacy round-robin"
-    k = effective_k(DesignKind(cfg.design), cfg.raters_per_item, cfg.slots)
+    k = effective_k(DesignKind(cfg.design), cfg.raters_per_item, cfg.slots) * (replicates or 1)
     slot_lists = [_named([_slot_item(i, _base_of(i, normal_by_pair)) for i in lst], names) for lst in lists]
-    return audit_slots(slot_lists, kind=str(kind), k=k, models=models, label=label, all_normal=[i.id for i in normal])
+    return audit_slots(
+        slot_lists,
+        kind=str(kind),
+        k=k,
+        models=models,
+        label=label,
+        all_normal=[i.id for i in normal],
+        check_reads=replicates is not None,
+    )
 
 
 def plan_audits(session: Session, study: Study) -> list[DesignAudit]:
@@ -647,8 +663,12 @@ def stored_audits(session: Session, study: Study) -> list[DesignAudit]:
             )
             for r in members
         ]
+        filled, partial = divmod(len(members), cfg.slots)
         label = f"as stored, {len(members)} {key} rater(s)"
-        audits.append(_audit_lists(session, study, cfg, lists, routed[key], label))
+        if partial:
+            label += f"; {partial} of {cfg.slots} slots of the last round filled, reads per item not checked"
+        replicates = None if partial else filled
+        audits.append(_audit_lists(session, study, cfg, lists, routed[key], label, replicates))
     return audits
 
 
