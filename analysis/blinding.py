@@ -4,8 +4,9 @@ Every pair of a study is fetched as its rater is served it (the same lookup and 
 both sides requested at once, as the page does). For each observable (byte length, pixel width and height,
 colour mode, time to first byte, which side arrived first) the score of a pair is the left side's value
 minus the right side's, and the audit reports the AUC of that score for "the real image is on the left",
-with a DeLong 95% confidence interval. Blinding holds when every AUC is 0.5 up to its CI; a CI that
-excludes 0.5 is a leak.
+with a DeLong 95% confidence interval and the p-value of AUC = 0.5. Blinding holds when every AUC is 0.5
+up to its CI; an observable is flagged as a leak when its p-value is below 0.05 / 6 (Bonferroni over the
+six observables, so that timing noise alone flags an audit about 5% of the time, not 26%).
 
 The CI treats pairs as independent; a rater's pairs and an item's K readings are not, so the interval is
 somewhat narrow: a flag is a reason to look, and a pass with AUC exactly 0.5 (identical observables) is
@@ -41,11 +42,12 @@ Fetch = Callable[[ServedPair, Side], bytes]
 
 @dataclass(frozen=True)
 class AUCResult:
-    """An AUC with its DeLong confidence interval."""
+    """An AUC with its DeLong confidence interval and the two-sided p-value of AUC = 0.5."""
 
     auc: float
     low: float
     high: float
+    p_value: float = float("nan")
 
 
 def delong_auc(scores: np.ndarray, labels: np.ndarray, conf_level: float = 0.95) -> AUCResult:
@@ -59,8 +61,11 @@ def delong_auc(scores: np.ndarray, labels: np.ndarray, conf_level: float = 0.95)
     v10, v01 = placement_values(pos, neg)
     auc = float(v10.mean())
     var = (v10.var(ddof=1) / pos.size if pos.size > 1 else 0.0) + (v01.var(ddof=1) / neg.size if neg.size > 1 else 0.0)
-    half = float(stats.norm.ppf(0.5 + conf_level / 2) * np.sqrt(var))
-    return AUCResult(auc, max(0.0, auc - half), min(1.0, auc + half))
+    se = float(np.sqrt(var))
+    half = float(stats.norm.ppf(0.5 + conf_level / 2) * se)
+    exact = 1.0 if auc == 0.5 else 0.0  # no spread: the AUC is exact
+    p_value = float(2 * stats.norm.sf(abs(auc - 0.5) / se)) if se > 0 else exact
+    return AUCResult(auc, max(0.0, auc - half), min(1.0, auc + half), p_value)
 
 
 def served_fetch(workspace: Workspace) -> Fetch:
@@ -105,7 +110,7 @@ def observe(pairs: list[ServedPair], fetch: Fetch) -> pd.DataFrame:
 
 
 def audit_table(observed: pd.DataFrame, conf_level: float = 0.95) -> pd.DataFrame:
-    """AUC (with CI) of each observable's left-minus-right score for "real on the left"."""
+    """AUC (with CI and p-value) of each observable's left-minus-right score for "real on the left"."""
     labels = observed["real_left"].to_numpy(dtype=bool)
     modes = sorted(set(observed.get("mode_left", pd.Series(dtype=str))) | set(observed.get("mode_right", [])))
     code = {m: i for i, m in enumerate(modes)}
@@ -116,10 +121,10 @@ def audit_table(observed: pd.DataFrame, conf_level: float = 0.95) -> pd.DataFram
             left, right = left.map(code), right.map(code)
         score = left.to_numpy(dtype=float) - right.to_numpy(dtype=float)
         res = delong_auc(score, labels, conf_level)
-        leak = bool(res.low > 0.5 or res.high < 0.5)
+        leak = bool(res.p_value < (1 - conf_level) / len(OBSERVABLES))  # Bonferroni over the observables
         rows.append(
-            {"observable": name, "auc": res.auc, "ci_low": res.low, "ci_high": res.high, "pairs": len(observed),
-             "leak": leak}
+            {"observable": name, "auc": res.auc, "ci_low": res.low, "ci_high": res.high, "p_value": res.p_value,
+             "pairs": len(observed), "leak": leak}
         )  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -140,7 +145,8 @@ def blinding_report_section(table: pd.DataFrame) -> dict[str, Any]:
     leaks = table.loc[table["leak"], "observable"].tolist()
     notes = [
         "AUC of each observable of the served images (left minus right) for 'the real image is on the left', "
-        "DeLong 95% CI; 0.5 means the observable says nothing about which side is real."
+        "DeLong 95% CI; 0.5 means the observable says nothing about which side is real. Leak: p < 0.05/6 "
+        "(Bonferroni over the observables)."
     ]
     if table.empty or table["pairs"].max() == 0:
         notes.append("No pair has been assigned yet.")

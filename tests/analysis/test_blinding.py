@@ -97,3 +97,9 @@ def test_cli_audit_blinding(served_study: Workspace, served_root: Path, capsys: 
     out = capsys.readouterr().out
     assert "observable" in out and "ttfb_ms" in out and "arrived_first" in out
     assert "bytes" not in out.split("LEAK:", 1)[-1] if "LEAK:" in out else "no observable predicts" in out
+
+
+def test_p_value_holds_its_level_under_no_leak() -> None:
+    rng = np.random.default_rng(5)
+    p = np.array([delong_auc(rng.normal(size=80), np.repeat([1, 0], 40)).p_value for _ in range(400)])
+    assert 0.02 <= float(np.mean(p < 0.05)) <= 0.08
