@@ -180,6 +180,31 @@ def cmd_study_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_check(args: argparse.Namespace) -> int:
+    """Print the design audit of a stored study; exit 1 when it is not balanced."""
+    from db.studies import check_study
+
+    ws = _workspace(args)
+    with ws.database.session() as session:
+        text = check_study(session, args.name)
+    print(text)
+    return 1 if "NOT BALANCED" in text else 0
+
+
+def cmd_study_audit_blinding(args: argparse.Namespace) -> int:
+    """Print how well each observable of the served images predicts the real side; exit 1 on a leak."""
+    from analysis.blinding import audit_blinding
+
+    table = audit_blinding(_workspace(args), args.name)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if table.empty or table["pairs"].max() == 0:
+        print("no pairs assigned yet: add raters first")
+        return 0
+    leaks = table.loc[table["leak"], "observable"].tolist()
+    print("LEAK: " + ", ".join(leaks) if leaks else "no observable predicts the real side (every CI holds 0.5)")
+    return 1 if leaks else 0
+
+
 def cmd_rater_add(args: argparse.Namespace) -> int:
     """Add a rater and print their personal link."""
     from db.raters import add_rater, rater_link
@@ -497,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("var-tr", "var-error", "cov1", "cov2", "cov3"):
         p.add_argument(f"--{name}", type=float, help="mrmc: OR component of a pilot (instead of --roc)")
     p.add_argument("--pilot-cases", type=int, help="mrmc: number of cases of that pilot")
+    p = add("check", cmd_study_check, "audit a study's reader design (balance, overlap, real-image recurrences)",
+            study_sub)  # fmt: skip
+    p.add_argument("name")
+    p = add("audit-blinding", cmd_study_audit_blinding, "measure whether served images reveal the real side",
+            study_sub)  # fmt: skip
+    p.add_argument("name")
 
     rater = add("rater", lambda a: _help(a, rater), "add, list and revoke raters")
     rater_sub = rater.add_subparsers(dest="rater_command", metavar="ACTION")

@@ -154,14 +154,14 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def make_descriptor(spec: str = "pixels") -> FeatureExtractor:
-    """``pixels`` / ``pixelsN`` (weight-free, offline) or any :func:`analysis.study_report.make_extractor` spec."""
+    """``pixels`` / ``pixelsN`` (weight-free, offline) or any :func:`analysis.features.load_extractor` spec."""
     if spec == "pixels":
         return PixelDescriptor()
     if spec.startswith("pixels") and spec[6:].isdigit():
         return PixelDescriptor(int(spec[6:]))
-    from analysis.study_report import make_extractor
+    from analysis.features import load_extractor
 
-    return make_extractor(spec)
+    return load_extractor(spec)
 
 
 def embed_views(

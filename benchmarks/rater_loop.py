@@ -96,7 +96,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="medsynth-bench-"))
     t0 = time.perf_counter()
     ws, _ = fixtures._build_workspace(tmp, ROOT.parent / "shared" / "data")
-    per_model = fixtures.N_CASES
+    # one rater slot reads every item, so each model has its own cases (no real image twice per rater)
+    per_model = fixtures.N_CASES // 2
     with ws.database.session() as session:
         create_study(session, ws.store, fixtures.study_toml("bench", per_model, repeat=0.5))
     print(f"workspace built in {time.perf_counter() - t0:.1f} s")

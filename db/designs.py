@@ -363,7 +363,7 @@ def order_slot(items: Sequence[SlotItem], seed: object) -> list[SlotItem]:
     for it in sorted(normal, key=lambda it: it.key):
         classes[(it.model, it.generated_left)].append(it)
     # models: a lightly jittered systematic interleave (no long runs); sides within a model: fully jittered
-    by_model: dict[str, list[SlotItem]] = defaultdict(list)
+    by_model: dict[str, list[tuple[float, float, SlotItem]]] = defaultdict(list)
     for (model, _), members in sorted(classes.items()):
         rng.shuffle(members)
         keyed_side = [((r + rng.random()) / len(members), rng.random(), it) for r, it in enumerate(members)]
@@ -373,9 +373,9 @@ def order_slot(items: Sequence[SlotItem], seed: object) -> list[SlotItem]:
         members_keyed.sort(key=lambda t: (t[0], t[1]))
         size = len(members_keyed)
         keyed.extend(
-            ((r + 0.2 + 0.6 * rng.random()) / size, rng.random(), it) for r, (*_, it) in enumerate(members_keyed)
+            ((r + 0.2 + 0.6 * rng.random()) / size, rng.random(), it) for r, (_, _, it) in enumerate(members_keyed)
         )
-    ordered = [it for *_, it in sorted(keyed, key=lambda t: (t[0], t[1]))]
+    ordered = [it for _, _, it in sorted(keyed, key=lambda t: (t[0], t[1]))]
     position = {it.key: p for p, it in enumerate(ordered)}
     gap = max(len(ordered) // 4, 1)
     for it in sorted((it for it in items if it.base is not None), key=lambda it: it.key):
@@ -444,8 +444,10 @@ def audit_slots(
     models: Sequence[str],
     label: str = "all raters",
     all_normal: Sequence[int] | None = None,
+    check_reads: bool = True,
 ) -> DesignAudit:
-    """Audit the ordered item lists of a group's slots (planned or as stored for real raters)."""
+    """Audit the ordered item lists of a group's slots (planned or as stored for real raters). With
+    ``check_reads`` every normal item must be read exactly ``k`` times (off while slots are still empty)."""
     per_model: list[dict[str, int]] = []
     per_sides: list[dict[str, tuple[int, int]]] = []
     reads: Counter[int] = Counter({key: 0 for key in all_normal or ()})
@@ -479,15 +481,15 @@ def audit_slots(
             longest = max(longest, run)
     overlaps = [len(a & b) for a, b in combinations(members, 2)]
     overlap = (min(overlaps), max(overlaps)) if overlaps else (0, 0)
-    for s, counts in enumerate(per_model):
-        values = [counts[m] for m in models]
+    for s, slot_counts in enumerate(per_model):
+        values = [slot_counts[m] for m in models]
         if values and max(values) - min(values) > 1:
             problems.append(f"slot {s + 1} reads the models {values} times (more than 1 apart)")
     for m in models:
-        values = [counts[m] for counts in per_model]
+        values = [slot_counts[m] for slot_counts in per_model]
         if values and max(values) - min(values) > 1:
             problems.append(f"model {m} is read {min(values)}-{max(values)} times per slot (more than 1 apart)")
-    if reads and (set(reads.values()) != {k}):
+    if check_reads and reads and (set(reads.values()) != {k}):
         values = sorted(set(reads.values()))
         problems.append(f"normal items are read by {values[0]}-{values[-1]} slots, not exactly K = {k}")
     if recurrences:

@@ -125,14 +125,15 @@ def inspect_image_bytes(data: bytes, *, source: object, max_pixels: int = DEFAUL
     return ImageInfo(sha256_bytes(data), width, height, mode, fmt, len(data))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:  # served copies are a cache that can be rendered again: no fsync for them
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -269,7 +270,7 @@ class MediaStore:
             return False
         data = encode_fixed_png(fit_for_display(self.open(sha256), size, fit, grey=grey, window=window))
         try:
-            _atomic_write(cache, data)
+            _atomic_write(cache, data, durable=False)
         except OSError as exc:
             raise StorageError(f"cannot write to the media store at {self.root}: {exc.strerror or exc}") from None
         return True

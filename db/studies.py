@@ -34,6 +34,7 @@ Example config::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -276,18 +277,17 @@ class StudySummary:
         return "\n".join(lines)
 
 
-def _domain_quota(available: dict[Domain, int], per_model: int, groups: int) -> dict[Domain, int] | None:
-    """Cases per model from each domain: proportional to what is available (largest remainder), each
-    domain holding ``groups`` disjoint sets of them; None when there are not enough."""
-    capacity = {d: n // groups for d, n in available.items()}
-    if sum(capacity.values()) < per_model:
+def _domain_quota(available: dict[Domain, int], total: int) -> dict[Domain, int] | None:
+    """How many of ``total`` cases to take from each domain: proportional to what is available (largest
+    remainder, capped by it); None when there are not enough."""
+    have = sum(available.values())
+    if have < total:
         return None
-    total = sum(available.values())
-    quota = {d: min(capacity[d], per_model * n // total) for d, n in available.items()}
-    order = sorted(available, key=lambda d: (-(per_model * available[d] / total - quota[d]), d.value))
-    while sum(quota.values()) < per_model:
+    quota = {d: total * n // have for d, n in available.items()}
+    order = sorted(available, key=lambda d: (-(total * available[d] / have - quota[d]), d.value))
+    while sum(quota.values()) < total:
         for d in order:
-            if quota[d] < capacity[d] and sum(quota.values()) < per_model:
+            if quota[d] < available[d] and sum(quota.values()) < total:
                 quota[d] += 1
     return quota
 
@@ -300,35 +300,32 @@ def _draw_cases(
     own: bool,
     source: str,
 ) -> list[list[tuple[Case, GeneratedImage]]]:
-    """Each model's cases, aligned by rank (rank r has the same domain for every model)."""
+    """Each model's cases in rank order: the same cases for every model, or (``own``) disjoint ones dealt
+    round-robin from domain-sorted draws, so every model gets the domains in equal numbers (within 1)."""
     common = sorted(set.intersection(*(set(p) for p in pools)))
     groups = len(models) if own else 1
     by_domain: dict[Domain, list[int]] = defaultdict(list)
     for case_id in common:
         by_domain[domains[pools[0][case_id][0].dataset_id]].append(case_id)
-    quota = _domain_quota({d: len(ids) for d, ids in by_domain.items()}, cfg.cases_per_model, groups)
+    needed = cfg.cases_per_model * groups
+    quota = _domain_quota({d: len(ids) for d, ids in by_domain.items()}, needed)
     if quota is None:
-        needed = cfg.cases_per_model * groups
         why = (
-            f" x {groups} models, since each model needs its own cases when rater_slots < models x raters_per_item"
-            f" ({cfg.slots} < {len(models)} x {cfg.raters_per_item}) or the design is crossed"
+            f" x {groups} models (= {needed}): each model needs its own cases when rater_slots < models x "
+            f"raters_per_item ({cfg.slots} < {len(models)} x {cfg.raters_per_item}) or the design is crossed"
             if own
             else ""
         )
         raise InputError(
             f"the models {', '.join(m.name for m in models)} have generated images for {len(common)} cases of "
-            f"{', '.join(cfg.datasets)} in common, fewer than cases_per_model = {cfg.cases_per_model}{why} "
-            f"(= {needed}); generate more, lower cases_per_model"
+            f"{', '.join(cfg.datasets)} in common, fewer than cases_per_model = {cfg.cases_per_model}{why}; "
+            "generate more, lower cases_per_model"
             + (f", or raise rater_slots to {len(models) * cfg.raters_per_item}" if own else ""),
             path=source,
         )
     rng = _rng(cfg.seed, "cases")
-    chosen: list[list[int]] = [[] for _ in models]
-    for d in sorted(by_domain, key=lambda d: d.value):
-        ids = rng.sample(by_domain[d], quota[d] * groups)
-        for j in range(len(models)):
-            g = j if own else 0
-            chosen[j].extend(ids[g * quota[d] : (g + 1) * quota[d]])
+    drawn = [cid for d in sorted(by_domain, key=lambda d: d.value) for cid in rng.sample(by_domain[d], quota[d])]
+    chosen = [drawn[j::groups] for j in range(groups)] if own else [drawn] * len(models)
     order = list(range(cfg.cases_per_model))
     rng.shuffle(order)
     return [[pool[ids[r]] for r in order] for pool, ids in zip(pools, chosen, strict=True)]
@@ -424,9 +421,9 @@ def create_study(
     # Sides, attention and repeat bases follow the design of every rater group the item belongs to.
     units = _units(normal)
     memberships: dict[int, list[tuple[str, int]]] = defaultdict(list)
-    for key, group in _groups(cfg, normal).items():
-        for item_id, slots in _plan(study, cfg, group, key).items():
-            memberships[item_id].extend((key, s) for s in slots)
+    for group_key, group in _groups(cfg, normal).items():
+        for item_id, slots in _plan(study, cfg, group, group_key).items():
+            memberships[item_id].extend((group_key, s) for s in slots)
     left = choose_sides(units, memberships, (cfg.seed, "sides"))
     for item in normal:
         item.generated_side = Side.LEFT if left[item.id] else Side.RIGHT
@@ -626,8 +623,16 @@ def _named(items: list[SlotItem], names: dict[str, str]) -> list[SlotItem]:
 
 
 def _audit_lists(
-    session: Session, study: Study, cfg: StudyConfig, lists: list[list[StudyItem]], items: list[StudyItem], label: str
+    session: Session,
+    study: Study,
+    cfg: StudyConfig,
+    lists: list[list[StudyItem]],
+    items: list[StudyItem],
+    label: str,
+    replicates: int | None = 1,
 ) -> DesignAudit:
+    """Audit slot lists; ``replicates``: how many times the slots are filled (None: not a whole number of
+    times yet, so reads per item are not checked)."""
     names = _model_names(session, study)
     normal = [i for i in items if i.kind == ItemKind.NORMAL]
     normal_by_pair = {(i.case_id, i.model_id): i.id for i in normal}
@@ -635,9 +640,17 @@ def _audit_lists(
         names.get(str(mid), str(mid)) for mid in dict.fromkeys(i.model_id for i in sorted(normal, key=lambda i: i.id))
     ]
     kind = DesignKind(cfg.design) if not _is_legacy(study) else "legacy round-robin"
-    k = effective_k(DesignKind(cfg.design), cfg.raters_per_item, cfg.slots)
+    k = effective_k(DesignKind(cfg.design), cfg.raters_per_item, cfg.slots) * (replicates or 1)
     slot_lists = [_named([_slot_item(i, _base_of(i, normal_by_pair)) for i in lst], names) for lst in lists]
-    return audit_slots(slot_lists, kind=str(kind), k=k, models=models, label=label, all_normal=[i.id for i in normal])
+    return audit_slots(
+        slot_lists,
+        kind=str(kind),
+        k=k,
+        models=models,
+        label=label,
+        all_normal=[i.id for i in normal],
+        check_reads=replicates is not None,
+    )
 
 
 def plan_audits(session: Session, study: Study) -> list[DesignAudit]:
@@ -673,8 +686,12 @@ def stored_audits(session: Session, study: Study) -> list[DesignAudit]:
             )
             for r in members
         ]
+        filled, partial = divmod(len(members), cfg.slots)
         label = f"as stored, {len(members)} {key} rater(s)"
-        audits.append(_audit_lists(session, study, cfg, lists, routed[key], label))
+        if partial:
+            label += f"; {partial} of {cfg.slots} slots of the last round filled, reads per item not checked"
+        replicates = None if partial else filled
+        audits.append(_audit_lists(session, study, cfg, lists, routed[key], label, replicates))
     return audits
 
 
@@ -768,6 +785,28 @@ def served_side(session: Session, rater_id: int, position: int, side: Side) -> S
     real, generated, generated_side, domain, mode, study_id, config_text = row
     sha = generated if side == generated_side else real
     return ServedSide(sha, pair_is_grey(domain.value, mode), study_id, config_text)
+
+
+@functools.lru_cache(maxsize=256)
+def display_of(config_text: str) -> DisplayConfig:
+    """The display settings of a study config (cached: a study's config never changes)."""
+    return parse_study_config(config_text).display
+
+
+def served_bytes(
+    database: Any, store: MediaStore, rater_id: int, position: int, side: Side, *, zoom: bool = False
+) -> bytes | None:
+    """The bytes ``GET /m/...`` serves for one side of a rater's pair (None when there is no such pair):
+    the kept, pre-rendered copy fitted to the study's display (or zoom) square."""
+    with database.session() as session:
+        found = served_side(session, rater_id, position, side)
+    if found is None:
+        return None
+    display = display_of(found.config_text)
+    size = zoom_size(display.size) if zoom else display.size
+    return store.served_copy(
+        found.sha256, size=size, fit=display.fit, grey=found.grey, window=display.window  # type: ignore[arg-type]
+    )
 
 
 @dataclass(frozen=True)

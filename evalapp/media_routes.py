@@ -14,7 +14,6 @@ before.
 from __future__ import annotations
 
 import secrets
-import threading
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -25,7 +24,7 @@ from db.media import MediaStore
 from db.media import zoom_size as _zoom_pixels
 from db.models import Side
 from db.session import Database
-from db.studies import DisplayConfig, parse_study_config, prerender_in_background, served_side
+from db.studies import DisplayConfig, prerender_in_background, served_bytes
 from evalapp.auth import Role, config, identify, sign, unsign
 
 IMAGE_ROUTE = "/m"
@@ -74,39 +73,13 @@ def image_url(token: str) -> str:
     return f"{IMAGE_ROUTE}/{token}"
 
 
-class DisplayCache:
-    """Study display settings by study id (a study's config never changes once created)."""
-
-    def __init__(self) -> None:
-        self._by_study: dict[int, DisplayConfig] = {}
-        self._lock = threading.Lock()
-
-    def get(self, study_id: int, config_text: str) -> DisplayConfig:
-        with self._lock:
-            found = self._by_study.get(study_id)
-        if found is None:
-            found = parse_study_config(config_text).display
-            with self._lock:
-                self._by_study[study_id] = found
-        return found
-
-
-def image_bytes(database: Database, store: MediaStore, displays: DisplayCache, ref: ImageRef) -> bytes | None:
+def image_bytes(database: Database, store: MediaStore, ref: ImageRef) -> bytes | None:
     """The served PNG for ``ref`` (None when the position is not in that rater's list)."""
-    with database.session() as session:
-        found = served_side(session, ref.rater_id, ref.position, ref.side)
-    if found is None:
-        return None
-    display = displays.get(found.study_id, found.config_text)
-    size = zoom_size(display) if ref.zoom else display.size
-    return store.served_copy(
-        found.sha256, size=size, fit=display.fit, grey=found.grey, window=display.window  # type: ignore[arg-type]
-    )
+    return served_bytes(database, store, ref.rater_id, ref.position, ref.side, zoom=ref.zoom)
 
 
 def install_media_routes(app: FastAPI, database: Database, store: MediaStore) -> None:
     """Add ``GET /m/{token}`` to ``app``; render any served copy an open study still misses."""
-    displays = DisplayCache()
     prerender_in_background(database, store)
 
     def not_found() -> Response:
@@ -118,7 +91,7 @@ def install_media_routes(app: FastAPI, database: Database, store: MediaStore) ->
         who = identify(request)
         if ref is None or who.role != Role.RATER or who.rater_id != ref.rater_id:
             return not_found()
-        data = image_bytes(database, store, displays, ref)
+        data = image_bytes(database, store, ref)
         if data is None:
             return not_found()
         return Response(content=data, media_type="image/png", headers=NO_STORE_HEADERS)

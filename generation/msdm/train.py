@@ -94,7 +94,7 @@ def load_image_tensor(item: ImageLike, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-class _ImageDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _ImageDataset(torch.utils.data.Dataset):
     """Decodes one training image per item (for a DataLoader with workers)."""
 
     def __init__(self, images: Sequence[tuple[ImageLike, str]], resolution: int) -> None:

@@ -55,9 +55,8 @@ TRANSFORMS = {
 }
 
 
-@pytest.fixture
-def gi_workspace(workspace: Workspace, shared_data: Path, tmp_path: Path) -> Workspace:
-    """A workspace with the 50 GI samples imported and two 'models' with 24 images each."""
+def import_gi_with_models(workspace: Workspace, shared_data: Path, tmp_path: Path) -> Workspace:
+    """Import the 50 GI samples as dataset "gi" and two 'models' (blur, mirror) with 24 images each."""
     import_dataset(workspace.database, workspace.store, "csv", shared_data / "gi", name="gi", domain="gi",
                    file_column="file", text_column="caption")  # fmt: skip
     names = [r["file"] for r in csv.DictReader((shared_data / "gi" / "captions.csv").open())][:24]
@@ -65,6 +64,12 @@ def gi_workspace(workspace: Workspace, shared_data: Path, tmp_path: Path) -> Wor
         made = write_generated(shared_data / "gi", tmp_path / f"gen-{model}", names, fn)
         import_generated(workspace.database, workspace.store, made, dataset="gi", model=model)
     return workspace
+
+
+@pytest.fixture
+def gi_workspace(workspace: Workspace, shared_data: Path, tmp_path: Path) -> Workspace:
+    """A workspace with the 50 GI samples imported and two 'models' with 24 images each."""
+    return import_gi_with_models(workspace, shared_data, tmp_path)
 
 
 STUDY_TOML = """

@@ -259,3 +259,129 @@ def test_scale_answers_refuse_non_integers(bad: object) -> None:
 
     with pytest.raises(InputError, match="realism_left"):
         DEFAULT_QUESTIONS.validate({**ANSWERS, "realism_left": bad})
+
+
+def readme_config() -> str:
+    """The README's example study config, pointed at the fixture's dataset and models."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("## Study config (TOML)", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    return block.replace('["gi-samples"]', '["gi"]').replace('["blurred", "mirrored"]', '["blur", "mirror"]')
+
+
+def real_images_per_rater(ws: Workspace) -> list[list[str]]:
+    with ws.database.session() as s:
+        rows = s.execute(select(Assignment.rater_id, StudyItem.real_sha256, StudyItem.kind)
+                         .join(StudyItem, Assignment.item_id == StudyItem.id)
+                         .order_by(Assignment.rater_id, Assignment.position)).all()  # fmt: skip
+    per: dict[int, list[str]] = {}
+    for rater_id, sha, kind in rows:
+        if kind == ItemKind.NORMAL:
+            per.setdefault(rater_id, []).append(sha)
+    return list(per.values())
+
+
+def test_readme_config_is_balanced_and_check_says_so(gi_workspace: Workspace) -> None:
+    from db.studies import check_study
+
+    config = readme_config()
+    assert 'models = ["blur", "mirror"]' in config and "rater_slots = 4" in config
+    with gi_workspace.database.session() as s:
+        summary = create_study(s, gi_workspace.store, config)
+    text = summary.describe()
+    assert "balanced: yes" in text and "NOT BALANCED" not in text
+    assert "real-image recurrences (same real image in two normal pairs, or before its pair): 0" in text
+    with gi_workspace.database.session() as s:
+        for i in range(4):
+            add_rater(s, "gi-pilot", f"Dr {i}", "gastroenterology")
+    with gi_workspace.database.session() as s:
+        report = check_study(s, "gi-pilot")
+        per_rater = s.execute(select(Assignment.rater_id, StudyItem.model_id, func.count())
+                              .join(StudyItem, Assignment.item_id == StudyItem.id)
+                              .where(StudyItem.kind == ItemKind.NORMAL)
+                              .group_by(Assignment.rater_id, StudyItem.model_id)).all()  # fmt: skip
+    assert "NOT BALANCED" not in report and "as stored, 4 all rater(s)" in report
+    counts: dict[int, list[int]] = {}
+    for rater_id, _, n in per_rater:
+        counts.setdefault(rater_id, []).append(n)
+    assert len(counts) == 4 and all(len(c) == 2 and max(c) - min(c) <= 1 for c in counts.values())
+    for shas in real_images_per_rater(gi_workspace):
+        assert len(shas) == len(set(shas))  # no real image in two normal pairs of one rater
+
+
+def test_check_shows_the_imbalance_of_a_study_made_by_the_old_builder(gi_workspace: Workspace) -> None:
+    from db.models import Study
+    from db.studies import check_study
+
+    with gi_workspace.database.session() as s:
+        create_study(s, gi_workspace.store, readme_config())
+        study = s.scalar(select(Study))
+        study.config = {k: v for k, v in study.config.items() if k != "design_version"}  # as stored before
+    with gi_workspace.database.session() as s:
+        for i in range(4):
+            add_rater(s, "gi-pilot", f"Dr {i}", "gastroenterology")
+    with gi_workspace.database.session() as s:
+        report = check_study(s, "gi-pilot")
+    assert "legacy round-robin" in report and "NOT BALANCED" in report
+    assert "reads the models [" in report
+
+
+def test_every_served_copy_is_rendered_when_the_study_is_created(gi_workspace: Workspace) -> None:
+    from db.media import zoom_size
+
+    with gi_workspace.database.session() as s:
+        summary = create_study(s, gi_workspace.store, STUDY_TOML)
+        items = list(s.scalars(select(StudyItem)))
+    assert summary.rendered > 0
+    for item in items:
+        for sha in (item.real_sha256, item.generated_sha256):
+            for size in (512, zoom_size(512)):
+                assert gi_workspace.store.served_path(sha, size=size, fit="square").exists()
+
+
+def test_specialty_routing_is_balanced_within_each_specialty(gi_workspace: Workspace, shared_data: Path) -> None:
+    import csv
+
+    from db.importers import import_dataset, import_generated
+
+    from .conftest import TRANSFORMS, write_generated
+
+    ws = gi_workspace
+    import_dataset(ws.database, ws.store, "csv", shared_data / "radiology" / "captions.csv", name="rad",
+                   domain="radiology", file_column="file", text_column="caption")  # fmt: skip
+    names = [r["file"] for r in csv.DictReader((shared_data / "radiology" / "captions.csv").open())][:24]
+    for model, fn in TRANSFORMS.items():
+        made = write_generated(shared_data / "radiology", Path(str(ws.store.root)) / f"gen-rad-{model}", names, fn)
+        import_generated(ws.database, ws.store, made, dataset="rad", model=model)
+    toml = (STUDY_TOML.replace('["gi"]', '["gi", "rad"]')
+            .replace("attention_fraction = 0.1", "specialty_routing = true")
+            .replace("rater_slots = 3", "rater_slots = 4"))  # fmt: skip
+    with ws.database.session() as s:
+        create_study(s, ws.store, toml)
+    with ws.database.session() as s:
+        for i in range(4):
+            add_rater(s, "pilot", f"G{i}", "gastroenterology")
+            add_rater(s, "pilot", f"R{i}", "radiology")
+    with ws.database.session() as s:
+        rows = s.execute(select(Rater.specialty, Rater.id, StudyItem.domain, StudyItem.model_id, StudyItem.kind)
+                         .join(Assignment, Assignment.rater_id == Rater.id)
+                         .join(StudyItem, Assignment.item_id == StudyItem.id)).all()  # fmt: skip
+    per: dict[int, dict[int, int]] = {}
+    for specialty, rater_id, domain, model_id, kind in rows:
+        assert domain.value == {"gastroenterology": "gi", "radiology": "radiology"}[specialty.value]
+        if kind == ItemKind.NORMAL:
+            per.setdefault(rater_id, {}).setdefault(model_id, 0)
+            per[rater_id][model_id] += 1
+    assert len(per) == 8
+    for counts in per.values():
+        assert len(counts) == 2 and max(counts.values()) - min(counts.values()) <= 1
+    for shas in real_images_per_rater(ws):
+        assert len(shas) == len(set(shas))
+
+
+def test_unbalanceable_numbers_are_refused_naming_them(gi_workspace: Workspace) -> None:
+    bad = STUDY_TOML.replace("rater_slots = 3", 'rater_slots = 3\ndesign = "split-plot"')
+    with gi_workspace.database.session() as s, pytest.raises(InputError, match="set rater_slots to 2 or 4"):
+        create_study(s, gi_workspace.store, bad)
+    too_many = STUDY_TOML.replace("cases_per_model = 12", "cases_per_model = 13")  # 2 x 13 own cases > 24
+    with gi_workspace.database.session() as s, pytest.raises(InputError, match="raise rater_slots to 4"):
+        create_study(s, gi_workspace.store, too_many)

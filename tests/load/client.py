@@ -207,15 +207,16 @@ def seed_load_study(
 
     gi = shared_data / "gi"
     rows = list(csv.DictReader((gi / "captions.csv").open(newline="")))
-    if per_rater < 2 or per_rater % 2 or per_rater // 2 > len(rows):
-        raise ValueError(f"per_rater must be even and 2-{2 * len(rows)} (two models x {len(rows)} samples)")
+    if per_rater < 2 or per_rater % 2 or per_rater > len(rows):
+        # one rater slot reads every pair, so each model needs its own cases (no real image twice per rater)
+        raise ValueError(f"per_rater must be even and 2-{len(rows)} (two models, each with its own samples)")
     if raters < 1:
         raise ValueError(f"raters must be at least 1, got {raters}")
     cases = per_rater // 2
     ws = Workspace.open(db_url, data_dir)
     try:
         import_dataset(ws.database, ws.store, "csv", gi / "captions.csv", name=LOAD_DATASET, domain="gi",
-                       file_column="file", text_column="caption", limit=cases)  # fmt: skip
+                       file_column="file", text_column="caption", limit=2 * cases)  # fmt: skip
         transforms: dict[str, Callable[[Any], Any]] = {
             LOAD_MODELS[0]: lambda im: im.filter(ImageFilter.GaussianBlur(2)),
             LOAD_MODELS[1]: lambda im: ImageOps.posterize(im, 3),
@@ -226,7 +227,7 @@ def seed_load_study(
             folder = data_dir.parent / f"generated-{model}"
             folder.mkdir(parents=True, exist_ok=True)
             manifest = ["file,case,seed"]
-            for n, row in enumerate(rows[:cases]):
+            for n, row in enumerate(rows[: 2 * cases]):
                 with Image.open(gi / row["file"]) as img:
                     transform(img.convert("RGB")).save(folder / f"g{n:03d}.png")
                 manifest.append(f"g{n:03d}.png,{row['file']},{1000 * n_model + n}")
