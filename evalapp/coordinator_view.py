@@ -648,7 +648,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
             ids = queue_generation(ctx, chosen, models, dev, steps, guidance, seed)
         except (MedSynthError, ValueError) as exc:  # shown beside the fields; the jobs table stays
             return [f"**Not queued:** {html.escape(str(exc))}", gr.skip()]
-        return [f"Queued job(s) {', '.join(map(str, ids))} for study {html.escape(chosen)}.", jobs_table(ctx)]
+        return [f"Queued job(s) {', '.join(map(str, ids))}.", jobs_table(ctx)]
 
     def coord_export(chosen: str, fmt: str, request: gr.Request) -> list[str]:
         require_coordinator(request)
