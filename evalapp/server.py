@@ -348,6 +348,10 @@ def serve(
     """
     base = (root_url or f"http://{host}:{port}").rstrip("/")
     ctx = AppContext(workspace=workspace, demo_enabled=demo, base_url=base)
+    from db.app_settings import PUBLIC_URL_SETTING, put_setting
+
+    with workspace.database.session() as session:  # `rater add` prints links with this address
+        put_setting(session, PUBLIC_URL_SETTING, base)
     if demo:
         from generation.demo_study import ensure_demo
 
