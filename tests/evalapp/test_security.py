@@ -304,3 +304,36 @@ def test_coordinator_sessions_expire_and_sign_out(app: App, app_env: AppEnv) -> 
     assert call(app, browser, "coord_refresh", [STUDY]).success
     assert call(app, browser, "coordinator_signout", []).success
     assert not call(app, browser, "coord_refresh", [STUDY]).success
+
+
+# ----------------------------------------------------------------------------------------------- in a browser
+
+
+@pytest.mark.browser
+def test_pages_work_under_the_csp_and_the_console_upload_works(app_env: AppEnv, browser: Any, tmp_path: Path) -> None:
+    """No Content-Security-Policy violation on any page; the coordinator's TOML upload fills the editor."""
+    from playwright.sync_api import expect
+
+    rater = app_env.add_rater(STUDY)
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    violations: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+        for url in (rater.link, f"{app_env.url}/demo/"):
+            page.goto(url)
+            page.wait_for_load_state("networkidle")
+        page.goto(f"{app_env.url}/coordinator/")
+        page.get_by_label("Password").fill(COORDINATOR_PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("tab", name="Raters")).to_be_visible(timeout=30_000)
+        page.get_by_text("New study from a TOML config").click()
+        config = tmp_path / "uploaded.toml"
+        config.write_text(study_toml("uploaded-in-browser", 1))
+        with page.expect_file_chooser() as chooser:
+            page.get_by_role("button", name="Load a .toml file").click()
+        chooser.value.set_files(str(config))
+        expect(page.locator(".cm-content").first).to_contain_text("uploaded-in-browser", timeout=30_000)
+    finally:
+        context.close()
+    assert not violations, violations
