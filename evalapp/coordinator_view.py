@@ -77,6 +77,12 @@ def shown_errors() -> Iterator[None]:
         raise gr.Error(html.escape(str(exc)), print_exception=False) from None
 
 
+def beside(what: str, exc: Exception, untouched: int) -> list[Any]:
+    """A user error shown in the message beside the form (escaped), the other ``untouched`` outputs left as
+    they are: a mistake never blanks a table with Gradio's red "Error" badge."""
+    return [f"**{what}:** {html.escape(str(exc))}", *[gr.skip()] * untouched]
+
+
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value is not None else ""
 
@@ -604,33 +610,39 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
             summary = create_study_from_text(ctx, text)
             name = parse_study_config(text).name
         except (MedSynthError, ValueError) as exc:  # shown under the config; the tables stay as they are
-            return [f"**Not created:** {html.escape(str(exc))}", *[gr.skip()] * 3]
+            return beside("Not created", exc, 3)
         return [f"Created {html.escape(summary)}", *overview(name)]
 
     def coord_add_rater(chosen: str, name: str, spec: str, yrs: float | None, request: gr.Request) -> list[Any]:
         require_coordinator(request)
-        with shown_errors():
+        try:
             message, url = add_study_rater(ctx, chosen, name, spec, yrs)
+        except (MedSynthError, ValueError) as exc:
+            return beside("Not added", exc, 4)
         return [html.escape(message), url, raters_table(ctx, chosen), gr.update(choices=rater_choices(ctx, chosen)),
                 ""]  # fmt: skip
 
     def coord_revoke_rater(chosen: str, rater: str, request: gr.Request) -> list[Any]:
         require_coordinator(request)
-        with shown_errors():
+        try:
             if not chosen or not rater:
                 raise InputError("choose a study and a rater first")
             with ctx.workspace.database.session() as session:
                 revoked = revoke_rater(session, chosen, rater).name
+        except (MedSynthError, ValueError) as exc:
+            return beside("Not revoked", exc, 3)
         return [f"Revoked the link of {html.escape(revoked)}; their ratings are kept.", "",
                 raters_table(ctx, chosen), gr.update(choices=rater_choices(ctx, chosen))]  # fmt: skip
 
     def coord_new_link(chosen: str, rater: str, request: gr.Request) -> list[Any]:
         require_coordinator(request)
-        with shown_errors():
+        try:
             if not chosen or not rater:
                 raise InputError("choose a study and a rater first")
             with ctx.workspace.database.session() as session:
                 token = reissue_token(session, chosen, rater)
+        except (MedSynthError, ValueError) as exc:
+            return beside("No new link", exc, 3)
         return ["New link issued; the old one no longer works.", ctx.rater_link(token), raters_table(ctx, chosen),
                 gr.update(choices=rater_choices(ctx, chosen))]  # fmt: skip
 
@@ -647,7 +659,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
         try:
             ids = queue_generation(ctx, chosen, models, dev, steps, guidance, seed)
         except (MedSynthError, ValueError) as exc:  # shown beside the fields; the jobs table stays
-            return [f"**Not queued:** {html.escape(str(exc))}", gr.skip()]
+            return beside("Not queued", exc, 1)
         return [f"Queued job(s) {', '.join(map(str, ids))}.", jobs_table(ctx)]
 
     def coord_export(chosen: str, fmt: str, request: gr.Request) -> list[str]:

@@ -125,6 +125,10 @@ def test_bad_config_is_a_message_not_a_crash(app: App, coordinator: Browser) -> 
     assert all(o == {"__type__": "update"} for o in out.data[1:]), out.data[1:]  # tables untouched
     out = coordinator.call("/coordinator", fn, [study_toml(STUDY, 1), None])
     assert out.success and "already exists" in out.data[0]
+    out = coordinator.call("/coordinator", app.endpoints[("/coordinator", "coord_add_rater")].fn_index,
+                           [STUDY, "   ", "radiology", 3])  # fmt: skip
+    assert out.success and out.data[0].startswith("**Not added:**") and "name" in out.data[0], out.data[0]
+    assert all(o == {"__type__": "update"} for o in out.data[1:]), out.data[1:]  # raters table untouched
 
 
 def test_generation_job_is_queued_and_reported(app_env: AppEnv, app: App, coordinator: Browser) -> None:
