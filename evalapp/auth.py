@@ -152,6 +152,13 @@ class LoginGuard:
             entry.in_flight_since = now
             return 0.0
 
+    def release(self, client: str) -> None:
+        """End ``client``'s attempt in flight without an outcome (it was refused before any check)."""
+        with self.lock:
+            entry = self.clients.get(client)
+            if entry is not None:
+                entry.in_flight_since = None
+
     def record(self, client: str, ok: bool, now: float | None = None) -> float:
         """Note the outcome of an attempt; returns the wait now imposed on ``client``."""
         now = time.time() if now is None else now
@@ -468,6 +475,7 @@ def coordinator_sign_in(request: gr.Request | StarletteRequest | None, password:
     client = client_key(request)
     wait = cfg.guard.retry_after(client)
     if wait > 0:
+        cfg.guard.release(client)
         return LoginResult(False, wait)
     sess = read_session(request)
     ok = sess is not None and verify_coordinator_password(cfg.database, password)

@@ -275,6 +275,8 @@ def test_login_guard_backs_off_per_client() -> None:
     guard = auth.LoginGuard(base_delay_s=1.0, free_failures=2, max_delay_s=8.0, window_s=100.0, max_clients=3)
     t = 1000.0
     assert guard.admit("a", t) == 0 and guard.admit("a", t) == 1.0  # one attempt in flight at a time
+    guard.release("a")
+    assert guard.admit("a", t) == 0
     assert guard.record("a", False, t) == 0  # first failures are free (typos)
     assert guard.record("a", False, t) == 1.0
     assert guard.retry_after("a", t + 0.5) == pytest.approx(0.5) and guard.retry_after("b", t) == 0
