@@ -422,7 +422,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
     quiet = {**private, "show_progress": "hidden"}
     # Sign-in, sign-out and the page check never wait behind console work (nor console work behind them);
     # a sign-in checks one password (no sleeping: back-off is refused up front, see evalapp.auth).
-    door: dict[str, Any] = {"api_visibility": "private", "concurrency_id": "coordinator-door", "concurrency_limit": 8}
+    door: dict[str, Any] = {"api_visibility": "private", "concurrency_id": "coordinator-door", "concurrency_limit": 16}
     gr.HTML(f"<style>{CSS}</style>", padding=False)
     with gr.Column(elem_classes=["ms-signin"], visible=True) as signin:
         gr.Markdown("## MedSynth coordinator\nSign in with the coordinator password.")

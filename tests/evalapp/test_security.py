@@ -290,6 +290,39 @@ def test_login_guard_backs_off_per_client() -> None:
     assert len(guard.clients) == 3  # bounded memory
 
 
+def test_password_checks_take_turns_fewest_failures_first() -> None:
+    """With the slot busy, a fresh client's check runs before attackers' checks that were waiting longer."""
+    import threading
+
+    queue = auth.CheckQueue(slots=1, max_wait_s=10)
+    order: list[str] = []
+    started = threading.Event()
+
+    def check(name: str, priority: int, hold: float = 0.0) -> None:
+        with queue.slot(priority) as granted:
+            assert granted
+            order.append(name)
+            started.set()
+            time.sleep(hold)
+
+    first = threading.Thread(target=check, args=("attacker-0", 3, 0.5))
+    first.start()
+    started.wait(5)
+    waiting = [threading.Thread(target=check, args=(f"attacker-{n}", 3 + n)) for n in (1, 2, 3)]
+    for t in waiting:
+        t.start()
+    time.sleep(0.1)
+    fresh = threading.Thread(target=check, args=("coordinator", 0))
+    fresh.start()
+    for t in (first, *waiting, fresh):
+        t.join(10)
+    assert order[:2] == ["attacker-0", "coordinator"], order
+    assert sorted(order) == sorted(["attacker-0", "attacker-1", "attacker-2", "attacker-3", "coordinator"])
+    busy = auth.CheckQueue(slots=1, max_wait_s=0.2)
+    with busy.slot(0) as granted, busy.slot(0) as second:
+        assert granted and not second  # a check that waited too long gives up
+
+
 def test_coordinator_sessions_expire_and_sign_out(app: App, app_env: AppEnv) -> None:
     browser = signed_in(app_env, app)
     request = app_env.request(browser.cookie)
