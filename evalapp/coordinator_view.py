@@ -422,7 +422,9 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
     quiet = {**private, "show_progress": "hidden"}
     # Sign-in, sign-out and the page check never wait behind console work (nor console work behind them);
     # a sign-in checks one password (no sleeping: back-off is refused up front, see evalapp.auth).
-    door: dict[str, Any] = {"api_visibility": "private", "concurrency_id": "coordinator-door", "concurrency_limit": 16}
+    door: dict[str, Any] = {"api_visibility": "private", "concurrency_id": "coordinator-door", "concurrency_limit": 8}
+    # Sign-ins have their own group: waiting password checks (one per address) never delay the page check.
+    signing: dict[str, Any] = {**door, "concurrency_id": "coordinator-signin", "concurrency_limit": 16}
     gr.HTML(f"<style>{CSS}</style>", padding=False)
     with gr.Column(elem_classes=["ms-signin"], visible=True) as signin:
         gr.Markdown("## MedSynth coordinator\nSign in with the coordinator password.")
@@ -681,8 +683,8 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
     root = gr.context.Context.root_block
     if root is not None:
         root.load(coordinator_page_state, None, page_outputs, **door, show_progress="hidden")
-    signin_button.click(coordinator_signin, [password], [*page_outputs, signin_message, password], **door)
-    password.submit(coordinator_signin, [password], [*page_outputs, signin_message, password], **door)
+    signin_button.click(coordinator_signin, [password], [*page_outputs, signin_message, password], **signing)
+    password.submit(coordinator_signin, [password], [*page_outputs, signin_message, password], **signing)
     signout_button.click(coordinator_signout, None, [signin, console, timer], **door, show_progress="hidden")
     refresh_button.click(coord_refresh, [study], [study, studies, jobs], **private)
     progress_outputs = [progress_note, rater_progress, model_progress, jobs]
