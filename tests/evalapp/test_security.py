@@ -97,6 +97,18 @@ def test_coordinator_upload_is_capped_and_read_as_bytes(app: App, coordinator: B
     assert chunked.status_code == 411  # no declared length: refused before reading
 
 
+def test_odd_spellings_of_the_upload_and_file_routes_are_refused(others: dict[str, Browser]) -> None:
+    browser = others["anonymous"]
+    for path in ("//gradio_api/upload", "/coordinator//gradio_api/upload", "/gradio_api//upload",
+                 "/%2Fgradio_api/upload", "/coordinator/gradio_api/upload/", "/GRADIO_API/upload"):  # fmt: skip
+        got = browser.client.post(path, files={"files": ("a.toml", b"x = 1")})
+        assert got.status_code in (403, 404, 405), (path, got.status_code)
+    for path in ("//gradio_api/file=/etc/hostname", "/coordinator//gradio_api/file=/etc/hostname",
+                 "/gradio_api/file/etc/hostname", "/demo/gradio_api/file=../../../../etc/hostname"):  # fmt: skip
+        got = browser.client.get(path)
+        assert got.status_code in (403, 404), (path, got.status_code)
+
+
 def test_a_request_naming_a_server_path_gets_no_content(
     app: App, coordinator: Browser, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
