@@ -41,10 +41,16 @@ def _workspace(args: argparse.Namespace) -> Workspace:
     return Workspace.open(args.db, args.data_dir)
 
 
-def _base_url(args: argparse.Namespace) -> str:
+def _base_url(args: argparse.Namespace, ws: Workspace | None = None) -> str:
+    """--base-url, else $MEDSYNTH_BASE_URL, else the address `serve` last ran at (stored), else the default."""
+    from db.settings import PUBLIC_URL_SETTING, get_setting
+
+    stored = get_setting(ws.database, PUBLIC_URL_SETTING) if ws is not None else None
     return (
         getattr(args, "base_url", None)
         or os.environ.get("MEDSYNTH_BASE_URL")
+        or getattr(args, "root_url", None)
+        or stored
         or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
     )
 
@@ -213,7 +219,7 @@ def cmd_rater_add(args: argparse.Namespace) -> int:
     with ws.database.session() as session:
         new = add_rater(session, args.study, args.name, args.specialty, args.years)
     print(f"added rater {new.name!r} ({new.assignments} pairs to rate)")
-    print(f"personal link (shown once; keep it private): {rater_link(_base_url(args), new.token)}")
+    print(f"personal link (shown once; keep it private): {rater_link(_base_url(args, ws), new.token)}")
     return 0
 
 
@@ -250,7 +256,7 @@ def cmd_rater_link(args: argparse.Namespace) -> int:
     ws = _workspace(args)
     with ws.database.session() as session:
         token = reissue_token(session, args.study, args.name)
-    print(f"new personal link: {rater_link(_base_url(args), token)}")
+    print(f"new personal link: {rater_link(_base_url(args, ws), token)}")
     return 0
 
 
@@ -480,7 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
         target.add_argument("--port", type=int, **({"default": DEFAULT_PORT} | keep), help="default 7860")
         target.add_argument("--no-demo", action="store_true", **keep, help="do not build or show the demo study")
         target.add_argument(
-            "--root-url", **({"default": None} | keep), help="public URL when behind a reverse proxy (HTTPS)"
+            "--root-url",
+            "--base-url",
+            dest="root_url",
+            **({"default": None} | keep),
+            help="public URL (e.g. behind a reverse proxy, HTTPS); used in every rater link, also by `rater add`",
         )
 
     p = add("import", cmd_import, "import a dataset (real images + prompts) or generated images")

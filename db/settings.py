@@ -39,6 +39,8 @@ class Settings:
 SECRET_SETTING = "session_secret"
 PASSWORD_SETTING = "coordinator_password_hash"
 DEMO_SETTING = "live_demo_open"
+#: the address `serve` last ran at: `rater add` / `rater link` print links with it
+PUBLIC_URL_SETTING = "public_base_url"
 PASSWORD_ENV = "MEDSYNTH_COORDINATOR_PASSWORD"
 MIN_PASSWORD_CHARS = 8
 

@@ -25,13 +25,17 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
+import heapq
 import hmac
+import itertools
 import json
 import os
 import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +159,19 @@ class LoginGuard:
             entry.in_flight_since = now
             return 0.0
 
+    def failures(self, client: str) -> int:
+        """How many recent wrong passwords ``client`` has."""
+        with self.lock:
+            entry = self.clients.get(client)
+            return entry.count if entry is not None else 0
+
+    def release(self, client: str) -> None:
+        """End ``client``'s attempt in flight without an outcome (it was refused before any check)."""
+        with self.lock:
+            entry = self.clients.get(client)
+            if entry is not None:
+                entry.in_flight_since = None
+
     def record(self, client: str, ok: bool, now: float | None = None) -> float:
         """Note the outcome of an attempt; returns the wait now imposed on ``client``."""
         now = time.time() if now is None else now
@@ -169,6 +186,52 @@ class LoginGuard:
             while len(self.clients) > self.max_clients:
                 self.clients.popitem(last=False)
             return self._wait(entry, now)
+
+
+class CheckQueue:
+    """At most ``slots`` password checks (argon2: CPU- and memory-hard) run at once; a waiting check goes
+    ahead of those from clients with more recent failures, so a coordinator who has not mistyped is checked
+    next even while attackers' checks are waiting. Waiting is bounded (one attempt in flight per client,
+    see :meth:`LoginGuard.admit`) and gives up after ``max_wait_s``.
+    """
+
+    def __init__(self, slots: int = 1, max_wait_s: float = 30.0) -> None:
+        self.free = slots
+        self.max_wait_s = max_wait_s
+        self.waiting: list[tuple[int, int]] = []
+        self.order = itertools.count()
+        self.cond = threading.Condition()
+
+    @contextmanager
+    def slot(self, priority: int) -> Iterator[bool]:
+        """Wait for a slot (lower ``priority`` first); yields False if none came within ``max_wait_s``."""
+        granted = self._acquire(priority)
+        try:
+            yield granted
+        finally:
+            if granted:
+                with self.cond:
+                    self.free += 1
+                    self.cond.notify_all()
+
+    def _acquire(self, priority: int) -> bool:
+        ticket = (priority, next(self.order))
+        deadline = time.monotonic() + self.max_wait_s
+        with self.cond:
+            heapq.heappush(self.waiting, ticket)
+            while not (self.free > 0 and self.waiting[0] == ticket):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.waiting.remove(ticket)
+                    heapq.heapify(self.waiting)
+                    self.cond.notify_all()
+                    return False
+                self.cond.wait(left)
+            heapq.heappop(self.waiting)
+            self.free -= 1
+            if self.free > 0:
+                self.cond.notify_all()  # the next in line may start too
+            return True
 
 
 @dataclass
@@ -189,6 +252,7 @@ class AuthConfig:
     login_failure_delay_s: float = 1.0
     coordinator_sessions: dict[str, CoordinatorSession] = field(default_factory=dict)
     guard: LoginGuard = field(default_factory=LoginGuard)
+    checks: CheckQueue = field(default_factory=CheckQueue)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -445,17 +509,26 @@ def coordinator_sign_in(request: gr.Request | StarletteRequest | None, password:
     """Verify the password and bind this browser's session to the coordinator role.
 
     A client (address) that is backing off after wrong passwords is refused at once, without checking the
-    password (see :class:`LoginGuard`); nothing sleeps and no lock is held while the password is checked,
-    so other clients sign in at normal speed. A request without a session cookie fails like a wrong
+    password (see :class:`LoginGuard`); nothing sleeps. Password checks take turns (:class:`CheckQueue`),
+    clients without recent failures first, so a coordinator signs in at normal speed while attackers'
+    checks wait. A request without a session cookie fails like a wrong
     password (open the page in a browser first).
     """
     cfg = config()
     client = client_key(request)
     wait = cfg.guard.retry_after(client)
     if wait > 0:
+        cfg.guard.release(client)
         return LoginResult(False, wait)
     sess = read_session(request)
-    ok = sess is not None and verify_coordinator_password(cfg.database, password)
+    if sess is None:
+        ok = False
+    else:
+        with cfg.checks.slot(cfg.guard.failures(client)) as granted:
+            if not granted:  # too many checks waiting: not this client's fault, no failure recorded
+                cfg.guard.release(client)
+                return LoginResult(False, 5.0)
+            ok = verify_coordinator_password(cfg.database, password)
     wait = cfg.guard.record(client, ok)
     if not ok or sess is None:
         return LoginResult(False, wait)

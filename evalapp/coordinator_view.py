@@ -78,6 +78,12 @@ def shown_errors() -> Iterator[None]:
         raise gr.Error(html.escape(str(exc)), print_exception=False) from None
 
 
+def beside(what: str, exc: Exception, untouched: int) -> list[Any]:
+    """A user error shown in the message beside the form (escaped), the other ``untouched`` outputs left as
+    they are: a mistake never blanks a table with Gradio's red "Error" badge."""
+    return [f"**{what}:** {html.escape(str(exc))}", *[gr.skip()] * untouched]
+
+
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value is not None else ""
 
@@ -367,6 +373,8 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
     # Sign-in, sign-out and the page check never wait behind console work (nor console work behind them);
     # a sign-in checks one password (no sleeping: back-off is refused up front, see evalapp.auth).
     door: dict[str, Any] = {"api_visibility": "private", "concurrency_id": "coordinator-door", "concurrency_limit": 8}
+    # Sign-ins have their own group: waiting password checks (one per address) never delay the page check.
+    signing: dict[str, Any] = {**door, "concurrency_id": "coordinator-signin", "concurrency_limit": 16}
     gr.HTML(f"<style>{CSS}</style>", padding=False)
     with gr.Column(elem_classes=["ms-signin"], visible=True) as signin:
         gr.Markdown("## MedSynth coordinator\nSign in with the coordinator password.")
@@ -556,37 +564,43 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
         try:
             summary = create_study_from_text(ctx, text)
             name = parse_study_config(text).name
-        except (MedSynthError, ValueError) as exc:  # shown under the config; the tables stay as they are
-            return [f"**Not created:** {html.escape(str(exc))}", *[gr.skip()] * 3]
+        except MedSynthError as exc:  # shown under the config; the tables stay as they are
+            return beside("Not created", exc, 3)
         audit(request, "study.create", name)
         return [f"Created {html.escape(summary)}", *overview(name)]
 
     def coord_add_rater(chosen: str, name: str, spec: str, yrs: float | None, request: gr.Request) -> list[Any]:
         require_coordinator(request)
-        with shown_errors():
+        try:
             message, url = add_study_rater(ctx, chosen, name, spec, yrs)
+        except MedSynthError as exc:
+            return beside("Not added", exc, 4)
         audit(request, "rater.add", chosen, rater=name, specialty=spec)
         return [html.escape(message), url, raters_table(ctx, chosen), gr.update(choices=rater_choices(ctx, chosen)),
                 ""]  # fmt: skip
 
     def coord_revoke_rater(chosen: str, rater: str, request: gr.Request) -> list[Any]:
         require_coordinator(request)
-        with shown_errors():
+        try:
             if not chosen or not rater:
                 raise InputError("choose a study and a rater first")
             with ctx.workspace.database.session() as session:
                 revoked = revoke_rater(session, chosen, rater).name
+        except MedSynthError as exc:
+            return beside("Not revoked", exc, 3)
         audit(request, "rater.revoke", chosen, rater=revoked)
         return [f"Revoked the link of {html.escape(revoked)}; their ratings are kept.", "",
                 raters_table(ctx, chosen), gr.update(choices=rater_choices(ctx, chosen))]  # fmt: skip
 
     def coord_new_link(chosen: str, rater: str, request: gr.Request) -> list[Any]:
         require_coordinator(request)
-        with shown_errors():
+        try:
             if not chosen or not rater:
                 raise InputError("choose a study and a rater first")
             with ctx.workspace.database.session() as session:
                 token = reissue_token(session, chosen, rater)
+        except MedSynthError as exc:
+            return beside("No new link", exc, 3)
         audit(request, "rater.reissue", chosen, rater=rater)
         return ["New link issued; the old one no longer works.", ctx.rater_link(token), raters_table(ctx, chosen),
                 gr.update(choices=rater_choices(ctx, chosen))]  # fmt: skip
@@ -603,10 +617,10 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
         require_coordinator(request)
         try:
             ids = queue_generation(ctx, chosen, models, dev, steps, guidance, seed)
-        except (MedSynthError, ValueError) as exc:  # shown beside the fields; the jobs table stays
-            return [f"**Not queued:** {html.escape(str(exc))}", gr.skip()]
+        except MedSynthError as exc:  # shown beside the fields; the jobs table stays
+            return beside("Not queued", exc, 1)
         audit(request, "generate.queue", chosen, jobs=",".join(map(str, ids)))
-        return [f"Queued job(s) {', '.join(map(str, ids))} for study {html.escape(chosen)}.", jobs_table(ctx)]
+        return [f"Queued job(s) {', '.join(map(str, ids))}.", jobs_table(ctx)]
 
     def coord_export(chosen: str, fmt: str, request: gr.Request) -> list[str]:
         require_coordinator(request)
@@ -634,8 +648,8 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
     root = gr.context.Context.root_block
     if root is not None:
         root.load(coordinator_page_state, None, page_outputs, **door, show_progress="hidden")
-    signin_button.click(coordinator_signin, [password], [*page_outputs, signin_message, password], **door)
-    password.submit(coordinator_signin, [password], [*page_outputs, signin_message, password], **door)
+    signin_button.click(coordinator_signin, [password], [*page_outputs, signin_message, password], **signing)
+    password.submit(coordinator_signin, [password], [*page_outputs, signin_message, password], **signing)
     signout_button.click(coordinator_signout, None, [signin, console, timer], **door, show_progress="hidden")
     refresh_button.click(coord_refresh, [study], [study, studies, jobs], **private)
     progress_outputs = [progress_note, rater_progress, model_progress, jobs]
@@ -663,7 +677,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
             require_coordinator(request)
             try:
                 job_id = queue_report(ctx, chosen)
-            except (MedSynthError, ValueError) as exc:
+            except MedSynthError as exc:
                 return f"**Not queued:** {html.escape(str(exc))}"
             audit(request, "report.queue", chosen, job=job_id)
             return (

@@ -52,6 +52,7 @@ CLOSED_PREFIXES = (
     f"{API}/undo-vibe",
     f"{API}/dev/",
     f"{API}/mcp",
+    f"{API}/openapi.json",
     "/login",
     "/logout",
 )

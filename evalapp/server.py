@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db.jobs import DbJobStore, Worker
+from db.settings import PUBLIC_URL_SETTING, set_setting
 from db.workspace import Workspace
 from evalapp import auth
 from evalapp.coordinator_view import build_coordinator_tab
@@ -343,6 +344,7 @@ def serve(
     """
     base = (root_url or f"http://{host}:{port}").rstrip("/")
     ctx = AppContext(workspace=workspace, demo_enabled=demo, base_url=base, worker=worker)
+    set_setting(workspace.database, PUBLIC_URL_SETTING, base)  # `rater add` prints links with this address
     app = build_app(ctx)
     log.info("serving on %s with job kinds %s", base, ", ".join(sorted(ctx.jobs().handlers)) or "none")
     print(f"MedSynth is serving on {base}/ (coordinator: {base}{COORDINATOR_PATH}/)", flush=True)

@@ -124,12 +124,18 @@ def test_create_add_revoke_progress_export(app_env: AppEnv, app: App, coordinato
 
 
 def test_bad_config_is_a_message_not_a_crash(app: App, coordinator: Browser) -> None:
+    """A bad config is explained under the config field; the study list and tables are left as they were."""
     fn = app.endpoints[("/coordinator", "coord_create_study")].fn_index
     out = coordinator.call("/coordinator", fn, ['name = "x"\nseed = <script>alert(1)</script>', None])
-    assert not out.success and "invalid TOML" in out.error
-    assert "<script>" not in out.error  # escaped: Gradio renders error text as HTML
+    assert out.success and "invalid TOML" in out.data[0]
+    assert "<script>" not in out.data[0]  # escaped: the message is rendered as Markdown/HTML
+    assert all(o == {"__type__": "update"} for o in out.data[1:]), out.data[1:]  # tables untouched
     out = coordinator.call("/coordinator", fn, [study_toml(STUDY, 1), None])
-    assert not out.success and "already exists" in out.error
+    assert out.success and "already exists" in out.data[0]
+    out = coordinator.call("/coordinator", app.endpoints[("/coordinator", "coord_add_rater")].fn_index,
+                           [STUDY, "   ", "radiology", 3])  # fmt: skip
+    assert out.success and out.data[0].startswith("**Not added:**") and "name" in out.data[0], out.data[0]
+    assert all(o == {"__type__": "update"} for o in out.data[1:]), out.data[1:]  # raters table untouched
 
 
 def test_generation_job_is_queued_and_reported(app_env: AppEnv, app: App, coordinator: Browser) -> None:
@@ -252,3 +258,66 @@ def test_console_in_chromium(app_env: AppEnv, browser: Any) -> None:
         context.close()
     with app_env.workspace.database.session() as session:
         assert any(r.name == "Dr Browser" for r in rater_progress(session, name))
+
+
+# ----------------------------------------------------------------------------------------------- console traps
+
+
+def test_empty_steps_and_guidance_queue_the_model_defaults(app_env: AppEnv, app: App, coordinator: Browser) -> None:
+    from db.models import Job
+
+    with app_env.workspace.database.session() as session:
+        folder_model = session.scalar(select(Model.name).where(Model.kind == "folder"))
+    message = call(app, coordinator, "coord_generate", [STUDY, [folder_model], "cpu", "", "", ""])[0]
+    job_ids = [int(n) for n in re.findall(r"\d+", message)]
+    assert message.startswith("Queued job(s)") and job_ids, message
+    with app_env.workspace.database.session() as session:
+        params = [session.get(Job, j).params for j in job_ids]  # type: ignore[union-attr]
+    assert all("steps" not in p and "guidance" not in p and p["study"] == STUDY for p in params), params
+    message = call(app, coordinator, "coord_generate", [STUDY, [folder_model], "cpu", "12", "2.5", "3"])[0]
+    with app_env.workspace.database.session() as session:
+        job = session.get(Job, int(re.findall(r"\d+", message)[0]))
+        assert job is not None and (job.params["steps"], job.params["guidance"], job.params["seed"]) == (12, 2.5, 3)
+    for steps, guidance, field in (("0", "", "Steps"), ("1.5", "", "Steps"), ("", "-1", "Guidance"),
+                                   ("", "lots", "Guidance")):  # fmt: skip
+        out = call(app, coordinator, "coord_generate", [STUDY, [folder_model], "cpu", steps, guidance, "0"])
+        assert out[0].startswith("**Not queued:**") and field in out[0], out[0]
+        assert out[1] == {"__type__": "update"}  # the jobs table stays
+
+
+def test_report_download_belongs_to_the_selected_study(app_env: AppEnv, app: App, coordinator: Browser) -> None:
+    """Two studies, two reports: each study's download is its own report (HTML + tables zip), under data/."""
+    names = []
+    for n in (1, 2):
+        name = f"report-study-{n}"
+        call(app, coordinator, "coord_create_study", [study_toml(name, 2), None])
+        rater = app_env.add_rater(name)
+        rate_everything(app_env, rater.rater_pk, limit=4)
+        names.append(name)
+    if ("/coordinator", "coord_report") not in app.endpoints:
+        pytest.skip("this installation has no analysis report")
+    worker = app_env.ctx.extra["worker"]
+    for name in names:
+        message = call(app, coordinator, "coord_report", [name])[0]
+        job = worker.wait(int(re.findall(r"job (\d+)", message)[0]), timeout=300)
+        assert job.status.value == "done", job.message
+    reports = app_env.data_dir / "reports"
+    for name in names:
+        files = call(app, coordinator, "coord_report_file", [name])[0]
+        paths = [f["path"] for f in files]
+        assert len(paths) == 2 and paths[0].endswith(".html") and paths[1].endswith("-tables.zip"), paths
+        page = coordinator.client.get(f"/coordinator/gradio_api/file={paths[0]}")
+        assert page.status_code == 200 and name in page.text
+        other = names[1 - names.index(name)]
+        assert f"MedSynth report: {other}" not in page.text
+        tables = coordinator.client.get(f"/coordinator/gradio_api/file={paths[1]}")
+        with zipfile.ZipFile(io.BytesIO(tables.content)) as zf:
+            assert any(n.startswith("tables/") and n.endswith(".csv") for n in zf.namelist())
+        assert (
+            Browser(app_env.url, app_env.cookie()).client.get(f"/coordinator/gradio_api/file={paths[0]}").status_code
+            == 403
+        )
+    written = sorted(p.name for p in reports.iterdir())
+    assert any(n.startswith("report-study-1-") for n in written) and any(
+        n.startswith("report-study-2-") for n in written
+    )
