@@ -26,6 +26,7 @@ new patients are not copies; a generator closer to its training set than they ar
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import itertools
 import logging
@@ -154,14 +155,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def make_descriptor(spec: str = "pixels") -> FeatureExtractor:
-    """``pixels`` / ``pixelsN`` (weight-free, offline) or any :func:`analysis.study_report.make_extractor` spec."""
+    """``pixels`` / ``pixelsN`` (weight-free, offline) or any extractor spec of ``python app.py report``."""
     if spec == "pixels":
         return PixelDescriptor()
     if spec.startswith("pixels") and spec[6:].isdigit():
         return PixelDescriptor(int(spec[6:]))
-    from analysis.study_report import make_extractor
-
-    return make_extractor(spec)
+    try:  # the extractor registry (issue 17) where it exists, else the report's spec parser
+        load = importlib.import_module("analysis.features.registry").load_extractor
+    except ImportError:
+        from analysis.study_report import make_extractor as load
+    extractor: FeatureExtractor = load(spec)
+    return extractor
 
 
 def embed_views(
