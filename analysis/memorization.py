@@ -3,7 +3,7 @@
 For every generated image of a model, its nearest training image is found in two stages:
 
 (a) **retrieval** by cosine similarity of a descriptor (default ``pixels``: a weight-free, contrast-normalised
-    grey thumbnail; or any extractor spec of :func:`analysis.study_report.make_extractor`), made robust to
+    grey thumbnail; or any extractor spec of ``python app.py report --extractor``), made robust to
     flips and small crops by test-time augmentation: each training image is indexed as 7 views (full frame,
     centred 90 % and 80 % crops, 85 % crops at the corners), each generated image is queried as itself and its
     horizontal and vertical mirror, always by the inner 80 % of each view; the best ``top_k`` distinct training
