@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import platform
@@ -276,13 +277,13 @@ def _analysis_frame(ratings: pd.DataFrame) -> pd.DataFrame:
 
 
 def _agreement_section(frame: pd.DataFrame, config: ReportConfig, step: Callable[[str], None]) -> ReportSection:
-    boot = {"n_resamples": config.n_resamples, "seed": config.seed, "method": config.method,
-            "confidence_level": config.confidence_level}  # fmt: skip
+    boot = functools.partial(agreement_table, n_resamples=config.n_resamples, seed=config.seed,
+                             method=config.method, confidence_level=config.confidence_level)  # fmt: skip
     step("agreement")
-    overall = agreement_table(frame, **boot)
+    overall = boot(frame)
     step("agreement by model and specialty")
-    by_model = agreement_table(frame, by="model", **boot)
-    by_specialty = agreement_table(frame, by="specialty", **boot)
+    by_model = boot(frame, by="model")
+    by_specialty = boot(frame, by="specialty")
     icc_table, icc_note = _icc_section_table(frame)
     questions = list(dict.fromkeys(overall["question"].astype(str)))
     by_stats: dict[str, list[str]] = {}

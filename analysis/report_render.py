@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.typing import RcKeyType
 
 if TYPE_CHECKING:
     from analysis.report import FigureSpec, ReportContent, ReportSection
@@ -37,9 +38,9 @@ DPI = 300
 FIGURE_FORMATS = ("png", "svg")
 """300-dpi PNG for documents and SVG (vector, text kept as text) for journals; ``bbox_inches="tight"`` on save."""
 MAX_HTML_ROWS = 200
-FONT = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
-        "legend.fontsize": 8, "font.family": "DejaVu Sans", "svg.fonttype": "none", "pdf.fonttype": 42,
-        "text.parse_math": False}  # fmt: skip
+FONT: dict[RcKeyType, Any] = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8,
+                        "ytick.labelsize": 8, "legend.fontsize": 8, "font.family": "DejaVu Sans",
+                        "svg.fonttype": "none", "text.parse_math": False}  # fmt: skip
 LIKERT_COLOURS = tuple(matplotlib.colormaps["RdYlBu"](np.linspace(0.08, 0.92, 5)))
 """An ordinal (diverging) palette for 1-5 answers: 1 red ... 3 pale ... 5 blue."""
 MODEL_COLOURS = tuple(matplotlib.colormaps["tab10"](np.arange(10)))
@@ -338,8 +339,6 @@ def _metadata(kind: str) -> dict[str, Any] | None:
     # Fixed metadata so that reruns give identical vector files.
     if kind == "svg":
         return {"Date": None}
-    if kind == "pdf":
-        return {"CreationDate": None, "ModDate": None}
     return None
 
 
