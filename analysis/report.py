@@ -468,7 +468,7 @@ def compute_report(
 def render_report(
     content: ReportContent, out_dir: Path, step: Callable[[str], None] = lambda name: None
 ) -> ReportResult:
-    """Write ``report.html``, ``tables/``, ``figures/`` and ``report-files.zip`` under ``out_dir``."""
+    """Write ``report.html``, ``report.md`` (a manuscript draft), ``tables/``, ``figures/`` and ``report-files.zip``."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     tables_dir, figures_dir = out_dir / "tables", out_dir / "figures"
@@ -490,18 +490,22 @@ def render_report(
     manifest_path.write_text(json.dumps(manifest, default=str, indent=1), encoding="utf-8")
     step("drawing figures")
     pngs: dict[str, bytes] = {}
+    svg_files: dict[str, Path] = {}
     written: list[Path] = []
     taken_figures: set[str] = set()
     for index, section in enumerate(content.sections):
         for name, figure in report_render.section_figures(section).items():
             paths = report_render.save_figure(figure, figures_dir, report_render.safe_name(name, taken_figures))
             pngs[f"{index}:{name}"] = paths["png"].read_bytes()
+            svg_files[f"{index}:{name}"] = paths.get("svg", paths["png"]).relative_to(out_dir)
             written.extend(paths.values())
     step("writing HTML")
     html_path = out_dir / "report.html"
     html_path.write_text(report_render.render_html(content, files, pngs), encoding="utf-8")
+    markdown_path = out_dir / "report.md"
+    markdown_path.write_text(report_render.render_markdown(content, svg_files, content.level), encoding="utf-8")
     table_files = [p for paths in files.values() for p in paths.values()]
-    zip_path = report_render.zip_outputs(out_dir, [html_path, *written, *table_files, manifest_path])
+    zip_path = report_render.zip_outputs(out_dir, [html_path, markdown_path, *written, *table_files, manifest_path])
     return ReportResult(
         html_path=html_path,
         tables_dir=tables_dir,
