@@ -338,7 +338,8 @@ def save_figure(figure: Figure | bytes, directory: Path, stem: str) -> dict[str,
     with matplotlib.rc_context(FONT):
         # A tight box keeps long titles and labels inside (clipped ROC titles otherwise); computed once, not per
         # format (each "tight" save draws the figure twice).
-        bbox = figure.get_tightbbox(figure.canvas.get_renderer()).padded(0.05)
+        canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+        bbox = figure.get_tightbbox(canvas.get_renderer()).padded(0.05)
         for kind in FIGURE_FORMATS:
             paths[kind] = directory / f"{stem}.{kind}"
             figure.savefig(paths[kind], format=kind, dpi=DPI, bbox_inches=bbox, metadata=_metadata(kind))
