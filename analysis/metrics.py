@@ -468,15 +468,11 @@ def cmmd_bootstrap_ci(
         raise InputError(f"need 0 < level < 1 and n_boot >= 2, got {level}, {n_boot}")
     gamma = 1.0 / (2.0 * sigma**2)
     rng = np.random.default_rng(seed)
-    values = np.array(
-        [
-            scale
-            * _cmmd_indexed(
-                x, y, rng.integers(0, x.shape[0], x.shape[0]), rng.integers(0, y.shape[0], y.shape[0]), gamma, estimator
-            )
-            for _ in range(n_boot)
-        ]
-    )
+    values = np.empty(n_boot)
+    for b in range(n_boot):
+        ix = np.asarray(rng.integers(0, x.shape[0], size=x.shape[0]), dtype=np.intp)
+        iy = np.asarray(rng.integers(0, y.shape[0], size=y.shape[0]), dtype=np.intp)
+        values[b] = scale * _cmmd_indexed(x, y, ix, iy, gamma, estimator)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return float(low), float(high)
@@ -910,7 +906,7 @@ def fd_metric(
     value = frechet_distance(feats_gen, feats_real)
     ci = bootstrap_ci(frechet_distance, feats_gen, feats_real, n_boot, seed=seed) if n_boot else (None, None)
     stamp = MetricStamp.for_extractor(extractor, len(feats_gen), len(feats_real), seed)
-    return MetricResult("FD", value, stamp, *ci)
+    return MetricResult("FD", value, stamp, ci_low=ci[0], ci_high=ci[1])
 
 
 def kid_metric(
@@ -934,7 +930,7 @@ def kid_metric(
     ci = bootstrap_ci(stat, feats_gen, feats_real, n_boot, seed=seed) if n_boot else (None, None)
     stamp = MetricStamp.for_extractor(extractor, len(feats_gen), len(feats_real), seed)
     extra = {"subset_size": result.subset_size, "n_subsets": result.n_subsets}
-    return MetricResult("KID", result.mean, stamp, *ci, std=result.std, extra=extra)
+    return MetricResult("KID", result.mean, stamp, ci_low=ci[0], ci_high=ci[1], std=result.std, extra=extra)
 
 
 def cmmd_metric(
@@ -949,7 +945,7 @@ def cmmd_metric(
     value = cmmd(emb_gen, emb_real, estimator=estimator)
     ci = cmmd_bootstrap_ci(emb_gen, emb_real, n_boot, seed=seed, estimator=estimator) if n_boot else (None, None)
     stamp = MetricStamp.for_extractor(extractor, len(emb_gen), len(emb_real), seed)
-    return MetricResult("CMMD", value, stamp, *ci, extra={"estimator": estimator})
+    return MetricResult("CMMD", value, stamp, ci_low=ci[0], ci_high=ci[1], extra={"estimator": estimator})
 
 
 def compare_models(

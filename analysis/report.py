@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import platform
@@ -316,13 +317,13 @@ def _analysis_frame(ratings: pd.DataFrame) -> pd.DataFrame:
 
 
 def _agreement_section(frame: pd.DataFrame, config: ReportConfig, step: Callable[[str], None]) -> ReportSection:
-    boot = {"n_resamples": config.n_resamples, "seed": config.seed, "method": config.method,
-            "confidence_level": config.confidence_level}  # fmt: skip
+    boot = functools.partial(agreement_table, n_resamples=config.n_resamples, seed=config.seed,
+                             method=config.method, confidence_level=config.confidence_level)  # fmt: skip
     step("agreement")
-    overall = agreement_table(frame, **boot)
+    overall = boot(frame)
     step("agreement by model and specialty")
-    by_model = agreement_table(frame, by="model", **boot)
-    by_specialty = agreement_table(frame, by="specialty", **boot)
+    by_model = boot(frame, by="model")
+    by_specialty = boot(frame, by="specialty")
     icc_table, icc_note = _icc_section_table(frame)
     questions = list(dict.fromkeys(overall["question"].astype(str)))
     by_stats: dict[str, list[str]] = {}
@@ -507,7 +508,7 @@ def compute_report(
 def render_report(
     content: ReportContent, out_dir: Path, step: Callable[[str], None] = lambda name: None
 ) -> ReportResult:
-    """Write ``report.html``, ``tables/``, ``figures/`` and ``report-files.zip`` under ``out_dir``."""
+    """Write ``report.html``, ``report.md`` (a manuscript draft), ``tables/``, ``figures/`` and ``report-files.zip``."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     tables_dir, figures_dir = out_dir / "tables", out_dir / "figures"
@@ -529,18 +530,22 @@ def render_report(
     manifest_path.write_text(json.dumps(manifest, default=str, indent=1), encoding="utf-8")
     step("drawing figures")
     pngs: dict[str, bytes] = {}
+    svg_files: dict[str, Path] = {}
     written: list[Path] = []
     taken_figures: set[str] = set()
     for index, section in enumerate(content.sections):
         for name, figure in report_render.section_figures(section).items():
             paths = report_render.save_figure(figure, figures_dir, report_render.safe_name(name, taken_figures))
             pngs[f"{index}:{name}"] = paths["png"].read_bytes()
+            svg_files[f"{index}:{name}"] = paths.get("svg", paths["png"]).relative_to(out_dir)
             written.extend(paths.values())
     step("writing HTML")
     html_path = out_dir / "report.html"
     html_path.write_text(report_render.render_html(content, files, pngs), encoding="utf-8")
+    markdown_path = out_dir / "report.md"
+    markdown_path.write_text(report_render.render_markdown(content, svg_files, content.level), encoding="utf-8")
     table_files = [p for paths in files.values() for p in paths.values()]
-    zip_path = report_render.zip_outputs(out_dir, [html_path, *written, *table_files, manifest_path])
+    zip_path = report_render.zip_outputs(out_dir, [html_path, markdown_path, *written, *table_files, manifest_path])
     return ReportResult(
         html_path=html_path,
         tables_dir=tables_dir,

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.typing import RcKeyType
 
 if TYPE_CHECKING:
     from analysis.report import FigureSpec, ReportContent, ReportSection
@@ -37,9 +38,9 @@ DPI = 300
 FIGURE_FORMATS = ("png", "svg")
 """300-dpi PNG for documents and SVG (vector, text kept as text) for journals; ``bbox_inches="tight"`` on save."""
 MAX_HTML_ROWS = 200
-FONT = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
-        "legend.fontsize": 8, "font.family": "DejaVu Sans", "svg.fonttype": "none", "pdf.fonttype": 42,
-        "text.parse_math": False}  # fmt: skip
+FONT: dict[RcKeyType, Any] = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8,
+                        "ytick.labelsize": 8, "legend.fontsize": 8, "font.family": "DejaVu Sans",
+                        "svg.fonttype": "none", "text.parse_math": False}  # fmt: skip
 LIKERT_COLOURS = tuple(matplotlib.colormaps["RdYlBu"](np.linspace(0.08, 0.92, 5)))
 """An ordinal (diverging) palette for 1-5 answers: 1 red ... 3 pale ... 5 blue."""
 MODEL_COLOURS = tuple(matplotlib.colormaps["tab10"](np.arange(10)))
@@ -128,14 +129,22 @@ def _is_missing(value: object) -> bool:
 
 
 def format_p(value: float) -> str:
-    """p-values as journals print them: ``< 0.001`` or three decimals."""
+    """p-values as journals print them: ``< 0.001`` or three decimals.
+
+    >>> format_p(3.799e-17), format_p(0.04321)
+    ('< 0.001', '0.043')
+    """
     if _is_missing(value):
         return "–"
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def format_number(value: object) -> str:
-    """Meaningful digits: integers as integers, |x| >= 100 one decimal, >= 1 two, else three; no ``-0``."""
+    """Meaningful digits: integers as integers, |x| >= 100 one decimal, >= 1 two, else three; no ``-0``.
+
+    >>> [format_number(v) for v in (3.799e-17, -0.0004, 0.5844, 12.345, 1234.56, 19.0)]
+    ['0.000', '0.000', '0.584', '12.35', '1234.6', '19']
+    """
     if _is_missing(value):
         return "–"
     if isinstance(value, bool | np.bool_):
@@ -329,10 +338,13 @@ def save_figure(figure: Figure | bytes, directory: Path, stem: str) -> dict[str,
         paths["png"].write_bytes(figure)
         return paths
     with matplotlib.rc_context(FONT):
+        # A tight box keeps long titles and labels inside (clipped ROC titles otherwise); computed once, not per
+        # format (each "tight" save draws the figure twice).
+        canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+        bbox = figure.get_tightbbox(canvas.get_renderer()).padded(0.05)
         for kind in FIGURE_FORMATS:
             paths[kind] = directory / f"{stem}.{kind}"
-            # bbox "tight" keeps long titles and labels inside (clipped ROC titles otherwise).
-            figure.savefig(paths[kind], format=kind, dpi=DPI, bbox_inches="tight", metadata=_metadata(kind))
+            figure.savefig(paths[kind], format=kind, dpi=DPI, bbox_inches=bbox, metadata=_metadata(kind))
     return paths
 
 
@@ -340,8 +352,6 @@ def _metadata(kind: str) -> dict[str, Any] | None:
     # Fixed metadata so that reruns give identical vector files.
     if kind == "svg":
         return {"Date": None}
-    if kind == "pdf":
-        return {"CreationDate": None, "ModDate": None}
     return None
 
 
@@ -469,6 +479,38 @@ def render_html(content: ReportContent, files: Mapping[str, Mapping[str, Path]],
     rows = "".join(f"<tr><th>{_text(k)}</th><td>{_text(v)}</td></tr>" for k, v in shown.items())
     parts.append(f"<h2 id='provenance'>Provenance</h2><table class='stamp'>{rows}</table></body></html>")
     return "".join(parts)
+
+
+def render_markdown(content: ReportContent, figure_files: Mapping[str, Path], level: float) -> str:
+    """The report as Markdown (for a manuscript draft): methods, notes, rounded tables, figure links."""
+
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = [f"# {content.title}", "", "## Methods", ""]
+    for paragraph in content.methods:
+        lines += [paragraph, ""]
+    table_number = figure_number = 0
+    for index, section in enumerate(content.sections):
+        lines += [f"## {section.title}", ""]
+        lines += [f"_{note}_\n" for note in section.notes]
+        for name, table in section.tables.items():
+            table_number += 1
+            shown, notes = display_table(plain_frame(table), level)
+            lines += [f"**Table {table_number}. {section.captions.get(name, human_heading(name))}**", ""]
+            lines.append("| " + " | ".join(cell(c) for c in shown.columns) + " |")
+            lines.append("|" + "---|" * len(shown.columns))
+            lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+            lines += ["", *(f"_{note}_\n" for note in notes)]
+        for name in section.figures:
+            figure_number += 1
+            caption = section.captions.get(name) or human_heading(name)
+            path = figure_files.get(f"{index}:{name}")
+            lines += [
+                f"![Figure {figure_number}. {caption}]({path})" if path else f"Figure {figure_number}. {caption}",
+                "",
+            ]
+    return "\n".join(lines)
 
 
 def png_bytes(figure: Figure | bytes) -> bytes:

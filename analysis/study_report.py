@@ -206,6 +206,16 @@ def metrics_sections(
             "handcrafted-v1 features are committed image statistics (intensity, texture, layout), not a learned "
             "embedding: its FD is not FID. For FID pass --extractor inception:/path/to/weights.pth."
         )
+    if {"ci_low", "ci_high"} <= set(model_table.columns):
+        outside = model_table[
+            (model_table["value"] < model_table["ci_low"]) | (model_table["value"] > model_table["ci_high"])
+        ]
+        if len(outside):
+            notes.append(
+                f"The bootstrap CI of {', '.join(sorted(set(outside['metric'])))} does not contain the estimate for "
+                f"{', '.join(sorted(set(outside['model'])))}: resampling images with replacement duplicates them, "
+                "which biases FD-type replicates upwards at small N; read these CIs as a spread, not as coverage."
+            )
     metric_section = ReportSection(f"Automated image metrics ({extractor.name})", notes=notes)
     if not model_table.empty:
         metric_section.tables["metrics"] = model_table

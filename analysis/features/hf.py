@@ -10,16 +10,17 @@ import json
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from analysis.features.base import ImageInput, Preprocess, preprocess_batch, run_batched, state_dict_sha256
+from db.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+_PIL_RESAMPLE: dict[int, Literal["bilinear", "bicubic"]] = {2: "bilinear", 3: "bicubic"}
 
 
 def preprocess_from_config(config: dict[str, Any]) -> Preprocess:
@@ -33,10 +34,12 @@ def preprocess_from_config(config: dict[str, Any]) -> Preprocess:
     crop = config.get("crop_size", {})
     crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
     interpolation = _PIL_RESAMPLE.get(int(config.get("resample", 3)), "bicubic")
-    mean = tuple(float(v) for v in config.get("image_mean", IMAGENET_MEAN))
-    std = tuple(float(v) for v in config.get("image_std", IMAGENET_STD))
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"image_mean/image_std must have 3 values, got {mean} / {std}")
+    mean_values = [float(v) for v in config.get("image_mean", IMAGENET_MEAN)]
+    std_values = [float(v) for v in config.get("image_std", IMAGENET_STD)]
+    if len(mean_values) != 3 or len(std_values) != 3:
+        raise InputError(f"image_mean/image_std must have 3 values, got {mean_values} / {std_values}")
+    mean = (mean_values[0], mean_values[1], mean_values[2])
+    std = (std_values[0], std_values[1], std_values[2])
     if config.get("do_center_crop", True) and crop and "shortest_edge" in size:
         if crop["height"] != crop["width"]:
             raise ValueError(f"only square crops are supported, got crop_size={crop}")
@@ -45,8 +48,8 @@ def preprocess_from_config(config: dict[str, Any]) -> Preprocess:
             resize="shortest_side_center_crop",
             interpolation=interpolation,
             antialias=True,
-            mean=mean,  # type: ignore[arg-type]
-            std=std,  # type: ignore[arg-type]
+            mean=mean,
+            std=std,
             shortest_side=int(size["shortest_edge"]),
         )
     side = int(size.get("height", size.get("shortest_edge", 224)))
@@ -56,7 +59,7 @@ def preprocess_from_config(config: dict[str, Any]) -> Preprocess:
         interpolation=interpolation,
         antialias=True,
         mean=mean,
-        std=std,  # type: ignore[arg-type]
+        std=std,
     )
 
 

@@ -101,9 +101,12 @@ def _inception(path: str | None) -> FeatureExtractor:
 def _transformers(kind: str, name_or_path: str) -> FeatureExtractor:
     from analysis.features.hf import BiomedCLIPExtractor, CLIPExtractor, DINOv2Extractor
 
-    loaders = {"biomedclip": BiomedCLIPExtractor, "dinov2": DINOv2Extractor, "clip": CLIPExtractor}
     try:
-        return loaders[kind].from_pretrained(name_or_path)
+        if kind == "biomedclip":
+            return BiomedCLIPExtractor.from_pretrained(name_or_path)
+        if kind == "dinov2":
+            return DINOv2Extractor.from_pretrained(name_or_path)
+        return CLIPExtractor.from_pretrained(name_or_path)
     except OSError as error:  # not in the cache / no such folder / no network
         raise InputError(
             f"could not load the {kind} checkpoint {name_or_path!r} ({str(error).splitlines()[0]}); download it "
@@ -125,9 +128,11 @@ def load_extractor(spec: str = DEFAULT_EXTRACTOR) -> FeatureExtractor:
     if parsed.random_weights:
         from analysis.features import tiny
 
-        return {"tiny-clip": tiny.tiny_clip, "tiny-dinov2": tiny.tiny_dinov2, "tiny-biomedclip": tiny.tiny_biomedclip}[
-            parsed.kind
-        ]()
+        if parsed.kind == "tiny-clip":
+            return tiny.tiny_clip()
+        if parsed.kind == "tiny-dinov2":
+            return tiny.tiny_dinov2()
+        return tiny.tiny_biomedclip()
     if parsed.arg is None:  # parse_extractor_spec guarantees an argument for these kinds
         raise AssertionError(parsed)
     return _transformers(parsed.kind, parsed.arg)

@@ -107,6 +107,9 @@ def test_report_is_paper_ready(frame: pd.DataFrame, tmp_path: Path) -> None:
     with zipfile.ZipFile(result.zip_path) as archive:
         names = set(archive.namelist())
     assert "report.html" in names and "tables/manifest.json" in names and f"figures/{pngs[0].name}" in names
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "report.md" in names and "## Methods" in markdown and "| Question | Statistic | Estimate |" in markdown
+    assert "](figures/agreement.svg)" in markdown
     # Raters are R01 ... in tables and on the page; names and ids stay out of the page.
     per_rater = pd.read_csv(result.tables["turing_per_rater"]["csv"])
     assert set(per_rater["rater"]) == {f"R{i:02d}" for i in range(1, 6)} and "rater_name" not in per_rater
