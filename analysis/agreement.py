@@ -975,30 +975,31 @@ def bootstrap_cis(
     joint = _joint_distributions({n: t for n, (_, _, t) in prepared.items() if t is not None}, resampler)
     results: dict[str, BootstrapCI] = {}
     for name in statistics:
-        common = {
-            "confidence_level": confidence_level,
-            "method": method,
-            "n_resamples": resampler.n_resamples,
-            "seed": resampler.seed,
-            "n_items": resampler.n_items,
-        }
+        common = functools.partial(
+            BootstrapCI,
+            confidence_level=confidence_level,
+            method=method,
+            n_resamples=resampler.n_resamples,
+            seed=resampler.seed,
+            n_items=resampler.n_items,
+        )
         if name in errors:
             nan = float("nan")
-            results[name] = BootstrapCI(nan, nan, nan, nan, **common, distribution=np.full(0, nan), note=errors[name])
+            results[name] = common(nan, nan, nan, nan, distribution=np.full(0, nan), note=errors[name])
             continue
         statistic, data, terms = prepared[name]
         if terms is not None:
             estimate, values = terms.value(), joint[name]
         else:
             estimate, values = resampler.distribution(statistic, data)
-        low, high = _interval(estimate, values, lambda s=statistic, d=data: _jackknife(s, d), method, confidence_level)
+        jackknife = functools.partial(_jackknife, statistic, data)
+        low, high = _interval(estimate, values, jackknife, method, confidence_level)
         finite = values[np.isfinite(values)]
-        results[name] = BootstrapCI(
+        results[name] = common(
             estimate=estimate,
             low=low,
             high=high,
             standard_error=float(finite.std(ddof=1)) if len(finite) > 1 else float("nan"),
-            **common,
             distribution=values,
         )
     return results

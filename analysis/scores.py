@@ -308,7 +308,7 @@ def model_comparisons(
             a, b = part["generated"].to_numpy(dtype=float), part["real"].to_numpy(dtype=float)
             real_rows.append(_comparison_row(question, "vs_real", model, REAL, a, b, True))
         for family in (family_rows, real_rows):
-            adjusted = holm([row["p_value"] for row in family])
+            adjusted = holm([float(row["p_value"]) for row in family])  # type: ignore[arg-type]
             for row, p_adjusted in zip(family, adjusted, strict=True):
                 row["p_holm"] = float(p_adjusted)
             rows.extend(family)

@@ -315,7 +315,7 @@ def compute_study_report(
     config = config or ReportConfig()
     names = parse_metrics(metrics)
     feature_extractor = (load_extractor(extractor) if isinstance(extractor, str) else extractor) if names else None
-    with workspace.database.session() as session:  # type: ignore[attr-defined]
+    with workspace.database.session() as session:
         ratings: pd.DataFrame = ratings_frame(session, study_name)
         study = get_study(session, study_name)
         stamp = {"study": study.name, "study_config_sha256": study.config_sha256, "study_seed": study.seed}

@@ -208,7 +208,7 @@ def synthetic_ratings(study: SyntheticStudy | None = None, **overrides: object) 
             "confidence": _scores(confidence[rows]),
             "correct": pd.array(answer == side, dtype="boolean"),
             "cannot_assess": cannot,
-            "cannot_assess_reason": np.where(cannot, "image too small", None),
+            "cannot_assess_reason": ["image too small" if c else None for c in cannot],
             "comment": None,
             "response_ms_server": shown_ms,
             "response_ms_client": shown_ms - rng.uniform(0, 50, n_total),

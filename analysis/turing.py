@@ -166,7 +166,8 @@ def two_afc_summary(
     if signal.shape != said.shape or signal.ndim != 1:
         raise ValueError("generated_right and answered_right must be 1-D and of equal length")
     counts = _counts(signal, said)
-    return _summaries(*([c] for c in counts), confidence_level=confidence_level).iloc[0].to_dict()
+    n_signal, n_noise, hits, false_alarms = (np.array([c]) for c in counts)
+    return _summaries(n_signal, n_noise, hits, false_alarms, confidence_level).iloc[0].to_dict()
 
 
 def _answers(frame: pd.DataFrame) -> pd.DataFrame:

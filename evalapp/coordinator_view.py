@@ -195,7 +195,7 @@ def add_study_rater(ctx: Any, study: str, name: str, specialty: str, years: floa
     if not study:
         raise InputError("choose a study first")
     with ctx.workspace.database.session() as session:
-        new = add_rater(session, study, name, specialty, None if years in (None, "") else float(years))
+        new = add_rater(session, study, name, specialty, None if years is None or str(years) == "" else float(years))
     return f"Added {new.name} with {new.assignments} pairs to rate. The link is shown once.", ctx.rater_link(new.token)
 
 
