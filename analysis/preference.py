@@ -143,6 +143,23 @@ def _indices(frame: pd.DataFrame, models: Sequence[str]) -> tuple[NDArray[np.int
     return first, second, (choice == "tie").astype(np.intp)
 
 
+def preferences_from_ratings(ratings: pd.DataFrame, question: str = "prefer_realism") -> pd.DataFrame:
+    """Preference records from the exported ratings table (``db.export.ratings_frame``) of a head-to-head
+    study: its head-to-head rows answering ``question`` (``prefer_realism`` or ``prefer_prompt``)."""
+    needed = ("rater", "case", "model_left", "model_right", question)
+    missing = [c for c in needed if c not in ratings.columns]
+    if missing:
+        raise InputError(f"ratings table: missing column(s) {', '.join(missing)} (not a head-to-head export?)")
+    rows = ratings[ratings["model_left"].notna() & ratings[question].notna()]
+    if "cannot_assess" in rows.columns:
+        rows = rows[~rows["cannot_assess"].astype(bool)]
+    out = rows[["rater", "case", "model_left", "model_right"]].copy()
+    out["choice"] = rows[question].astype(str)
+    if "specialty" in rows.columns:
+        out["specialty"] = rows["specialty"]
+    return out.reset_index(drop=True)
+
+
 def pair_counts(records: pd.DataFrame, weights: ArrayLike | None = None) -> PairCounts:
     """Weighted win and tie counts per model pair (``weights``: one per row of ``records``, default 1)."""
     frame = validate(records)

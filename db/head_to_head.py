@@ -28,10 +28,38 @@ from itertools import combinations
 
 from db.designs import SlotItem, Unit, choose_sides, order_slot, seeded_rng
 from db.errors import InputError
+from db.questions import REALISM_ANCHORS, Question, QuestionKind, QuestionSet
 
 KIND = "head-to-head"
 DEFAULT_KIND = "real-vs-generated"
 KINDS = (DEFAULT_KIND, KIND)
+#: a preference answer: the left image, the right one, or no difference ("tie" in the analysis)
+PREFERENCE_CHOICES = ("left", "right", "tie")
+
+#: what a rater answers for a head-to-head pair (exports: ``prefer_realism``, ``prefer_prompt``, and the
+#: optional per-image realism ``realism_left`` / ``realism_right``)
+HEAD_TO_HEAD_QUESTIONS = QuestionSet(
+    (
+        Question("prefer_realism", "Which image is more realistic?", QuestionKind.CHOICE,
+                 choices=PREFERENCE_CHOICES),
+        Question("prefer_prompt", "Which image matches the prompt better?", QuestionKind.CHOICE,
+                 choices=PREFERENCE_CHOICES),
+        Question("realism_left", "Realism of the left image (optional)", QuestionKind.SCALE, required=False,
+                 anchors=REALISM_ANCHORS, side="left"),
+        Question("realism_right", "Realism of the right image (optional)", QuestionKind.SCALE, required=False,
+                 anchors=REALISM_ANCHORS, side="right"),
+        Question("comment", "Comment (optional)", QuestionKind.TEXT, required=False),
+        Question("cannot_assess", "Cannot assess this pair", QuestionKind.FLAG, required=False),
+        Question("cannot_assess_reason", "Why can this pair not be assessed?", QuestionKind.TEXT, required=False),
+    )
+)  # fmt: skip
+
+
+def questions_for(kind: str) -> QuestionSet:
+    """The question set of a study of ``kind`` (the config's ``kind``)."""
+    from db.questions import DEFAULT_QUESTIONS
+
+    return HEAD_TO_HEAD_QUESTIONS if kind == KIND else DEFAULT_QUESTIONS
 
 
 @dataclass(frozen=True)

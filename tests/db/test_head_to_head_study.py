@@ -87,3 +87,48 @@ def test_head_to_head_study_is_balanced_per_rater_and_serves_both_models(h2h_wor
 def test_head_to_head_refuses_what_it_does_not_make(h2h_workspace: Workspace) -> None:
     with h2h_workspace.database.session() as s, pytest.raises(InputError, match="attention"):
         create_study(s, h2h_workspace.store, H2H_TOML + "attention_fraction = 0.1\n")
+
+
+def test_exports_carry_both_models_and_the_chosen_side(h2h_workspace: Workspace) -> None:
+    import uuid
+
+    from analysis.preference import fit_bradley_terry, preferences_from_ratings
+    from db.export import RATING_COLUMNS, ratings_frame
+    from db.head_to_head import HEAD_TO_HEAD_QUESTIONS
+    from db.ratings import next_pair, submit_rating
+
+    ws = h2h_workspace
+    with ws.database.session() as s:
+        create_study(s, ws.store, H2H_TOML)
+    with ws.database.session() as s:
+        new = [add_rater(s, "h2h", f"Dr {i}", "gastroenterology", 5) for i in range(4)]
+    shown: dict[str, tuple[str, str]] = {}  # item -> (left model, right model) as the test rater "saw" them
+    for n in new:
+        with ws.database.session() as s:
+            rater = s.scalars(select(Rater).where(Rater.public_id == n.rater_id)).one()
+            rater_id = rater.id
+        for step in range(9):
+            with ws.database.session() as s:
+                rater = s.get(Rater, rater_id)
+                pair = next_pair(s, rater)
+                assert pair is not None
+                item = s.scalars(select(StudyItem).where(StudyItem.public_id == pair.item_public_id)).one()
+                names = dict(s.execute(select(Model.id, Model.name)).tuples().all())
+                by_sha = {item.generated_sha256: names[item.model_id], item.second_sha256: names[item.second_model_id]}
+                left, right = by_sha[pair.left_sha256], by_sha[pair.right_sha256]
+            shown[pair.item_public_id] = (left, right)
+            choice = "tie" if step % 4 == 3 else ("left" if (left == "blur") ^ (step % 3 == 0) else "right")
+            answers = {"prefer_realism": choice, "prefer_prompt": "left", "realism_left": 3}
+            submit_rating(ws.database, rater_id, pair.item_public_id, str(uuid.uuid4()), answers,
+                          questions=HEAD_TO_HEAD_QUESTIONS)  # fmt: skip
+    with ws.database.session() as s:
+        frame = ratings_frame(s, "h2h")
+    assert list(frame.columns) == RATING_COLUMNS and len(frame) == 36
+    for row in frame.itertuples():
+        assert (row.model_left, row.model_right) == shown[row.item]
+        assert {row.model, row.second_model} == {row.model_left, row.model_right}
+        assert row.prefer_realism in ("left", "right", "tie") and row.prefer_prompt == "left"
+    records = preferences_from_ratings(frame)
+    assert len(records) == 36
+    fit = fit_bradley_terry(records)
+    assert fit.strengths().idxmax() == "blur"  # the test raters mostly preferred blur
