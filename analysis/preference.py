@@ -453,3 +453,31 @@ def preference_report_section(
         "figures": {"bradley_terry_forest": forest_figure(table, confidence_level)},
         "notes": notes,
     }
+
+
+def head_to_head_report_parts(
+    ratings: pd.DataFrame, n_resamples: int = 500, seed: int = 0, confidence_level: float = 0.95
+) -> list[tuple[str, dict[str, Any]]]:
+    """(title, ``{"tables", "figures", "notes"}``) per preference question answered in the exported ratings
+    table of a head-to-head study; empty when it has no head-to-head rows. Table and figure names are
+    prefixed with the question so both questions fit in one report."""
+    if "model_left" not in ratings.columns or not ratings["model_left"].notna().any():
+        return []
+    parts: list[tuple[str, dict[str, Any]]] = []
+    for question, title in (("prefer_realism", "more realistic"), ("prefer_prompt", "a better match to the prompt")):
+        if question not in ratings.columns:
+            continue
+        records = preferences_from_ratings(ratings, question)
+        if records.empty:
+            continue
+        try:
+            section = preference_report_section(records, n_resamples, seed, confidence_level)
+        except InputError as error:  # e.g. a model that never loses: reported, not fatal
+            section = {"tables": {}, "figures": {}, "notes": [f"Bradley-Terry fit not possible: {error}"]}
+        section = {
+            "tables": {f"{question}/{name}": table for name, table in section["tables"].items()},
+            "figures": {f"{question}/{name}": figure for name, figure in section["figures"].items()},
+            "notes": section["notes"],
+        }
+        parts.append((f"Head-to-head: which image is {title}? (Bradley-Terry)", section))
+    return parts

@@ -549,6 +549,10 @@ def write_report(
     mrmc_section = _mrmc_section(ratings) if config.include_mrmc else None
     if mrmc_section is not None:
         sections.append(mrmc_section)
+    from analysis.preference import head_to_head_report_parts  # head-to-head studies (issue 18)
+
+    for title, parts in head_to_head_report_parts(ratings, config.n_resamples, config.seed, config.confidence_level):
+        sections.append(ReportSection(title, parts["tables"], parts["figures"], parts["notes"]))
     sections.extend(extra_sections)
 
     step("writing tables")

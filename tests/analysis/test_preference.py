@@ -165,3 +165,23 @@ def test_bad_records_name_the_problem() -> None:
     records["choice"] = "left"  # x never loses: no maximum-likelihood fit
     with pytest.raises(InputError, match="not estimable"):
         fit_bradley_terry(records)
+
+
+def test_report_parts_from_an_exported_ratings_table() -> None:
+    from analysis.preference import head_to_head_report_parts
+
+    records = simulate(np.array([-0.6, -0.2, 0.2, 0.6]), raters=8, cases=60, nu=0.3, rater_sd=0.1, seed=7,
+                       per_rater_cases=18)  # fmt: skip
+    exported = records.rename(columns={"choice": "prefer_realism"})
+    exported["prefer_prompt"] = exported["prefer_realism"]
+    exported["cannot_assess"] = False
+    normal = pd.DataFrame({"rater": ["r0"], "case": ["c999"], "model_left": [None], "model_right": [None],
+                           "prefer_realism": [None], "prefer_prompt": [None], "cannot_assess": [False]})  # fmt: skip
+    parts = head_to_head_report_parts(pd.concat([exported, normal], ignore_index=True), n_resamples=30)
+    assert [title for title, _ in parts] == [
+        "Head-to-head: which image is more realistic? (Bradley-Terry)",
+        "Head-to-head: which image is a better match to the prompt? (Bradley-Terry)",
+    ]
+    tables = parts[0][1]["tables"]
+    assert list(tables["prefer_realism/bradley_terry"]["model"]) == list(MODELS[::-1])
+    assert head_to_head_report_parts(normal.drop(columns="model_left")) == []
