@@ -39,7 +39,6 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize
-from scipy.sparse.csgraph import connected_components
 
 from db.errors import InputError
 
@@ -200,9 +199,11 @@ def win_rate_matrix(records: pd.DataFrame) -> pd.DataFrame:
 
 def estimable(counts: PairCounts) -> bool:
     """True when the maximum-likelihood fit exists: the graph "i won or tied against j" is strongly connected."""
-    graph = (counts.wins + counts.ties) > 0
-    n_components, _ = connected_components(graph, directed=True, connection="strong")
-    return bool(n_components == 1)
+    n = len(counts.models)
+    reach = ((counts.wins + counts.ties) > 0) | np.eye(n, dtype=bool)
+    for _ in range(max(n - 1, 1).bit_length()):  # transitive closure by repeated squaring
+        reach = (reach.astype(np.int64) @ reach.astype(np.int64)) > 0
+    return bool(reach.all())
 
 
 def _davidson_nll(params: FloatArray, wins: FloatArray, ties: FloatArray) -> tuple[float, FloatArray]:

@@ -22,7 +22,7 @@ Model and rater are never confounded: every slot reads every pair in balance.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -104,7 +104,7 @@ def model_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def allot_cases(
-    available: dict[tuple[str, str], Sequence[str]], per_pair: int, seed: object
+    available: Mapping[tuple[str, str], Sequence[str]], per_pair: int, seed: object
 ) -> dict[tuple[str, str], list[str]]:
     """``per_pair`` distinct cases for every pair, no case used twice; ``available[pair]`` lists the cases
     both models of the pair have made. Pairs with the fewest candidates choose first."""
