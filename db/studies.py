@@ -795,6 +795,7 @@ def served_pairs(session: Session, name: str) -> tuple[list[ServedPair], Display
             StudyItem.generated_side,
             StudyItem.domain,
             ImageBlob.mode,
+            StudyItem.second_sha256,
         )
         .join(StudyItem, Assignment.item_id == StudyItem.id)
         .join(ImageBlob, ImageBlob.sha256 == StudyItem.real_sha256)
@@ -803,7 +804,8 @@ def served_pairs(session: Session, name: str) -> tuple[list[ServedPair], Display
         .order_by(Assignment.rater_id, Assignment.position)
     ).all()
     pairs = []
-    for rater_id, position, real, generated, generated_side, domain, mode in rows:
+    for rater_id, position, real, generated, generated_side, domain, mode, second in rows:
+        real = real if second is None else second  # head-to-head: the second model's image, not the reference
         real_left = generated_side == Side.RIGHT
         left, right = (real, generated) if real_left else (generated, real)
         pairs.append(ServedPair(rater_id, position, left, right, real_left, pair_is_grey(domain.value, mode)))
