@@ -186,3 +186,22 @@ def side_balance(plan: HeadToHeadPlan) -> dict[tuple[int, str], tuple[int, int]]
         for key in keys:
             out[(s, by_key[key].pair)][0 if by_key[key].first_left else 1] += 1
     return {key: (v[0], v[1]) for key, v in out.items()}
+
+
+def describe_lists(lists: Sequence[Sequence[PairItem]], *, k: int, label: str) -> str:
+    """A plain-text audit of head-to-head item lists (planned slots or stored raters), one fact a line."""
+    pairs = sorted({it.pair for items in lists for it in items})
+    lines = [f"head-to-head design ({label}): {len(lists)} list(s), K = {k}, model pairs: {', '.join(pairs)}"]
+    problems: list[str] = []
+    for n, items in enumerate(lists):
+        counts = Counter(it.pair for it in items)
+        parts = [f"{p} {counts.get(p, 0)} (first left {sum(it.first_left for it in items if it.pair == p)})"
+                 for p in pairs]  # fmt: skip
+        lines.append(f"  list {n + 1}: {len(items)} items: " + ", ".join(parts))
+        repeats = sum(c - 1 for c in Counter(it.case for it in items).values() if c > 1)
+        if repeats:
+            problems.append(f"list {n + 1} sees {repeats} case(s) twice")
+        if counts and max(counts.get(p, 0) for p in pairs) - min(counts.get(p, 0) for p in pairs) > 1:
+            problems.append(f"list {n + 1} reads the pairs unevenly")
+    lines.append("  balanced: yes" if not problems else "  NOT BALANCED: " + "; ".join(problems))
+    return "\n".join(lines)

@@ -159,3 +159,28 @@ def create_head_to_head(
         own_cases=True,
         rendered=rendered,
     )
+
+
+def check_head_to_head(session: Session, study: Study, cfg: StudyConfig) -> str:
+    """``study check`` for a head-to-head study: the planned slots and the raters' stored lists."""
+    from db.head_to_head import describe_lists
+    from db.models import Assignment, Rater
+
+    names = dict(session.execute(select(Model.id, Model.name)).tuples().all())
+    items = list(session.scalars(select(StudyItem).where(StudyItem.study_id == study.id).order_by(StudyItem.id)))
+    plan = stored_plan(study, items, cfg, names)
+    by_key = {it.key: it for it in plan.items}
+    parts = [f"study {study.name!r}: kind head-to-head, reference image {'shown' if cfg.reference else 'hidden'}"]
+    parts.append(describe_lists([[by_key[key] for key in keys] for keys in plan.order], k=plan.k, label="planned"))
+    stored = []
+    for rater_id in session.scalars(select(Rater.id).where(Rater.study_id == study.id).order_by(Rater.id)):
+        rows = session.scalars(
+            select(StudyItem)
+            .join(Assignment, Assignment.item_id == StudyItem.id)
+            .where(Assignment.rater_id == rater_id)
+            .order_by(Assignment.position)
+        )
+        stored.append([_pair_item(it, names) for it in rows if it.second_model_id is not None])
+    if stored:
+        parts.append(describe_lists(stored, k=plan.k, label=f"as stored, {len(stored)} rater(s)"))
+    return "\n".join(parts)

@@ -679,6 +679,10 @@ def check_study(session: Session, name: str) -> str:
     """The design audit of a stored study (planned slots, and the raters' stored assignments)."""
     study = get_study(session, name)
     cfg = study_config(study)
+    if cfg.kind == "head-to-head":
+        from db.head_to_head_study import check_head_to_head
+
+        return check_head_to_head(session, study, cfg)
     head = f"study {study.name!r}: design {cfg.design if not _is_legacy(study) else 'legacy round-robin'}"
     if _is_legacy(study):
         head += " (made before balanced designs; later raters keep its dealing)"

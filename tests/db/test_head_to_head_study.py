@@ -14,7 +14,7 @@ from db.errors import InputError
 from db.importers import import_generated
 from db.models import Assignment, GeneratedImage, Model, Rater, Side, StudyItem
 from db.raters import add_rater
-from db.studies import create_study, parse_study_config, served_pairs, served_side
+from db.studies import check_study, create_study, parse_study_config, served_pairs, served_side
 from db.workspace import Workspace
 
 from .conftest import write_generated
@@ -82,6 +82,8 @@ def test_head_to_head_study_is_balanced_per_rater_and_serves_both_models(h2h_wor
                 assert {left.sha256, right.sha256} == {it.generated_sha256, it.second_sha256}
                 assert it.sha256_on(it.generated_side) == it.generated_sha256
         assert set(reads.values()) == {2}
+        report = check_study(s, "h2h")
+        assert "balanced: yes" in report and "NOT BALANCED" not in report and "as stored, 4 rater(s)" in report
         pairs_served, _ = served_pairs(s, "h2h")
         model_images = {it.generated_sha256 for it in items} | {it.second_sha256 for it in items}
         assert len(pairs_served) == 18 * 2
