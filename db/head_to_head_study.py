@@ -55,7 +55,7 @@ def create_head_to_head(
     session: Session, store: MediaStore, cfg: StudyConfig, config_text: str, *, source: str
 ) -> StudySummary:
     """Build a head-to-head study from its parsed config (``cases_per_model`` = cases per model pair)."""
-    from db.studies import StudySummary, prerender_study  # db.studies dispatches here: import lazily
+    from db.studies import StudySummary, _public_id, prerender_study  # db.studies dispatches here: lazily
 
     if cfg.attention_fraction or cfg.repeat_fraction:
         raise InputError("head-to-head studies do not make attention or repeat items yet; set "
@@ -119,7 +119,7 @@ def create_head_to_head(
             items.append(
                 StudyItem(
                     study_id=study.id,
-                    public_id="".join(id_rng.choice("abcdefghijkmnpqrstuvwxyz23456789") for _ in range(16)),
+                    public_id=_public_id(id_rng),
                     kind=ItemKind.NORMAL,
                     case_id=case.id,
                     model_id=models[first].id,
