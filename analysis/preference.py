@@ -482,3 +482,31 @@ def head_to_head_report_parts(
         }
         parts.append((f"Head-to-head: which image is {title}? (Bradley-Terry)", section))
     return parts
+
+
+def ranking_vs_metrics(
+    bt_table: pd.DataFrame, metrics: pd.DataFrame, higher_is_better: dict[str, bool]
+) -> pd.DataFrame:
+    """The BT ranking next to the automated metrics' rankings.
+
+    ``bt_table``: :meth:`BTBootstrap.table` (columns model, theta); ``metrics``: one row per model, a
+    ``model`` column and one column per metric named in ``higher_is_better`` (e.g. ``{"fd": False,
+    "clip_score": True}``). Returns one row per model (BT rank, then each metric's value and rank, 1 = best)
+    and, in ``attrs["kendall_tau"]``, Kendall's tau-b between the BT order and each metric's order (scipy;
+    descriptive: with a handful of models it has almost no power)."""
+    from scipy import stats
+
+    missing = [c for c in ("model", *higher_is_better) if c not in metrics.columns]
+    if missing:
+        raise InputError(f"metrics table: missing column(s) {', '.join(missing)}")
+    frame = bt_table[["model", "theta"]].merge(metrics, on="model", how="inner")
+    if len(frame) < 2:
+        raise InputError("metrics table: fewer than two models in common with the preference analysis")
+    frame["rank_bt"] = frame["theta"].rank(ascending=False, method="min").astype(int)
+    taus: dict[str, float] = {}
+    for metric, higher in higher_is_better.items():
+        frame[f"rank_{metric}"] = frame[metric].rank(ascending=not higher, method="min").astype(int)
+        taus[metric] = float(stats.kendalltau(frame["rank_bt"], frame[f"rank_{metric}"]).statistic)
+    frame = frame.sort_values("rank_bt", ignore_index=True)
+    frame.attrs["kendall_tau"] = taus
+    return frame

@@ -185,3 +185,21 @@ def test_report_parts_from_an_exported_ratings_table() -> None:
     tables = parts[0][1]["tables"]
     assert list(tables["prefer_realism/bradley_terry"]["model"]) == list(MODELS[::-1])
     assert head_to_head_report_parts(normal.drop(columns="model_left")) == []
+
+
+def test_ranking_next_to_metrics_uses_each_metrics_direction() -> None:
+    from scipy import stats
+
+    from analysis.preference import ranking_vs_metrics
+
+    bt = pd.DataFrame({"model": ["a", "b", "c"], "theta": [0.5, 0.0, -0.5]})
+    metrics = pd.DataFrame({"model": ["c", "b", "a"], "fd": [30.0, 20.0, 10.0], "clip": [0.2, 0.4, 0.3]})
+    table = ranking_vs_metrics(bt, metrics, {"fd": False, "clip": True})
+    assert list(table["model"]) == ["a", "b", "c"]
+    assert list(table["rank_fd"]) == [1, 2, 3]  # lower FD is better: same order as BT
+    assert list(table["rank_clip"]) == [2, 1, 3]
+    assert table.attrs["kendall_tau"]["fd"] == pytest.approx(1.0)
+    expected = stats.kendalltau([1, 2, 3], [2, 1, 3]).statistic
+    assert table.attrs["kendall_tau"]["clip"] == pytest.approx(expected)
+    with pytest.raises(InputError, match="missing column"):
+        ranking_vs_metrics(bt, metrics.drop(columns="fd"), {"fd": False})
