@@ -123,6 +123,11 @@ def test_exports_carry_both_models_and_the_chosen_side(h2h_workspace: Workspace)
                 by_sha = {item.generated_sha256: names[item.model_id], item.second_sha256: names[item.second_model_id]}
                 left, right = by_sha[pair.left_sha256], by_sha[pair.right_sha256]
             shown[pair.item_public_id] = (left, right)
+            if step == 0:  # the real-vs-generated questions are refused for a head-to-head pair
+                default = {"realism_left": 4, "realism_right": 2, "accuracy_left": 3, "accuracy_right": 3,
+                           "which_generated": "right", "confidence": 4}  # fmt: skip
+                with pytest.raises(InputError, match="head-to-head study"):
+                    submit_rating(ws.database, rater_id, pair.item_public_id, str(uuid.uuid4()), default)
             choice = "tie" if step % 4 == 3 else ("left" if (left == "blur") ^ (step % 3 == 0) else "right")
             answers = {"prefer_realism": choice, "prefer_prompt": "left", "realism_left": 3}
             submit_rating(ws.database, rater_id, pair.item_public_id, str(uuid.uuid4()), answers,
