@@ -480,6 +480,10 @@ def compute_report(
     step("MRMC")
     if config.include_mrmc:
         sections.append(_mrmc_section(ratings, config.confidence_level))
+    from analysis.preference import head_to_head_report_parts  # head-to-head studies (issue 18)
+
+    for title, parts in head_to_head_report_parts(ratings, config.n_resamples, config.seed, config.confidence_level):
+        sections.append(ReportSection(title, parts["tables"], parts["figures"], parts["notes"]))
     sections.extend(extra_sections)
     labels = rater_label_map(ratings, config.rater_labels)
     for section in sections:

@@ -33,6 +33,8 @@ RATING_COLUMNS = [
     "accuracy_generated", "accuracy_real", "which_generated", "confidence", "correct", "cannot_assess",
     "cannot_assess_reason", "comment", "response_ms_server", "response_ms_client", "client_submitted_at",
     "server_received_at",
+    # head-to-head items only (db.head_to_head): both models by side, the second image, the chosen sides
+    "model_left", "model_right", "second_model", "second_image", "prefer_realism", "prefer_prompt",
 ]  # fmt: skip
 
 
@@ -57,6 +59,7 @@ def ratings_frame(session: Session, study_name: str) -> pd.DataFrame:
         i.id: i.public_id
         for i in session.scalars(select(StudyItem).where(StudyItem.study_id == study.id, StudyItem.kind == "normal"))
     }
+    model_names = dict(session.execute(select(Model.id, Model.name)).tuples().all())
     records = []
     for rating, assignment, item, rater, case, model in rows:
         a = rating.answers
@@ -100,6 +103,7 @@ def ratings_frame(session: Session, study_name: str) -> pd.DataFrame:
                 "response_ms_client": rating.response_ms_client,
                 "client_submitted_at": rating.client_submitted_at,
                 "server_received_at": _iso(rating.server_received_at),
+                **_head_to_head_columns(item, model.name, model_names, a),
             }
         )
     frame = pd.DataFrame.from_records(records, columns=RATING_COLUMNS)
@@ -111,6 +115,24 @@ def ratings_frame(session: Session, study_name: str) -> pd.DataFrame:
     for col in ("years", "response_ms_server", "response_ms_client"):
         frame[col] = frame[col].astype("float64")
     return frame
+
+
+def _head_to_head_columns(
+    item: StudyItem, model: str, names: dict[int, str], answers: dict[str, object]
+) -> dict[str, object]:
+    """The head-to-head columns of a rating (None for real-vs-generated items)."""
+    if item.second_model_id is None:
+        return {}
+    second = names[item.second_model_id]
+    first_left = item.generated_side.value == "left"
+    return {
+        "model_left": model if first_left else second,
+        "model_right": second if first_left else model,
+        "second_model": second,
+        "second_image": item.second_sha256,
+        "prefer_realism": answers.get("prefer_realism"),
+        "prefer_prompt": answers.get("prefer_prompt"),
+    }
 
 
 def items_frame(session: Session, study: Study) -> pd.DataFrame:

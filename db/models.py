@@ -205,15 +205,23 @@ class StudyItem(Base):
     generated_side: Mapped[Side] = mapped_column(_enum(Side))
     repeat_of_id: Mapped[int | None] = mapped_column(ForeignKey("study_items.id"))
     domain: Mapped[Domain] = mapped_column(_enum(Domain))
+    #: head-to-head items (db.head_to_head): the second model's image of the same case, shown on the side
+    #: opposite ``generated_side``; ``real_sha256`` is then the optional reference. None for other studies.
+    second_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    second_generated_image_id: Mapped[int | None] = mapped_column(ForeignKey("generated_images.id"))
+    second_sha256: Mapped[str | None] = mapped_column(ForeignKey("images.sha256"))
 
     study: Mapped[Study] = relationship(back_populates="items")
     case: Mapped[Case] = relationship()
-    model: Mapped[Model] = relationship()
+    model: Mapped[Model] = relationship(foreign_keys=[model_id])
+    second_model: Mapped[Model | None] = relationship(foreign_keys=[second_model_id])
     repeat_of: Mapped[StudyItem | None] = relationship(remote_side=[id])
 
     def sha256_on(self, side: Side) -> str:
         """The media hash of the image shown on ``side``."""
-        return self.generated_sha256 if side == self.generated_side else self.real_sha256
+        if side == self.generated_side:
+            return self.generated_sha256
+        return self.second_sha256 if self.second_sha256 is not None else self.real_sha256
 
 
 class Rater(Base):

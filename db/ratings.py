@@ -91,6 +91,17 @@ def _existing(session: Session, submission_id: str) -> Rating | None:
     return session.scalar(select(Rating).where(Rating.submission_id == submission_id))
 
 
+def _check_question_set(session: Session, item_id: int, questions: QuestionSet) -> None:
+    """Refuse answers to the other kind of study's questions (a head-to-head item answered with the
+    real-vs-generated set, or the reverse), so no rating is stored under the wrong questions."""
+    from db.head_to_head import HEAD_TO_HEAD_QUESTIONS
+
+    head_to_head = session.scalar(select(StudyItem.second_model_id).where(StudyItem.id == item_id)) is not None
+    if head_to_head != (questions.keys() == HEAD_TO_HEAD_QUESTIONS.keys()):
+        kind = "head-to-head" if head_to_head else "real-vs-generated"
+        raise InputError(f"this pair belongs to a {kind} study and needs that study's questions")
+
+
 def submit_rating(
     database: Database,
     rater_id: int,
@@ -129,6 +140,7 @@ def submit_rating(
             )
             if assignment is None:
                 raise AccessDenied("this pair is not assigned to you")
+            _check_question_set(session, assignment.item_id, questions)
             rated = session.scalar(select(Rating).where(Rating.assignment_id == assignment.id))
             if rated is not None:
                 return SubmitResult(SubmitStatus.ALREADY_RATED, rated.id)

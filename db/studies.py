@@ -124,6 +124,8 @@ class StudyConfig:
     cases: list[str] = field(default_factory=list)
     split: str = ""
     copies: str = "exclude"
+    kind: str = "real-vs-generated"  #: or "head-to-head" (db.head_to_head: two models' images of one case)
+    reference: bool = False  #: head-to-head: show the real image above the pair
 
     @property
     def slots(self) -> int:
@@ -212,6 +214,12 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
     copies = raw.get("copies", "exclude")
     if copies not in ("exclude", "keep"):
         raise InputError("'copies' must be 'exclude' or 'keep'", path=source)
+    kind = raw.get("kind", "real-vs-generated")
+    if kind not in ("real-vs-generated", "head-to-head"):
+        raise InputError("'kind' must be real-vs-generated or head-to-head", path=source)
+    reference = raw.get("reference", False)
+    if not isinstance(reference, bool):
+        raise InputError("'reference' must be true or false", path=source)
     return StudyConfig(
         name=name,
         seed=seed,
@@ -230,6 +238,8 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
         cases=list(cases),
         split=split,
         copies=copies,
+        kind=kind,
+        reference=reference,
     )
 
 
@@ -337,6 +347,10 @@ def create_study(
     """Build a study's items from its config and render every copy it will serve (raters and their
     assignments come with ``add_rater``). Refuses a design that cannot be balanced, naming the numbers."""
     cfg = parse_study_config(config_text, source=source)
+    if cfg.kind == "head-to-head":
+        from db.head_to_head_study import create_head_to_head
+
+        return create_head_to_head(session, store, cfg, config_text, source=source)
     if session.scalar(select(Study).where(Study.name == cfg.name)) is not None:
         raise ConflictError(f"study {cfg.name!r} already exists")
     datasets = []
@@ -699,6 +713,10 @@ def check_study(session: Session, name: str) -> str:
     """The design audit of a stored study (planned slots, and the raters' stored assignments)."""
     study = get_study(session, name)
     cfg = study_config(study)
+    if cfg.kind == "head-to-head":
+        from db.head_to_head_study import check_head_to_head
+
+        return check_head_to_head(session, study, cfg)
     head = f"study {study.name!r}: design {cfg.design if not _is_legacy(study) else 'legacy round-robin'}"
     if _is_legacy(study):
         head += " (made before balanced designs; later raters keep its dealing)"
@@ -712,16 +730,19 @@ def prerender_study(session: Session, store: MediaStore, study: Study) -> int:
     rendered now (copies already kept are left as they are)."""
     cfg = study_config(study)
     rows = session.execute(
-        select(StudyItem.real_sha256, StudyItem.generated_sha256, StudyItem.domain, ImageBlob.mode)
+        select(
+            StudyItem.real_sha256, StudyItem.generated_sha256, StudyItem.domain, ImageBlob.mode,
+            StudyItem.second_sha256,
+        )
         .join(ImageBlob, ImageBlob.sha256 == StudyItem.real_sha256)
         .where(StudyItem.study_id == study.id)
-    ).all()
+    ).all()  # fmt: skip
     fit = cfg.display.fit
     rendered = 0
-    for real, generated, domain, mode in rows:
+    for real, generated, domain, mode, second in rows:
         grey = pair_is_grey(domain.value, mode)
         for size in (cfg.display.size, zoom_size(cfg.display.size)):
-            for sha in (real, generated):
+            for sha in (real, generated) if second is None else (real, generated, second):
                 rendered += store.render_served(
                     sha, size=size, fit=fit, grey=grey, window=cfg.display.window  # type: ignore[arg-type]
                 )
@@ -772,6 +793,7 @@ def served_side(session: Session, rater_id: int, position: int, side: Side) -> S
             ImageBlob.mode,
             Study.id,
             Study.config_text,
+            StudyItem.second_sha256,
         )
         .select_from(Assignment)
         .join(StudyItem, Assignment.item_id == StudyItem.id)
@@ -782,8 +804,8 @@ def served_side(session: Session, rater_id: int, position: int, side: Side) -> S
     ).first()
     if row is None:
         return None
-    real, generated, generated_side, domain, mode, study_id, config_text = row
-    sha = generated if side == generated_side else real
+    real, generated, generated_side, domain, mode, study_id, config_text, second = row
+    sha = generated if side == generated_side else (real if second is None else second)
     return ServedSide(sha, pair_is_grey(domain.value, mode), study_id, config_text)
 
 
@@ -833,6 +855,7 @@ def served_pairs(session: Session, name: str) -> tuple[list[ServedPair], Display
             StudyItem.generated_side,
             StudyItem.domain,
             ImageBlob.mode,
+            StudyItem.second_sha256,
         )
         .join(StudyItem, Assignment.item_id == StudyItem.id)
         .join(ImageBlob, ImageBlob.sha256 == StudyItem.real_sha256)
@@ -841,7 +864,8 @@ def served_pairs(session: Session, name: str) -> tuple[list[ServedPair], Display
         .order_by(Assignment.rater_id, Assignment.position)
     ).all()
     pairs = []
-    for rater_id, position, real, generated, generated_side, domain, mode in rows:
+    for rater_id, position, real, generated, generated_side, domain, mode, second in rows:
+        real = real if second is None else second  # head-to-head: the second model's image, not the reference
         real_left = generated_side == Side.RIGHT
         left, right = (real, generated) if real_left else (generated, real)
         pairs.append(ServedPair(rater_id, position, left, right, real_left, pair_is_grey(domain.value, mode)))
@@ -869,7 +893,12 @@ def assign_rater(session: Session, study: Study, rater: Rater) -> int:
         or 0
     )
     slot = peers % cfg.slots
-    ordered = items_for_slot(study, items, slot, cfg, routing_key)
+    if cfg.kind == "head-to-head":
+        from db.head_to_head_study import h2h_items_for_slot
+
+        ordered = h2h_items_for_slot(session, study, items, slot, cfg)
+    else:
+        ordered = items_for_slot(study, items, slot, cfg, routing_key)
     session.add_all(Assignment(rater_id=rater.id, item_id=it.id, position=n) for n, it in enumerate(ordered))
     return len(ordered)
 

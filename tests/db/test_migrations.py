@@ -63,3 +63,23 @@ def test_database_at_an_older_revision_is_upgraded_on_open(db_url: str) -> None:
         assert MigrationContext.configure(conn).get_current_revision() == head_revision()
     assert {"owner", "heartbeat_at"} <= {c["name"] for c in inspect(database.engine).get_columns("jobs")}
     database.dispose()
+
+
+def test_head_to_head_columns_downgrade_and_upgrade(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+
+    url = f"sqlite:///{tmp_path / 'h2h.sqlite3'}"
+    open_database(url).dispose()
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, "-1")  # one step: the head-to-head migration is the newest
+    assert "second_sha256" not in {c["name"] for c in inspect(engine).get_columns("study_items")}
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
+    assert "second_sha256" in {c["name"] for c in inspect(engine).get_columns("study_items")}
+    engine.dispose()

@@ -1,7 +1,7 @@
 """memorization audits: runs per (model, training dataset) and each generated image's nearest training image
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-29 11:00:00
 """
 
