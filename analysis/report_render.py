@@ -336,10 +336,13 @@ def save_figure(figure: Figure | bytes, directory: Path, stem: str) -> dict[str,
         paths["png"].write_bytes(figure)
         return paths
     with matplotlib.rc_context(FONT):
+        # A tight box keeps long titles and labels inside (clipped ROC titles otherwise); computed once, not per
+        # format (each "tight" save draws the figure twice).
+        canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+        bbox = figure.get_tightbbox(canvas.get_renderer()).padded(0.05)
         for kind in FIGURE_FORMATS:
             paths[kind] = directory / f"{stem}.{kind}"
-            # bbox "tight" keeps long titles and labels inside (clipped ROC titles otherwise).
-            figure.savefig(paths[kind], format=kind, dpi=DPI, bbox_inches="tight", metadata=_metadata(kind))
+            figure.savefig(paths[kind], format=kind, dpi=DPI, bbox_inches=bbox, metadata=_metadata(kind))
     return paths
 
 
