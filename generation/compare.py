@@ -40,6 +40,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from analysis.features import load_extractor, parse_extractor_spec
 from db.errors import InputError
 from db.stages import find_stage, record_stage
 
@@ -147,8 +148,8 @@ class CompareConfig:
         return {**self.generation, **contender.generation}
 
 
-def _fail(source: str, message: str) -> ValueError:
-    return ValueError(f"{source}: {message}")
+def _fail(source: str, message: str) -> InputError:
+    return InputError(f"{source}: {message}")
 
 
 def _table(raw: Any, where: str, allowed: Sequence[str], source: str) -> dict[str, Any]:
@@ -283,7 +284,11 @@ def parse_compare_config(text: str, *, source: str = "compare config") -> Compar
         metrics_raw["metrics"] = tuple(names)
     for key in ("extractor", "alignment"):
         if key in metrics_raw:
-            parse_extractor_spec(_typed(metrics_raw, key, str, "metrics", source), source)
+            spec = _typed(metrics_raw, key, str, "metrics", source)
+            try:
+                parse_extractor_spec(spec)
+            except InputError as exc:
+                raise _fail(source, f"metrics.{key}: {exc}") from None
     for key in ("n_boot", "seed"):
         if key in metrics_raw and _typed(metrics_raw, key, int, "metrics", source) < 0:
             raise _fail(source, f"metrics.{key} must not be negative")
@@ -350,56 +355,7 @@ def parse_compare_config(text: str, *, source: str = "compare config") -> Compar
 
 
 # ---------------------------------------------------------------------------------------------- extractors
-
-ExtractorKind = Literal["tiny-dinov2", "tiny-clip", "inception", "dinov2", "clip"]
-
-
-def parse_extractor_spec(spec: str, source: str = "metrics") -> tuple[ExtractorKind, str | None]:
-    """``tiny-dinov2``, ``tiny-clip``, ``inception[:WEIGHTS.pth]``, ``dinov2:HUB_ID_OR_FOLDER``, ``clip:...``.
-
-    Raises
-    ------
-    ValueError
-        For an unknown kind or a ``dinov2``/``clip`` without a model.
-    """
-    kind, _, arg = spec.partition(":")
-    if kind in ("tiny-dinov2", "tiny-clip") and not arg:
-        return kind, None  # type: ignore[return-value]
-    if kind == "inception":
-        return "inception", arg or None
-    if kind in ("dinov2", "clip"):
-        if not arg:
-            raise _fail(source, f"extractor {spec!r} needs a model: {kind}:HUB_ID_OR_FOLDER")
-        return kind, arg  # type: ignore[return-value]
-    raise _fail(
-        source,
-        f"unknown extractor {spec!r}; use tiny-dinov2, tiny-clip (tests only), inception[:WEIGHTS], "
-        "dinov2:HUB_ID_OR_FOLDER or clip:HUB_ID_OR_FOLDER",
-    )
-
-
-def load_extractor(spec: str) -> Any:
-    """The feature extractor named by ``spec`` (see :func:`parse_extractor_spec`)."""
-    kind, arg = parse_extractor_spec(spec)
-    if kind == "tiny-dinov2":
-        from analysis.features.tiny import tiny_dinov2
-
-        return tiny_dinov2()
-    if kind == "tiny-clip":
-        from analysis.features.tiny import tiny_clip
-
-        return tiny_clip()
-    if kind == "inception":
-        from analysis.features import InceptionFeatureExtractor
-
-        return InceptionFeatureExtractor.from_pretrained(arg)
-    if kind == "dinov2":
-        from analysis.features import DINOv2Extractor
-
-        return DINOv2Extractor.from_pretrained(arg)  # type: ignore[arg-type]
-    from analysis.features import CLIPExtractor
-
-    return CLIPExtractor.from_pretrained(arg)  # type: ignore[arg-type]
+# Feature extractors come from the one registry, analysis.features.load_extractor / parse_extractor_spec.
 
 
 # ---------------------------------------------------------------------------------------------- manifest

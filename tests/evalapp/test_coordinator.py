@@ -296,7 +296,7 @@ def test_report_download_belongs_to_the_selected_study(app_env: AppEnv, app: App
         names.append(name)
     if ("/coordinator", "coord_report") not in app.endpoints:
         pytest.skip("this installation has no analysis report")
-    worker = app_env.ctx.extra["worker"]
+    worker = app_env.ctx.jobs()
     for name in names:
         message = call(app, coordinator, "coord_report", [name])[0]
         job = worker.wait(int(re.findall(r"job (\d+)", message)[0]), timeout=300)
@@ -305,11 +305,11 @@ def test_report_download_belongs_to_the_selected_study(app_env: AppEnv, app: App
     for name in names:
         files = call(app, coordinator, "coord_report_file", [name])[0]
         paths = [f["path"] for f in files]
-        assert len(paths) == 2 and paths[0].endswith(".html") and paths[1].endswith("-tables.zip"), paths
+        assert len(paths) == 2 and paths[0].endswith(".html") and paths[1].endswith(".zip"), paths
         page = coordinator.client.get(f"/coordinator/gradio_api/file={paths[0]}")
         assert page.status_code == 200 and name in page.text
         other = names[1 - names.index(name)]
-        assert f"MedSynth report: {other}" not in page.text
+        assert f"report: {other}" not in page.text
         tables = coordinator.client.get(f"/coordinator/gradio_api/file={paths[1]}")
         with zipfile.ZipFile(io.BytesIO(tables.content)) as zf:
             assert any(n.startswith("tables/") and n.endswith(".csv") for n in zf.namelist())
