@@ -19,10 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.designs import DESIGN_VERSION, seeded_rng
-from db.errors import ConflictError, InputError, NotFoundError
+from db.errors import InputError
 from db.head_to_head import HeadToHeadPlan, PairItem, allot_cases, model_pairs, plan_head_to_head
 from db.media import MediaStore
-from db.models import Case, Dataset, GeneratedImage, ItemKind, Model, Side, Study, StudyItem
+from db.models import Case, GeneratedImage, ItemKind, Model, Side, Study, StudyItem
 
 if TYPE_CHECKING:
     from db.studies import StudyConfig, StudySummary
@@ -55,7 +55,7 @@ def create_head_to_head(
     session: Session, store: MediaStore, cfg: StudyConfig, config_text: str, *, source: str
 ) -> StudySummary:
     """Build a head-to-head study from its parsed config (``cases_per_model`` = cases per model pair)."""
-    from db.studies import StudySummary, _public_id, prerender_study  # db.studies dispatches here: lazily
+    from db.studies import StudySummary, _public_id, prerender_study, study_inputs  # lazily: db.studies calls us
 
     if cfg.attention_fraction or cfg.repeat_fraction:
         raise InputError("head-to-head studies do not make attention or repeat items yet; set "
@@ -65,21 +65,9 @@ def create_head_to_head(
                          path=source)  # fmt: skip
     if cfg.design != "balanced":
         raise InputError("head-to-head studies have their own design; leave 'design' at \"balanced\"", path=source)
-    if session.scalar(select(Study).where(Study.name == cfg.name)) is not None:
-        raise ConflictError(f"study {cfg.name!r} already exists")
-    datasets = []
-    for name in cfg.datasets:
-        ds = session.scalar(select(Dataset).where(Dataset.name == name))
-        if ds is None:
-            raise NotFoundError(f"study config names dataset {name!r}, which is not imported")
-        datasets.append(ds)
+    datasets, found = study_inputs(session, cfg)
     domains = {d.id: d.domain for d in datasets}
-    models: dict[str, Model] = {}
-    for name in cfg.models:
-        m = session.scalar(select(Model).where(Model.name == name))
-        if m is None:
-            raise NotFoundError(f"study config names model {name!r}, which is not registered")
-        models[name] = m
+    models: dict[str, Model] = {m.name: m for m in found}
     pairs = model_pairs(cfg.models)
 
     images: dict[str, dict[str, tuple[Case, GeneratedImage]]] = {}  # model -> case key -> (case, first image)

@@ -341,6 +341,25 @@ def _draw_cases(
     return [[pool[ids[r]] for r in order] for pool, ids in zip(pools, chosen, strict=True)]
 
 
+def study_inputs(session: Session, cfg: StudyConfig) -> tuple[list[Dataset], list[Model]]:
+    """The config's datasets and models, in its order; refuses a taken study name or an unknown name."""
+    if session.scalar(select(Study).where(Study.name == cfg.name)) is not None:
+        raise ConflictError(f"study {cfg.name!r} already exists")
+    datasets = []
+    for name in cfg.datasets:
+        ds = session.scalar(select(Dataset).where(Dataset.name == name))
+        if ds is None:
+            raise NotFoundError(f"study config names dataset {name!r}, which is not imported")
+        datasets.append(ds)
+    models = []
+    for name in cfg.models:
+        m = session.scalar(select(Model).where(Model.name == name))
+        if m is None:
+            raise NotFoundError(f"study config names model {name!r}, which is not registered")
+        models.append(m)
+    return datasets, models
+
+
 def create_study(
     session: Session, store: MediaStore, config_text: str, *, source: str = "study config"
 ) -> StudySummary:
@@ -351,22 +370,9 @@ def create_study(
         from db.head_to_head_study import create_head_to_head
 
         return create_head_to_head(session, store, cfg, config_text, source=source)
-    if session.scalar(select(Study).where(Study.name == cfg.name)) is not None:
-        raise ConflictError(f"study {cfg.name!r} already exists")
-    datasets = []
-    for name in cfg.datasets:
-        ds = session.scalar(select(Dataset).where(Dataset.name == name))
-        if ds is None:
-            raise NotFoundError(f"study config names dataset {name!r}, which is not imported")
-        datasets.append(ds)
+    datasets, models = study_inputs(session, cfg)
     dataset_ids = [d.id for d in datasets]
     domains = {d.id: d.domain for d in datasets}
-    models: list[Model] = []
-    for name in cfg.models:
-        m = session.scalar(select(Model).where(Model.name == name))
-        if m is None:
-            raise NotFoundError(f"study config names model {name!r}, which is not registered")
-        models.append(m)
     kind = DesignKind(cfg.design)
     own = needs_own_cases(kind, len(models), effective_k(kind, cfg.raters_per_item, cfg.slots), cfg.slots)
 
