@@ -1,4 +1,4 @@
-"""LoRA fine-tuning (peft) of FLUX and Stable Diffusion (1/2/XL, MSDM) pipelines.
+"""LoRA fine-tuning (peft) of FLUX, Stable Diffusion (1/2/XL, MSDM) and Kandinsky 2.2/3 pipelines.
 
 ``python app.py train lora --dataset NAME --base HUB_ID_OR_FOLDER --out DIR`` calls :func:`train_lora`.
 The adapter goes on the denoiser (the UNet or the FLUX transformer) and optionally on the CLIP/T5 text
@@ -10,11 +10,16 @@ family          denoiser                     objective
 flux            ``transformer`` (packed)     rectified flow: ``x_t = (1-s) x0 + s n``, target ``n - x0``
 sd (1/2, MSDM)  ``unet``                     epsilon or v prediction (``scheduler.prediction_type``)
 sdxl            ``unet`` (+ pooled, time)    epsilon or v prediction
+kandinsky22     ``unet`` (decoder)           epsilon, conditioned on the target image's CLIP image embedding
+kandinsky3      ``unet`` (Kandinsky3UNet)    epsilon, conditioned on T5 token embeddings and their mask
 ==============  ===========================  ==================================================
 
-Kandinsky 2.2 and 3 are refused with a message: in diffusers 0.42 their UNets take no peft adapters
-(``Kandinsky3UNet`` has neither ``add_adapter`` nor ``load_lora_adapter``) and the 2.2 pipelines have no
-``load_lora_weights``, so an adapter could be neither trained nor loaded by ``models add --lora``.
+Kandinsky's UNets have no diffusers adapter mixin (``Kandinsky3UNet``) or loader (the 2.2 pipelines), so
+their LoRA is injected by module name with peft (``inject_adapter_in_model``) and saved by
+:func:`generation.lora.save_peft_lora` with its rank, alpha and module names; ``models add --lora`` puts
+it back with ``set_peft_model_state_dict``. Kandinsky 2.2 is trained as diffusers'
+``train_text_to_image_lora_decoder.py`` does: the decoder learns to rebuild an image from that image's
+CLIP embedding; at generation time the (unchanged) prior maps the prompt to such an embedding.
 
 Training runs through accelerate (``accelerate launch app.py train lora ...`` for several GPUs: each
 process draws its own batches, gradients are averaged). Every batch, noise and timestep draw of step
@@ -44,7 +49,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from db.errors import DependencyError, InputError
-from generation.lora import LORA_WEIGHT_NAME
+from generation.lora import LORA_WEIGHT_NAME, save_peft_lora
 from generation.msdm.pipeline import model_kind_for
 
 if TYPE_CHECKING:
@@ -56,7 +61,7 @@ MixedPrecision = Literal["no", "bf16", "fp16"]
 Optimizer = Literal["adamw", "adamw8bit"]
 PredictionType = Literal["auto", "epsilon", "v_prediction"]
 WeightingScheme = Literal["none", "logit_normal", "mode", "sigma_sqrt", "cosmap"]
-TrainerKind = Literal["flux", "sd", "sdxl"]
+TrainerKind = Literal["flux", "sd", "sdxl", "kandinsky22", "kandinsky3"]
 ImageLike = Image.Image | str | Path
 Example = tuple[ImageLike, str]
 
@@ -71,6 +76,9 @@ PIPELINE_TRAINERS: dict[str, TrainerKind] = {
     "FluxPipeline": "flux",
     "StableDiffusionPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
+    "KandinskyV22CombinedPipeline": "kandinsky22",
+    "KandinskyV22Pipeline": "kandinsky22",
+    "Kandinsky3Pipeline": "kandinsky3",
 }
 
 #: Default LoRA target modules of each denoiser (attention projections; FLUX also its context stream).
@@ -78,12 +86,17 @@ DENOISER_TARGETS: dict[TrainerKind, tuple[str, ...]] = {
     "flux": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
     "sd": ("to_q", "to_k", "to_v", "to_out.0"),
     "sdxl": ("to_q", "to_k", "to_v", "to_out.0"),
+    # the 2.2 decoder's SimpleCrossAttn blocks project the image-embedding tokens with add_k/add_v
+    "kandinsky22": ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"),
+    "kandinsky3": ("to_q", "to_k", "to_v", "to_out.0"),
 }
 #: Text encoders that take a LoRA with ``train_text_encoder`` (the diffusers training scripts' choice).
 TEXT_ENCODERS: dict[TrainerKind, tuple[str, ...]] = {
     "flux": ("text_encoder",),
     "sd": ("text_encoder",),
     "sdxl": ("text_encoder", "text_encoder_2"),
+    "kandinsky22": (),  # the decoder sees no text: its condition is a CLIP image embedding
+    "kandinsky3": (),
 }
 CLIP_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -335,29 +348,17 @@ def step_generator(seed: int, step: int, process: int, purpose: str = "train") -
 # ---------------------------------------------------------------------------------------------- families
 
 
-def _diffusers_version() -> str:
-    import diffusers
-
-    return str(diffusers.__version__)
-
-
 def trainer_kind(pipe: Any) -> TrainerKind:
     """The trainer kind of a loaded pipeline (its class name).
 
     Raises
     ------
     ValueError
-        For Kandinsky 2.2/3 (no peft adapters on their UNets in diffusers) and any other unsupported pipeline.
+        For an unsupported pipeline (e.g. PixArt), naming the supported ones.
     """
     name = type(pipe).__name__
     if name in PIPELINE_TRAINERS:
         return PIPELINE_TRAINERS[name]
-    if name.startswith("Kandinsky"):
-        raise InputError(
-            f"{name}: diffusers {_diffusers_version()} cannot put a LoRA on Kandinsky 2.2/3 (their UNets take no "
-            "peft adapters and Kandinsky 2.2 pipelines have no load_lora_weights), so an adapter could neither "
-            "be trained here nor loaded by 'models add --lora'; fine-tune it fully or compare it as a registered model"
-        )
     raise InputError(f"train lora does not support {name}; supported pipelines: {', '.join(sorted(PIPELINE_TRAINERS))}")
 
 
@@ -375,10 +376,18 @@ def _in_fp32(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 class Family:
-    """How one family encodes text and images and what its denoiser is trained to predict."""
+    """How one family encodes text and images and what its denoiser is trained to predict.
+
+    ``image_conditioned`` families (Kandinsky 2.2's decoder) are conditioned on an embedding of the
+    training image itself (:meth:`encode_condition_images`), not on its caption. ``peft_inject``
+    families have no diffusers adapter mixin or LoRA loader: the LoRA is injected by module name with
+    peft and saved with :func:`generation.lora.save_peft_lora`.
+    """
 
     kind: TrainerKind
     denoiser_name: str
+    image_conditioned = False
+    peft_inject = False
 
     def __init__(self, pipe: Any, config: LoraTrainConfig) -> None:
         self.pipe = pipe
@@ -409,6 +418,10 @@ class Family:
 
     def encode_text(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         """Conditioning tensors of ``prompts`` (batch first)."""
+        raise NotImplementedError
+
+    def encode_condition_images(self, images: Sequence[ImageLike], device: torch.device) -> dict[str, torch.Tensor]:
+        """Conditioning tensors computed from the training images (``image_conditioned`` families)."""
         raise NotImplementedError
 
     def loss(
@@ -547,10 +560,80 @@ class FluxFamily(Family):
         return (weighting.float() * (pred.float() - (noise - x0).float()) ** 2).mean()
 
 
+class _MoVQMixin:
+    """Kandinsky 2.2 / 3 latents: the MoVQ encoder's output, unquantised and unscaled (the pipelines
+    decode ``movq.decode(latents, force_not_quantize=True)`` with no scaling factor)."""
+
+    pipe: Any
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.pipe.movq
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """MoVQ latents as ``(N, 2, C, h, w)`` with a zero std (the encoder is deterministic)."""
+        with _in_fp32(self.vae) as movq:
+            latents = movq.encode(pixels.to(device, torch.float32)).latents.float().cpu()
+        return torch.stack([latents, torch.zeros_like(latents)], dim=1)
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+class Kandinsky22Family(_MoVQMixin, _UNetFamily):
+    """Kandinsky 2.2 decoder: epsilon prediction conditioned on the CLIP image embedding of the target
+    image (``added_cond_kwargs={"image_embeds": ...}``), as diffusers' ``train_text_to_image_lora_decoder.py``;
+    the prior, which maps text to that embedding, stays as it is. The UNet's extra (learned-variance)
+    output channels are not trained."""
+
+    kind: TrainerKind = "kandinsky22"
+    image_conditioned = True
+    peft_inject = True
+
+    def __init__(self, pipe: Any, config: LoraTrainConfig) -> None:
+        for name in ("prior_image_encoder", "prior_image_processor", "movq"):
+            if getattr(pipe, name, None) is None:
+                raise InputError(
+                    f"{type(pipe).__name__} has no {name}: Kandinsky 2.2 LoRA training needs the combined "
+                    "(prior + decoder) pipeline, whose CLIP image encoder makes the decoder's condition"
+                )
+        super().__init__(pipe, config)
+
+    @torch.no_grad()
+    def encode_condition_images(self, images: Sequence[ImageLike], device: torch.device) -> dict[str, torch.Tensor]:
+        pil = [item if isinstance(item, Image.Image) else Image.open(item) for item in images]
+        pixels = self.pipe.prior_image_processor([im.convert("RGB") for im in pil], return_tensors="pt").pixel_values
+        encoder = self.pipe.prior_image_encoder
+        dtype = next(encoder.parameters()).dtype
+        return {"image_embeds": encoder(pixels.to(device, dtype)).image_embeds.float().cpu()}
+
+    def predict(self, model, noisy, t, cond):
+        added = {"image_embeds": cond["image_embeds"]}
+        return model(noisy, t, encoder_hidden_states=None, added_cond_kwargs=added).sample[:, : noisy.shape[1]]
+
+
+class Kandinsky3Family(_MoVQMixin, _UNetFamily):
+    """Kandinsky 3: epsilon prediction by ``Kandinsky3UNet`` on T5 token embeddings with their attention mask."""
+
+    kind: TrainerKind = "kandinsky3"
+    peft_inject = True
+
+    def encode_text(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        embeds, _, mask, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device)
+        return {"prompt_embeds": embeds, "attention_mask": mask}
+
+    def predict(self, model, noisy, t, cond):
+        return model(noisy, t, encoder_hidden_states=cond["prompt_embeds"],
+                     encoder_attention_mask=cond["attention_mask"]).sample  # fmt: skip
+
+
 FAMILIES: dict[TrainerKind, type[Family]] = {
     "flux": FluxFamily,
     "sd": SDFamily,
     "sdxl": SDXLFamily,
+    "kandinsky22": Kandinsky22Family,
+    "kandinsky3": Kandinsky3Family,
 }
 
 
@@ -718,8 +801,14 @@ def train_lora(
     alpha = config.alpha if config.alpha is not None else config.rank
     denoiser = family.denoiser
     targets = list(config.target_modules or DENOISER_TARGETS[kind])
-    denoiser.add_adapter(LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets))
+    lora_config = LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets)
+    if family.peft_inject:  # no adapter mixin on the model class: peft wraps the modules by name
+        inject_adapter_in_model(lora_config, denoiser, adapter_name="default")
+    else:
+        denoiser.add_adapter(lora_config)
     adapted: dict[str, torch.nn.Module] = {family.denoiser_name: denoiser}
+    if config.train_text_encoder and not TEXT_ENCODERS[kind]:
+        raise InputError(f"{type(pipe).__name__}: no text-encoder LoRA for {kind} (train_text_encoder must be off)")
     if config.train_text_encoder:
         for name in TEXT_ENCODERS[kind]:
             encoder = getattr(pipe, name, None)
@@ -750,10 +839,20 @@ def train_lora(
     def embed(indices: torch.Tensor) -> dict[str, torch.Tensor]:
         return family.encode_text([unique[i] for i in indices.tolist()], device)
 
+    if family.image_conditioned:  # one condition per example (its image), not per caption
+
+        def embed(indices: torch.Tensor) -> dict[str, torch.Tensor]:
+            return family.encode_condition_images([examples[i][0] for i in indices.tolist()], device)
+
+        caption_index = torch.arange(len(examples))
+        n_conditions = len(examples)
+    else:
+        n_conditions = len(unique)
+
     text_table: dict[str, torch.Tensor] | None = None
     if cache_text:
         with torch.no_grad():
-            chunks = [embed(torch.arange(i, min(i + 16, len(unique)))) for i in range(0, len(unique), 16)]
+            chunks = [embed(torch.arange(i, min(i + 16, n_conditions))) for i in range(0, n_conditions, 16)]
         text_table = {key: torch.cat([c[key] for c in chunks]).cpu() for key in chunks[0]}
     latent_table: torch.Tensor | None = None
     if config.cache_latents:
@@ -923,11 +1022,15 @@ def train_lora(
     adapter = out / LORA_WEIGHT_NAME
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        layers = {
-            f"{name}_lora_layers": get_peft_model_state_dict(accelerator.unwrap_model(module))
-            for name, module in models.items()
-        }
-        type(pipe).save_lora_weights(out, **layers)
+        if family.peft_inject:
+            unwrapped = accelerator.unwrap_model(model)
+            save_peft_lora(out, {family.denoiser_name: unwrapped}, {family.denoiser_name: lora_config})
+        else:
+            layers = {
+                f"{name}_lora_layers": get_peft_model_state_dict(accelerator.unwrap_model(module))
+                for name, module in models.items()
+            }
+            type(pipe).save_lora_weights(out, **layers)
     validate(config.steps)
     wall = earlier_s + time.perf_counter() - started
     result = LoraTrainResult(
