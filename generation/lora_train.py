@@ -27,7 +27,10 @@ process draws its own batches, gradients are averaged). Every batch, noise and t
 uninterrupted one. Checkpoints hold only the trainable (LoRA) weights, optimizer, schedule and EMA state.
 Memory options for one large GPU: bf16/fp16 mixed precision (frozen weights stored in that dtype, LoRA
 weights in fp32), gradient checkpointing, 8-bit AdamW (bitsandbytes, where installed), latents and text
-embeddings computed once and cached (the text encoders then leave the GPU).
+embeddings computed once and cached (the text encoders then leave the GPU). The caches are memory-mapped
+``.npy`` files under ``OUT/cache`` (``latents/``, ``cond/``; bf16 kept bit for bit), written chunk by chunk
+and reused by a resumed run while the base, resolution and data are unchanged, so neither FLUX's T5
+embeddings (~4 MiB a caption in bf16) nor the latents have to fit in RAM: only a step's rows are read.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -67,6 +71,10 @@ Example = tuple[ImageLike, str]
 
 TRAIN_META_FILE = "lora_train.json"
 CHECKPOINT_DIR = "checkpoints"
+CACHE_DIR = "cache"
+CACHE_META_FILE = "cache.json"
+#: Images or captions encoded per chunk while a cache is built.
+CACHE_CHUNK = 16
 VALIDATION_DIR = "validation"
 #: Samples (examples in order, cycled; fixed noise and times) of the before/after loss.
 EVAL_SAMPLES = 32
@@ -137,7 +145,7 @@ class LoraTrainConfig:
     optimizer
         ``adamw`` or ``adamw8bit`` (needs ``bitsandbytes``).
     cache_latents, cache_text_embeddings
-        Encode every image / caption once before training.
+        Encode every image / caption once before training, into memory-mapped files under ``out_dir/cache``.
     prediction_type
         UNet families: ``auto`` (the scheduler's), ``epsilon`` or ``v_prediction``.
     weighting_scheme, logit_mean, logit_std, mode_scale
@@ -343,6 +351,101 @@ def step_generator(seed: int, step: int, process: int, purpose: str = "train") -
     """The CPU generator of one step's draws (depends only on seed, step, process and purpose)."""
     digest = hashlib.sha256(f"medsynth-lora-v1|{seed}|{purpose}|{step}|{process}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+# ---------------------------------------------------------------------------------------------- disk caches
+
+#: torch dtypes numpy cannot hold, stored as same-width integers (bit for bit) and viewed back.
+_BIT_VIEWS = {torch.bfloat16: torch.int16}
+
+
+@dataclass(frozen=True)
+class MappedArray:
+    """One cached table: a read-only ``np.memmap`` and the torch dtype its rows come back as."""
+
+    array: np.memmap
+    dtype: torch.dtype
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """Rows ``indices`` read from disk into a tensor (only these rows are paged in)."""
+        chunk = torch.from_numpy(np.ascontiguousarray(self.array[indices.numpy()]))
+        return chunk.view(self.dtype) if self.dtype in _BIT_VIEWS else chunk
+
+
+def _data_identity(examples: Sequence[Example], captions: Sequence[str]) -> str:
+    """A digest of the training data: file path, size and mtime, or the pixels of in-memory images; captions."""
+    digest = hashlib.sha256()
+    for image, caption in zip((img for img, _ in examples), captions, strict=True):
+        if isinstance(image, Image.Image):
+            digest.update(f"{image.mode}|{image.size}|".encode())
+            digest.update(hashlib.sha256(image.tobytes()).digest())
+        else:
+            path = Path(image).expanduser().resolve()
+            stat = path.stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+        digest.update(caption.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _cache_key(base: str, kind: str, what: str, resolution: int, identity: str) -> str:
+    text = json.dumps([base, kind, what, resolution, identity, CACHE_CHUNK])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_cache(
+    folder: Path, key: str, n_rows: int, encode: Callable[[int, int], dict[str, torch.Tensor]], chunk: int = CACHE_CHUNK
+) -> bool:
+    """Write the tables ``encode(start, stop)`` returns, chunk by chunk, into memory-mapped ``.npy`` files.
+
+    A cache whose ``cache.json`` holds the same ``key`` is kept as it is (a resumed run reuses it). Files
+    are written as ``*.npy.partial`` and renamed when complete, and ``cache.json`` last, so an interrupted
+    build is redone. Returns whether anything was encoded.
+    """
+    meta_path = folder / CACHE_META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("key") == key and all((folder / f"{name}.npy").is_file() for name in meta.get("dtypes", {})):
+            return False
+        meta_path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    maps: dict[str, np.memmap] = {}
+    dtypes: dict[str, str] = {}
+    for start in range(0, n_rows, chunk):
+        stop = min(start + chunk, n_rows)
+        tables = encode(start, stop)
+        for name, value in tables.items():
+            value = value.detach().cpu()
+            if value.is_floating_point() and value.dtype not in (torch.float16, torch.bfloat16):
+                value = value.float()
+            if name not in maps:
+                dtypes[name] = str(value.dtype).removeprefix("torch.")
+                stored = _BIT_VIEWS.get(value.dtype, value.dtype)
+                np_dtype = torch.empty(0, dtype=stored).numpy().dtype
+                maps[name] = np.lib.format.open_memmap(
+                    folder / f"{name}.npy.partial", mode="w+", dtype=np_dtype, shape=(n_rows, *value.shape[1:])
+                )
+            if value.dtype in _BIT_VIEWS:
+                value = value.view(_BIT_VIEWS[value.dtype])
+            maps[name][start:stop] = value.numpy()
+    for name, array in maps.items():
+        array.flush()
+        del array
+        (folder / f"{name}.npy.partial").replace(folder / f"{name}.npy")
+    maps.clear()
+    meta_path.write_text(json.dumps({"key": key, "rows": n_rows, "dtypes": dtypes}) + "\n", encoding="utf-8")
+    return True
+
+
+def open_cache(folder: Path) -> dict[str, MappedArray]:
+    """The tables of a cache :func:`build_cache` wrote, memory-mapped read-only (nothing is read yet)."""
+    meta = json.loads((folder / CACHE_META_FILE).read_text(encoding="utf-8"))
+    return {
+        name: MappedArray(np.load(folder / f"{name}.npy", mmap_mode="r"), getattr(torch, dtype))
+        for name, dtype in meta["dtypes"].items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------- families
@@ -849,21 +952,37 @@ def train_lora(
     else:
         n_conditions = len(unique)
 
-    text_table: dict[str, torch.Tensor] | None = None
+    # Caches live on disk as memory-mapped .npy files under out/cache (reused by a resumed run), so a
+    # large dataset's T5 embeddings or latents never have to fit in RAM.
+    cache_root = out / CACHE_DIR
+    identity = _data_identity(examples, captions)
+    text_table: dict[str, MappedArray] | None = None
     if cache_text:
-        with torch.no_grad():
-            chunks = [embed(torch.arange(i, min(i + 16, n_conditions))) for i in range(0, n_conditions, 16)]
-        text_table = {key: torch.cat([c[key] for c in chunks]).cpu() for key in chunks[0]}
-    latent_table: torch.Tensor | None = None
+        text_key = _cache_key(config.base, kind, "cond", resolution, identity)
+
+        def embed_chunk(start: int, stop: int) -> dict[str, torch.Tensor]:
+            with torch.no_grad():
+                return embed(torch.arange(start, stop))
+
+        if accelerator.is_main_process:
+            build_cache(cache_root / "cond", text_key, n_conditions, embed_chunk)
+        accelerator.wait_for_everyone()
+        text_table = open_cache(cache_root / "cond")
+    latent_table: MappedArray | None = None
     if config.cache_latents:
-        parts = [
-            family.encode_images(load_pixels([img for img, _ in examples[i : i + 16]], resolution), device)
-            for i in range(0, len(examples), 16)
-        ]
-        latent_table = torch.cat(parts)
+        latent_key = _cache_key(config.base, kind, "latents", resolution, identity)
+
+        def latent_chunk(start: int, stop: int) -> dict[str, torch.Tensor]:
+            pixels = load_pixels([img for img, _ in examples[start:stop]], resolution)
+            return {"latents": family.encode_images(pixels, device)}
+
+        if accelerator.is_main_process:
+            build_cache(cache_root / "latents", latent_key, len(examples), latent_chunk)
+        accelerator.wait_for_everyone()
+        latent_table = open_cache(cache_root / "latents")["latents"]
 
     def batch_latents(indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        stats = latent_table[indices] if latent_table is not None else None
+        stats = latent_table.rows(indices) if latent_table is not None else None
         if stats is None:
             pixels = load_pixels([examples[i][0] for i in indices.tolist()], resolution)
             stats = family.encode_images(pixels, device)
@@ -873,7 +992,7 @@ def train_lora(
     def batch_cond(indices: torch.Tensor) -> dict[str, torch.Tensor]:
         rows = caption_index[indices]
         if text_table is not None:
-            return {key: value[rows].to(device, weight_dtype) for key, value in text_table.items()}
+            return {key: value.rows(rows).to(device, weight_dtype) for key, value in text_table.items()}
         return {key: value.to(weight_dtype) for key, value in embed(rows).items()}
 
     # ---- optimizer, schedule, EMA, resume ---------------------------------------------------

@@ -295,3 +295,44 @@ def test_kandinsky3_unet_lora_trains_and_reloads_with_identical_images(examples:
     plain_loaded = load_pipeline(build_spec("p", "diffusers", str(base)), "cpu")
     plain = generate_images(plain_loaded.pipe, [prompt], [settings.seed], params, plain_loaded.device)[0]
     assert np.abs(np.asarray(plain.convert("RGB"), dtype=np.int16) - trained).max() > 1
+
+
+def test_latent_and_embedding_caches_are_memory_maps_on_disk_and_keep_the_losses(
+    bases: dict[str, Path], examples: list, tmp_path: Path
+) -> None:
+    from generation.lora_train import CACHE_DIR, open_cache
+
+    cached = train_lora(config(bases["sd"], tmp_path / "c", "sd", steps=2), examples, progress=False)
+    root = tmp_path / "c" / CACHE_DIR
+    tables = {**open_cache(root / "cond"), **open_cache(root / "latents")}
+    assert set(tables) == {"prompt_embeds", "latents"}
+    assert all(isinstance(table.array, np.memmap) for table in tables.values())
+    assert len(tables["latents"]) == len(examples) and len(tables["prompt_embeds"]) == len({c for _, c in examples})
+    stamp = {p.name: p.stat().st_mtime_ns for p in root.rglob("*.npy")}
+
+    uncached = train_lora(
+        config(bases["sd"], tmp_path / "u", "sd", steps=2, cache_latents=False, cache_text_embeddings=False),
+        examples,
+        progress=False,
+    )
+    np.testing.assert_allclose(cached.losses, uncached.losses, rtol=1e-5)
+    assert not (tmp_path / "u" / CACHE_DIR).exists()
+
+    again = train_lora(config(bases["sd"], tmp_path / "c", "sd", steps=2, resume=True), examples, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in root.rglob("*.npy")} == stamp  # reused, not rebuilt
+    np.testing.assert_allclose(again.losses, cached.losses, rtol=1e-6)
+
+
+def test_a_bfloat16_cache_round_trips_bit_for_bit(tmp_path: Path) -> None:
+    from generation.lora_train import build_cache, open_cache
+
+    data = torch.randn(5, 3, 4).to(torch.bfloat16)
+    mask = torch.tensor([[1, 1, 0]] * 5)
+    assert build_cache(tmp_path, "k", 5, lambda a, b: {"e": data[a:b], "m": mask[a:b]}, chunk=2)
+    assert not build_cache(tmp_path, "k", 5, lambda a, b: {"e": data[a:b], "m": mask[a:b]}, chunk=2)
+    tables = open_cache(tmp_path)
+    rows = torch.tensor([4, 0, 2])
+    assert torch.equal(tables["e"].rows(rows), data[rows]) and tables["e"].rows(rows).dtype == torch.bfloat16
+    assert torch.equal(tables["m"].rows(rows), mask[rows])
+    assert build_cache(tmp_path, "other", 5, lambda a, b: {"e": data[a:b] * 2, "m": mask[a:b]})  # new key: rebuilt
+    torch.testing.assert_close(open_cache(tmp_path)["e"].rows(rows), data[rows] * 2)
