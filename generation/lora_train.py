@@ -889,7 +889,9 @@ def train_lora(
     kind = trainer_kind(pipe)
     family = FAMILIES[kind](pipe, config)
     factor = vae_factor(pipe)
-    resolution = config.resolution or native_resolution(pipe) or 512
+    preset = PRESETS[detect_family(type(pipe).__name__, config.base)]
+    # the preset's size where the pipeline does not say (Kandinsky 2.2's combined pipeline: 768 px)
+    resolution = config.resolution or native_resolution(pipe) or preset.resolution or 512
     if resolution % factor:
         raise InputError(
             f"resolution {resolution} px is not a multiple of {type(pipe).__name__}'s VAE factor {factor}: "
@@ -1081,7 +1083,6 @@ def train_lora(
         for old in saved[: -config.keep_checkpoints]:
             old.unlink()
 
-    preset = PRESETS[detect_family(type(pipe).__name__, config.base)]
     prompts = list(config.validation_prompts) or unique[:2]
     validation: list[Path] = []
 

@@ -262,6 +262,19 @@ def tiny_flux_pipeline(seed: int = 0, default_sample_size: int = 8):
     return pipe
 
 
+def _tiny_movq(seed: int):
+    """The Kandinsky MoVQ (``VQModel`` with spatial norm), 2 levels (factor 2); 32 channels, as its
+    ``SpatialNorm`` always uses 32 groups."""
+    from diffusers import VQModel
+
+    torch.manual_seed(seed)
+    return VQModel(
+        block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], in_channels=3,
+        latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial", num_vq_embeddings=12,
+        out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"], vq_embed_dim=4,
+    )  # fmt: skip
+
+
 def tiny_kandinsky22_pipeline(seed: int = 0):
     """A Kandinsky 2.2 text-to-image (combined prior + decoder) pipeline with tiny random parts.
 
@@ -279,7 +292,6 @@ def tiny_kandinsky22_pipeline(seed: int = 0):
         PriorTransformer,
         UnCLIPScheduler,
         UNet2DConditionModel,
-        VQModel,
     )
     from transformers import (
         CLIPTextConfig,
@@ -318,12 +330,7 @@ def tiny_kandinsky22_pipeline(seed: int = 0):
         cross_attention_dim=dim, attention_head_dim=4, resnet_time_scale_shift="scale_shift", norm_num_groups=4,
         sample_size=16,
     )  # fmt: skip
-    torch.manual_seed(seed)
-    movq = VQModel(
-        block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], in_channels=3,
-        latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial", num_vq_embeddings=12,
-        out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"], vq_embed_dim=4,
-    )  # fmt: skip
+    movq = _tiny_movq(seed)
     pipe = KandinskyV22CombinedPipeline(
         unet=unet,
         scheduler=DDPMScheduler(
@@ -350,7 +357,7 @@ def tiny_kandinsky3_pipeline(seed: int = 0):
     -------
     diffusers.Kandinsky3Pipeline
     """
-    from diffusers import DDPMScheduler, Kandinsky3Pipeline, Kandinsky3UNet, VQModel
+    from diffusers import DDPMScheduler, Kandinsky3Pipeline, Kandinsky3UNet
     from transformers import T5Config, T5EncoderModel
 
     tokenizer = tiny_t5_tokenizer(model_max_length=128)
@@ -366,12 +373,7 @@ def tiny_kandinsky3_pipeline(seed: int = 0):
         in_channels=4, time_embedding_dim=4, groups=2, attention_head_dim=4, layers_per_block=3,
         block_out_channels=(32, 64), cross_attention_dim=4, encoder_hid_dim=32,
     )  # fmt: skip
-    torch.manual_seed(seed)
-    movq = VQModel(
-        block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], in_channels=3,
-        latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial", num_vq_embeddings=12,
-        out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"], vq_embed_dim=4,
-    )  # fmt: skip
+    movq = _tiny_movq(seed)
     scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False, thresholding=False, steps_offset=1)
     pipe = Kandinsky3Pipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler, movq=movq)
     pipe.set_progress_bar_config(disable=True)
