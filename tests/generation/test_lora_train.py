@@ -295,6 +295,24 @@ def test_kandinsky3_unet_lora_trains_and_reloads_with_identical_images(examples:
     plain_loaded = load_pipeline(build_spec("p", "diffusers", str(base)), "cpu")
     plain = generate_images(plain_loaded.pipe, [prompt], [settings.seed], params, plain_loaded.device)[0]
     assert np.abs(np.asarray(plain.convert("RGB"), dtype=np.int16) - trained).max() > 1
+    off = load_pipeline(build_spec("z", "diffusers", str(base), lora=[f"{tmp_path / 'k3'}@0"]), "cpu")
+    zero = generate_images(off.pipe, [prompt], [settings.seed], params, off.device)[0]
+    np.testing.assert_array_equal(np.asarray(zero), np.asarray(plain))  # the @SCALE of models add --lora applies
+
+
+def test_a_kandinsky_adapter_for_another_base_is_refused_with_a_message(tmp_path: Path) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from generation.lora import save_peft_lora
+    from generation.testing import save_tiny_pipeline, tiny_kandinsky22_pipeline
+
+    unet = tiny_kandinsky22_pipeline().unet
+    settings = LoraConfig(r=2, lora_alpha=2, target_modules=["add_k_proj"])
+    inject_adapter_in_model(settings, unet, adapter_name="default")
+    save_peft_lora(tmp_path / "k22-lora", {"unet": unet}, {"unet": settings})
+    k3 = save_tiny_pipeline("kandinsky3", tmp_path / "k3")
+    with pytest.raises(ValueError, match="cannot load LoRA .* into Kandinsky3Pipeline"):
+        load_pipeline(build_spec("x", "diffusers", str(k3), lora=[str(tmp_path / "k22-lora")]), "cpu")
 
 
 def test_latent_and_embedding_caches_are_memory_maps_on_disk_and_keep_the_losses(
