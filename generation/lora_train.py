@@ -451,6 +451,12 @@ def open_cache(folder: Path) -> dict[str, MappedArray]:
 # ---------------------------------------------------------------------------------------------- families
 
 
+def _diffusers_version() -> str:
+    import diffusers
+
+    return str(diffusers.__version__)
+
+
 def trainer_kind(pipe: Any) -> TrainerKind:
     """The trainer kind of a loaded pipeline (its class name).
 
@@ -928,6 +934,11 @@ def train_lora(
         cast_training_params(module, dtype=torch.float32)
         if config.gradient_checkpointing:
             if hasattr(module, "enable_gradient_checkpointing"):
+                if not getattr(module, "_supports_gradient_checkpointing", True):
+                    raise InputError(
+                        f"{type(module).__name__} (diffusers {_diffusers_version()}) has no gradient checkpointing: "
+                        "train without --gradient-checkpointing (use a smaller batch or bf16 instead)"
+                    )
                 module.enable_gradient_checkpointing()
             else:
                 module.gradient_checkpointing_enable()

@@ -279,6 +279,8 @@ def test_kandinsky3_unet_lora_trains_and_reloads_with_identical_images(examples:
     from generation.testing import save_tiny_pipeline
 
     base = save_tiny_pipeline("kandinsky3", tmp_path / "base")
+    with pytest.raises(ValueError, match="Kandinsky3UNet .* has no gradient checkpointing"):
+        train_lora(config(base, tmp_path / "gc", "sd", resolution=16, gradient_checkpointing=True), examples)
     prompt = "a polyp in the colon"
     settings = config(base, tmp_path / "k3", "sd", steps=6, lr=5e-2, resolution=16, validation_prompts=(prompt,))
     result = train_lora(settings, examples, progress=False)
