@@ -1,4 +1,4 @@
-"""LoRA fine-tuning (peft) of FLUX and Stable Diffusion (1/2/XL, MSDM) pipelines.
+"""LoRA fine-tuning (peft) of FLUX, Stable Diffusion (1/2/XL, MSDM) and Kandinsky 2.2/3 pipelines.
 
 ``python app.py train lora --dataset NAME --base HUB_ID_OR_FOLDER --out DIR`` calls :func:`train_lora`.
 The adapter goes on the denoiser (the UNet or the FLUX transformer) and optionally on the CLIP/T5 text
@@ -10,11 +10,16 @@ family          denoiser                     objective
 flux            ``transformer`` (packed)     rectified flow: ``x_t = (1-s) x0 + s n``, target ``n - x0``
 sd (1/2, MSDM)  ``unet``                     epsilon or v prediction (``scheduler.prediction_type``)
 sdxl            ``unet`` (+ pooled, time)    epsilon or v prediction
+kandinsky22     ``unet`` (decoder)           epsilon, conditioned on the target image's CLIP image embedding
+kandinsky3      ``unet`` (Kandinsky3UNet)    epsilon, conditioned on T5 token embeddings and their mask
 ==============  ===========================  ==================================================
 
-Kandinsky 2.2 and 3 are refused with a message: in diffusers 0.42 their UNets take no peft adapters
-(``Kandinsky3UNet`` has neither ``add_adapter`` nor ``load_lora_adapter``) and the 2.2 pipelines have no
-``load_lora_weights``, so an adapter could be neither trained nor loaded by ``models add --lora``.
+Kandinsky's UNets have no diffusers adapter mixin (``Kandinsky3UNet``) or loader (the 2.2 pipelines), so
+their LoRA is injected by module name with peft (``inject_adapter_in_model``) and saved by
+:func:`generation.lora.save_peft_lora` with its rank, alpha and module names; ``models add --lora`` puts
+it back with ``set_peft_model_state_dict``. Kandinsky 2.2 is trained as diffusers'
+``train_text_to_image_lora_decoder.py`` does: the decoder learns to rebuild an image from that image's
+CLIP embedding; at generation time the (unchanged) prior maps the prompt to such an embedding.
 
 Training runs through accelerate (``accelerate launch app.py train lora ...`` for several GPUs: each
 process draws its own batches, gradients are averaged). Every batch, noise and timestep draw of step
@@ -22,7 +27,10 @@ process draws its own batches, gradients are averaged). Every batch, noise and t
 uninterrupted one. Checkpoints hold only the trainable (LoRA) weights, optimizer, schedule and EMA state.
 Memory options for one large GPU: bf16/fp16 mixed precision (frozen weights stored in that dtype, LoRA
 weights in fp32), gradient checkpointing, 8-bit AdamW (bitsandbytes, where installed), latents and text
-embeddings computed once and cached (the text encoders then leave the GPU).
+embeddings computed once and cached (the text encoders then leave the GPU). The caches are memory-mapped
+``.npy`` files under ``OUT/cache`` (``latents/``, ``cond/``; bf16 kept bit for bit), written chunk by chunk
+and reused by a resumed run while the base, resolution and data are unchanged, so neither FLUX's T5
+embeddings (~4 MiB a caption in bf16) nor the latents have to fit in RAM: only a step's rows are read.
 """
 
 from __future__ import annotations
@@ -39,12 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from db.errors import DependencyError, InputError
-from generation.lora import LORA_WEIGHT_NAME
+from generation.lora import LORA_WEIGHT_NAME, save_peft_lora
 from generation.msdm.pipeline import model_kind_for
 
 if TYPE_CHECKING:
@@ -56,12 +65,16 @@ MixedPrecision = Literal["no", "bf16", "fp16"]
 Optimizer = Literal["adamw", "adamw8bit"]
 PredictionType = Literal["auto", "epsilon", "v_prediction"]
 WeightingScheme = Literal["none", "logit_normal", "mode", "sigma_sqrt", "cosmap"]
-TrainerKind = Literal["flux", "sd", "sdxl"]
+TrainerKind = Literal["flux", "sd", "sdxl", "kandinsky22", "kandinsky3"]
 ImageLike = Image.Image | str | Path
 Example = tuple[ImageLike, str]
 
 TRAIN_META_FILE = "lora_train.json"
 CHECKPOINT_DIR = "checkpoints"
+CACHE_DIR = "cache"
+CACHE_META_FILE = "cache.json"
+#: Images or captions encoded per chunk while a cache is built.
+CACHE_CHUNK = 16
 VALIDATION_DIR = "validation"
 #: Samples (examples in order, cycled; fixed noise and times) of the before/after loss.
 EVAL_SAMPLES = 32
@@ -71,6 +84,9 @@ PIPELINE_TRAINERS: dict[str, TrainerKind] = {
     "FluxPipeline": "flux",
     "StableDiffusionPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
+    "KandinskyV22CombinedPipeline": "kandinsky22",
+    "KandinskyV22Pipeline": "kandinsky22",
+    "Kandinsky3Pipeline": "kandinsky3",
 }
 
 #: Default LoRA target modules of each denoiser (attention projections; FLUX also its context stream).
@@ -78,12 +94,17 @@ DENOISER_TARGETS: dict[TrainerKind, tuple[str, ...]] = {
     "flux": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
     "sd": ("to_q", "to_k", "to_v", "to_out.0"),
     "sdxl": ("to_q", "to_k", "to_v", "to_out.0"),
+    # the 2.2 decoder's SimpleCrossAttn blocks project the image-embedding tokens with add_k/add_v
+    "kandinsky22": ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"),
+    "kandinsky3": ("to_q", "to_k", "to_v", "to_out.0"),
 }
 #: Text encoders that take a LoRA with ``train_text_encoder`` (the diffusers training scripts' choice).
 TEXT_ENCODERS: dict[TrainerKind, tuple[str, ...]] = {
     "flux": ("text_encoder",),
     "sd": ("text_encoder",),
     "sdxl": ("text_encoder", "text_encoder_2"),
+    "kandinsky22": (),  # the decoder sees no text: its condition is a CLIP image embedding
+    "kandinsky3": (),
 }
 CLIP_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -124,7 +145,7 @@ class LoraTrainConfig:
     optimizer
         ``adamw`` or ``adamw8bit`` (needs ``bitsandbytes``).
     cache_latents, cache_text_embeddings
-        Encode every image / caption once before training.
+        Encode every image / caption once before training, into memory-mapped files under ``out_dir/cache``.
     prediction_type
         UNet families: ``auto`` (the scheduler's), ``epsilon`` or ``v_prediction``.
     weighting_scheme, logit_mean, logit_std, mode_scale
@@ -332,6 +353,101 @@ def step_generator(seed: int, step: int, process: int, purpose: str = "train") -
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
 
 
+# ---------------------------------------------------------------------------------------------- disk caches
+
+#: torch dtypes numpy cannot hold, stored as same-width integers (bit for bit) and viewed back.
+_BIT_VIEWS = {torch.bfloat16: torch.int16}
+
+
+@dataclass(frozen=True)
+class MappedArray:
+    """One cached table: a read-only ``np.memmap`` and the torch dtype its rows come back as."""
+
+    array: np.memmap
+    dtype: torch.dtype
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """Rows ``indices`` read from disk into a tensor (only these rows are paged in)."""
+        chunk = torch.from_numpy(np.ascontiguousarray(self.array[indices.numpy()]))
+        return chunk.view(self.dtype) if self.dtype in _BIT_VIEWS else chunk
+
+
+def _data_identity(examples: Sequence[Example], captions: Sequence[str]) -> str:
+    """A digest of the training data: file path, size and mtime, or the pixels of in-memory images; captions."""
+    digest = hashlib.sha256()
+    for image, caption in zip((img for img, _ in examples), captions, strict=True):
+        if isinstance(image, Image.Image):
+            digest.update(f"{image.mode}|{image.size}|".encode())
+            digest.update(hashlib.sha256(image.tobytes()).digest())
+        else:
+            path = Path(image).expanduser().resolve()
+            stat = path.stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+        digest.update(caption.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _cache_key(base: str, kind: str, what: str, resolution: int, identity: str) -> str:
+    text = json.dumps([base, kind, what, resolution, identity, CACHE_CHUNK])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_cache(
+    folder: Path, key: str, n_rows: int, encode: Callable[[int, int], dict[str, torch.Tensor]], chunk: int = CACHE_CHUNK
+) -> bool:
+    """Write the tables ``encode(start, stop)`` returns, chunk by chunk, into memory-mapped ``.npy`` files.
+
+    A cache whose ``cache.json`` holds the same ``key`` is kept as it is (a resumed run reuses it). Files
+    are written as ``*.npy.partial`` and renamed when complete, and ``cache.json`` last, so an interrupted
+    build is redone. Returns whether anything was encoded.
+    """
+    meta_path = folder / CACHE_META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("key") == key and all((folder / f"{name}.npy").is_file() for name in meta.get("dtypes", {})):
+            return False
+        meta_path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    maps: dict[str, np.memmap] = {}
+    dtypes: dict[str, str] = {}
+    for start in range(0, n_rows, chunk):
+        stop = min(start + chunk, n_rows)
+        tables = encode(start, stop)
+        for name, value in tables.items():
+            value = value.detach().cpu()
+            if value.is_floating_point() and value.dtype not in (torch.float16, torch.bfloat16):
+                value = value.float()
+            if name not in maps:
+                dtypes[name] = str(value.dtype).removeprefix("torch.")
+                stored = _BIT_VIEWS.get(value.dtype, value.dtype)
+                np_dtype = torch.empty(0, dtype=stored).numpy().dtype
+                maps[name] = np.lib.format.open_memmap(
+                    folder / f"{name}.npy.partial", mode="w+", dtype=np_dtype, shape=(n_rows, *value.shape[1:])
+                )
+            if value.dtype in _BIT_VIEWS:
+                value = value.view(_BIT_VIEWS[value.dtype])
+            maps[name][start:stop] = value.numpy()
+    for name, array in maps.items():
+        array.flush()
+        del array
+        (folder / f"{name}.npy.partial").replace(folder / f"{name}.npy")
+    maps.clear()
+    meta_path.write_text(json.dumps({"key": key, "rows": n_rows, "dtypes": dtypes}) + "\n", encoding="utf-8")
+    return True
+
+
+def open_cache(folder: Path) -> dict[str, MappedArray]:
+    """The tables of a cache :func:`build_cache` wrote, memory-mapped read-only (nothing is read yet)."""
+    meta = json.loads((folder / CACHE_META_FILE).read_text(encoding="utf-8"))
+    return {
+        name: MappedArray(np.load(folder / f"{name}.npy", mmap_mode="r"), getattr(torch, dtype))
+        for name, dtype in meta["dtypes"].items()
+    }
+
+
 # ---------------------------------------------------------------------------------------------- families
 
 
@@ -347,17 +463,11 @@ def trainer_kind(pipe: Any) -> TrainerKind:
     Raises
     ------
     ValueError
-        For Kandinsky 2.2/3 (no peft adapters on their UNets in diffusers) and any other unsupported pipeline.
+        For an unsupported pipeline (e.g. PixArt), naming the supported ones.
     """
     name = type(pipe).__name__
     if name in PIPELINE_TRAINERS:
         return PIPELINE_TRAINERS[name]
-    if name.startswith("Kandinsky"):
-        raise InputError(
-            f"{name}: diffusers {_diffusers_version()} cannot put a LoRA on Kandinsky 2.2/3 (their UNets take no "
-            "peft adapters and Kandinsky 2.2 pipelines have no load_lora_weights), so an adapter could neither "
-            "be trained here nor loaded by 'models add --lora'; fine-tune it fully or compare it as a registered model"
-        )
     raise InputError(f"train lora does not support {name}; supported pipelines: {', '.join(sorted(PIPELINE_TRAINERS))}")
 
 
@@ -375,10 +485,18 @@ def _in_fp32(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 class Family:
-    """How one family encodes text and images and what its denoiser is trained to predict."""
+    """How one family encodes text and images and what its denoiser is trained to predict.
+
+    ``image_conditioned`` families (Kandinsky 2.2's decoder) are conditioned on an embedding of the
+    training image itself (:meth:`encode_condition_images`), not on its caption. ``peft_inject``
+    families have no diffusers adapter mixin or LoRA loader: the LoRA is injected by module name with
+    peft and saved with :func:`generation.lora.save_peft_lora`.
+    """
 
     kind: TrainerKind
     denoiser_name: str
+    image_conditioned = False
+    peft_inject = False
 
     def __init__(self, pipe: Any, config: LoraTrainConfig) -> None:
         self.pipe = pipe
@@ -409,6 +527,10 @@ class Family:
 
     def encode_text(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         """Conditioning tensors of ``prompts`` (batch first)."""
+        raise NotImplementedError
+
+    def encode_condition_images(self, images: Sequence[ImageLike], device: torch.device) -> dict[str, torch.Tensor]:
+        """Conditioning tensors computed from the training images (``image_conditioned`` families)."""
         raise NotImplementedError
 
     def loss(
@@ -547,10 +669,80 @@ class FluxFamily(Family):
         return (weighting.float() * (pred.float() - (noise - x0).float()) ** 2).mean()
 
 
+class _MoVQMixin:
+    """Kandinsky 2.2 / 3 latents: the MoVQ encoder's output, unquantised and unscaled (the pipelines
+    decode ``movq.decode(latents, force_not_quantize=True)`` with no scaling factor)."""
+
+    pipe: Any
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.pipe.movq
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """MoVQ latents as ``(N, 2, C, h, w)`` with a zero std (the encoder is deterministic)."""
+        with _in_fp32(self.vae) as movq:
+            latents = movq.encode(pixels.to(device, torch.float32)).latents.float().cpu()
+        return torch.stack([latents, torch.zeros_like(latents)], dim=1)
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+class Kandinsky22Family(_MoVQMixin, _UNetFamily):
+    """Kandinsky 2.2 decoder: epsilon prediction conditioned on the CLIP image embedding of the target
+    image (``added_cond_kwargs={"image_embeds": ...}``), as diffusers' ``train_text_to_image_lora_decoder.py``;
+    the prior, which maps text to that embedding, stays as it is. The UNet's extra (learned-variance)
+    output channels are not trained."""
+
+    kind: TrainerKind = "kandinsky22"
+    image_conditioned = True
+    peft_inject = True
+
+    def __init__(self, pipe: Any, config: LoraTrainConfig) -> None:
+        for name in ("prior_image_encoder", "prior_image_processor", "movq"):
+            if getattr(pipe, name, None) is None:
+                raise InputError(
+                    f"{type(pipe).__name__} has no {name}: Kandinsky 2.2 LoRA training needs the combined "
+                    "(prior + decoder) pipeline, whose CLIP image encoder makes the decoder's condition"
+                )
+        super().__init__(pipe, config)
+
+    @torch.no_grad()
+    def encode_condition_images(self, images: Sequence[ImageLike], device: torch.device) -> dict[str, torch.Tensor]:
+        pil = [item if isinstance(item, Image.Image) else Image.open(item) for item in images]
+        pixels = self.pipe.prior_image_processor([im.convert("RGB") for im in pil], return_tensors="pt").pixel_values
+        encoder = self.pipe.prior_image_encoder
+        dtype = next(encoder.parameters()).dtype
+        return {"image_embeds": encoder(pixels.to(device, dtype)).image_embeds.float().cpu()}
+
+    def predict(self, model, noisy, t, cond):
+        added = {"image_embeds": cond["image_embeds"]}
+        return model(noisy, t, encoder_hidden_states=None, added_cond_kwargs=added).sample[:, : noisy.shape[1]]
+
+
+class Kandinsky3Family(_MoVQMixin, _UNetFamily):
+    """Kandinsky 3: epsilon prediction by ``Kandinsky3UNet`` on T5 token embeddings with their attention mask."""
+
+    kind: TrainerKind = "kandinsky3"
+    peft_inject = True
+
+    def encode_text(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        embeds, _, mask, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device)
+        return {"prompt_embeds": embeds, "attention_mask": mask}
+
+    def predict(self, model, noisy, t, cond):
+        return model(noisy, t, encoder_hidden_states=cond["prompt_embeds"],
+                     encoder_attention_mask=cond["attention_mask"]).sample  # fmt: skip
+
+
 FAMILIES: dict[TrainerKind, type[Family]] = {
     "flux": FluxFamily,
     "sd": SDFamily,
     "sdxl": SDXLFamily,
+    "kandinsky22": Kandinsky22Family,
+    "kandinsky3": Kandinsky3Family,
 }
 
 
@@ -703,7 +895,9 @@ def train_lora(
     kind = trainer_kind(pipe)
     family = FAMILIES[kind](pipe, config)
     factor = vae_factor(pipe)
-    resolution = config.resolution or native_resolution(pipe) or 512
+    preset = PRESETS[detect_family(type(pipe).__name__, config.base)]
+    # the preset's size where the pipeline does not say (Kandinsky 2.2's combined pipeline: 768 px)
+    resolution = config.resolution or native_resolution(pipe) or preset.resolution or 512
     if resolution % factor:
         raise InputError(
             f"resolution {resolution} px is not a multiple of {type(pipe).__name__}'s VAE factor {factor}: "
@@ -718,8 +912,14 @@ def train_lora(
     alpha = config.alpha if config.alpha is not None else config.rank
     denoiser = family.denoiser
     targets = list(config.target_modules or DENOISER_TARGETS[kind])
-    denoiser.add_adapter(LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets))
+    lora_config = LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets)
+    if family.peft_inject:  # no adapter mixin on the model class: peft wraps the modules by name
+        inject_adapter_in_model(lora_config, denoiser, adapter_name="default")
+    else:
+        denoiser.add_adapter(lora_config)
     adapted: dict[str, torch.nn.Module] = {family.denoiser_name: denoiser}
+    if config.train_text_encoder and not TEXT_ENCODERS[kind]:
+        raise InputError(f"{type(pipe).__name__}: no text-encoder LoRA for {kind} (train_text_encoder must be off)")
     if config.train_text_encoder:
         for name in TEXT_ENCODERS[kind]:
             encoder = getattr(pipe, name, None)
@@ -734,6 +934,11 @@ def train_lora(
         cast_training_params(module, dtype=torch.float32)
         if config.gradient_checkpointing:
             if hasattr(module, "enable_gradient_checkpointing"):
+                if not getattr(module, "_supports_gradient_checkpointing", True):
+                    raise InputError(
+                        f"{type(module).__name__} (diffusers {_diffusers_version()}) has no gradient checkpointing: "
+                        "train without --gradient-checkpointing (use a smaller batch or bf16 instead)"
+                    )
                 module.enable_gradient_checkpointing()
             else:
                 module.gradient_checkpointing_enable()
@@ -750,21 +955,47 @@ def train_lora(
     def embed(indices: torch.Tensor) -> dict[str, torch.Tensor]:
         return family.encode_text([unique[i] for i in indices.tolist()], device)
 
-    text_table: dict[str, torch.Tensor] | None = None
+    if family.image_conditioned:  # one condition per example (its image), not per caption
+
+        def embed(indices: torch.Tensor) -> dict[str, torch.Tensor]:
+            return family.encode_condition_images([examples[i][0] for i in indices.tolist()], device)
+
+        caption_index = torch.arange(len(examples))
+        n_conditions = len(examples)
+    else:
+        n_conditions = len(unique)
+
+    # Caches live on disk as memory-mapped .npy files under out/cache (reused by a resumed run), so a
+    # large dataset's T5 embeddings or latents never have to fit in RAM.
+    cache_root = out / CACHE_DIR
+    identity = _data_identity(examples, captions)
+    text_table: dict[str, MappedArray] | None = None
     if cache_text:
-        with torch.no_grad():
-            chunks = [embed(torch.arange(i, min(i + 16, len(unique)))) for i in range(0, len(unique), 16)]
-        text_table = {key: torch.cat([c[key] for c in chunks]).cpu() for key in chunks[0]}
-    latent_table: torch.Tensor | None = None
+        text_key = _cache_key(config.base, kind, "cond", resolution, identity)
+
+        def embed_chunk(start: int, stop: int) -> dict[str, torch.Tensor]:
+            with torch.no_grad():
+                return embed(torch.arange(start, stop))
+
+        if accelerator.is_main_process:
+            build_cache(cache_root / "cond", text_key, n_conditions, embed_chunk)
+        accelerator.wait_for_everyone()
+        text_table = open_cache(cache_root / "cond")
+    latent_table: MappedArray | None = None
     if config.cache_latents:
-        parts = [
-            family.encode_images(load_pixels([img for img, _ in examples[i : i + 16]], resolution), device)
-            for i in range(0, len(examples), 16)
-        ]
-        latent_table = torch.cat(parts)
+        latent_key = _cache_key(config.base, kind, "latents", resolution, identity)
+
+        def latent_chunk(start: int, stop: int) -> dict[str, torch.Tensor]:
+            pixels = load_pixels([img for img, _ in examples[start:stop]], resolution)
+            return {"latents": family.encode_images(pixels, device)}
+
+        if accelerator.is_main_process:
+            build_cache(cache_root / "latents", latent_key, len(examples), latent_chunk)
+        accelerator.wait_for_everyone()
+        latent_table = open_cache(cache_root / "latents")["latents"]
 
     def batch_latents(indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        stats = latent_table[indices] if latent_table is not None else None
+        stats = latent_table.rows(indices) if latent_table is not None else None
         if stats is None:
             pixels = load_pixels([examples[i][0] for i in indices.tolist()], resolution)
             stats = family.encode_images(pixels, device)
@@ -774,7 +1005,7 @@ def train_lora(
     def batch_cond(indices: torch.Tensor) -> dict[str, torch.Tensor]:
         rows = caption_index[indices]
         if text_table is not None:
-            return {key: value[rows].to(device, weight_dtype) for key, value in text_table.items()}
+            return {key: value.rows(rows).to(device, weight_dtype) for key, value in text_table.items()}
         return {key: value.to(weight_dtype) for key, value in embed(rows).items()}
 
     # ---- optimizer, schedule, EMA, resume ---------------------------------------------------
@@ -863,7 +1094,6 @@ def train_lora(
         for old in saved[: -config.keep_checkpoints]:
             old.unlink()
 
-    preset = PRESETS[detect_family(type(pipe).__name__, config.base)]
     prompts = list(config.validation_prompts) or unique[:2]
     validation: list[Path] = []
 
@@ -923,11 +1153,15 @@ def train_lora(
     adapter = out / LORA_WEIGHT_NAME
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        layers = {
-            f"{name}_lora_layers": get_peft_model_state_dict(accelerator.unwrap_model(module))
-            for name, module in models.items()
-        }
-        type(pipe).save_lora_weights(out, **layers)
+        if family.peft_inject:
+            unwrapped = accelerator.unwrap_model(model)
+            save_peft_lora(out, {family.denoiser_name: unwrapped}, {family.denoiser_name: lora_config})
+        else:
+            layers = {
+                f"{name}_lora_layers": get_peft_model_state_dict(accelerator.unwrap_model(module))
+                for name, module in models.items()
+            }
+            type(pipe).save_lora_weights(out, **layers)
     validate(config.steps)
     wall = earlier_s + time.perf_counter() - started
     result = LoraTrainResult(

@@ -7,9 +7,14 @@ source, LoRA adapters, dtype and CPU offload. :func:`load_pipeline` resolves the
 Diffusion 1/2/XL/3, PixArt and any other text-to-image pipeline load the same way.
 
 Offline (``HF_HUB_OFFLINE=1``) a hub id that is not in the local cache is refused up front with a
-message naming the id; every other unusable source (missing folder, no ``model_index.json``) is a
-``ValueError`` naming it. Stable Diffusion's NSFW safety checker is not loaded: it blanks images it
-flags, and medical images (skin, anatomy) are flagged often, which would silently corrupt a study.
+message naming the id. Online, one ``HEAD`` request for its ``model_index.json`` (10 s timeout) comes
+first, so a gated repository (licence not accepted / not logged in), a missing one, one that is no
+diffusers pipeline, or an unreachable hub is one line naming the id and what to do, not a traceback
+minutes later (an unreachable hub with the id in the local cache only logs a warning). Every other
+unusable source (missing folder, no ``model_index.json``) is a ``ValueError`` naming it. Stable
+Diffusion's NSFW safety checker is not loaded: it blanks images it flags, and medical images (skin,
+anatomy) are flagged often, which would silently corrupt a study. LoRA adapters go on through
+:func:`generation.lora.apply_loras`; Kandinsky 2.2/3 adapters made by ``train lora`` are injected with peft.
 """
 
 from __future__ import annotations
@@ -132,6 +137,60 @@ def check_hub_available(repo_id: str) -> None:
                 "(HF_HUB_OFFLINE=1): download it on a connected machine (huggingface-cli download "
                 f"{repo_id}) or unset HF_HUB_OFFLINE"
             )
+        return
+    _probe_hub(repo_id)
+
+
+#: Seconds the online check of a hub id waits for the hub (huggingface_hub's own etag timeout).
+HUB_PROBE_TIMEOUT_S = 10.0
+
+
+def _probe_hub(repo_id: str) -> None:
+    """One ``HEAD`` request for ``repo_id``'s ``model_index.json``; its failures as one-line errors.
+
+    Raises
+    ------
+    InputError
+        Gated (no access with the current token), no such repository, or no ``model_index.json``.
+    NetworkError
+        The hub cannot be reached and the id is not in the local cache.
+    """
+    import huggingface_hub
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+    )
+
+    url = huggingface_hub.hf_hub_url(repo_id, "model_index.json")
+    try:
+        huggingface_hub.get_hf_file_metadata(url, timeout=HUB_PROBE_TIMEOUT_S)
+    except GatedRepoError:
+        raise InputError(
+            f"hub model {repo_id!r} is gated: accept its licence at https://huggingface.co/{repo_id} with your "
+            "account, then log in here (hf auth login, or set HF_TOKEN); or use a local folder"
+        ) from None
+    except RepositoryNotFoundError:
+        raise InputError(
+            f"hub model {repo_id!r} does not exist (or is private: log in with hf auth login or set HF_TOKEN)"
+        ) from None
+    except EntryNotFoundError:
+        raise InputError(f"hub model {repo_id!r} has no model_index.json: it is not a diffusers pipeline") from None
+    except HfHubHTTPError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NetworkError(f"the Hugging Face hub refused {repo_id!r}: {first}") from None
+    except (OSError, huggingface_hub.errors.HTTPError) as exc:  # no connection, DNS, timeout, proxy
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str):
+            log.warning("cannot reach the Hugging Face hub (%s); using the cached copy of %s", type(exc).__name__,
+                        repo_id)  # fmt: skip
+            return
+        raise NetworkError(
+            f"cannot reach the Hugging Face hub to fetch {repo_id!r} ({type(exc).__name__}) and it is not in the "
+            "local cache: check the network or proxy, or download it on a connected machine"
+        ) from None
 
 
 def check_model_spec(spec: ModelSpec) -> None:

@@ -7,7 +7,8 @@ vocabulary, built in memory with the ``tokenizers`` backend of transformers 5), 
 touched. The weights are random (seeded), so images are noise, but every code path is the real one.
 
 Public builders: :func:`tiny_clip_tokenizer`, :func:`tiny_t5_tokenizer`, :func:`tiny_sd_pipeline`,
-:func:`tiny_flux_pipeline`, :func:`save_tiny_pipeline`, :func:`make_random_lora` and
+:func:`tiny_flux_pipeline`, :func:`tiny_kandinsky22_pipeline`, :func:`tiny_kandinsky3_pipeline`,
+:func:`save_tiny_pipeline`, :func:`make_random_lora` and
 :func:`single_torch_thread`.
 """
 
@@ -23,7 +24,7 @@ import torch
 
 from db.errors import InputError
 
-TinyFamily = Literal["sd", "flux"]
+TinyFamily = Literal["sd", "flux", "kandinsky22", "kandinsky3"]
 
 _WORDS = (
     "a",
@@ -261,6 +262,124 @@ def tiny_flux_pipeline(seed: int = 0, default_sample_size: int = 8):
     return pipe
 
 
+def _tiny_movq(seed: int):
+    """The Kandinsky MoVQ (``VQModel`` with spatial norm), 2 levels (factor 2); 32 channels, as its
+    ``SpatialNorm`` always uses 32 groups."""
+    from diffusers import VQModel
+
+    torch.manual_seed(seed)
+    return VQModel(
+        block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], in_channels=3,
+        latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial", num_vq_embeddings=12,
+        out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"], vq_embed_dim=4,
+    )  # fmt: skip
+
+
+def tiny_kandinsky22_pipeline(seed: int = 0):
+    """A Kandinsky 2.2 text-to-image (combined prior + decoder) pipeline with tiny random parts.
+
+    The decoder UNet (2 levels, ``image_proj``/``image`` conditioning, 8 output channels as the real
+    one's learned variance) takes 32-d CLIP image embeddings; the prior is a 1-layer ``PriorTransformer``
+    on a 2-layer CLIP text encoder; the CLIP vision encoder sees 32 px; the MoVQ has factor 2.
+
+    Returns
+    -------
+    diffusers.KandinskyV22CombinedPipeline
+    """
+    from diffusers import (
+        DDPMScheduler,
+        KandinskyV22CombinedPipeline,
+        PriorTransformer,
+        UnCLIPScheduler,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    dim = 32
+    tokenizer = tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    text_config = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=dim, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer), projection_dim=dim,
+    )  # fmt: skip
+    text_encoder = CLIPTextModelWithProjection(text_config).eval()
+    torch.manual_seed(seed)
+    vision_config = CLIPVisionConfig(
+        hidden_size=dim, image_size=32, patch_size=8, projection_dim=dim, intermediate_size=37,
+        num_attention_heads=4, num_channels=3, num_hidden_layers=2,
+    )  # fmt: skip
+    image_encoder = CLIPVisionModelWithProjection(vision_config).eval()
+    processor = CLIPImageProcessorPil(
+        crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}, do_center_crop=True, do_normalize=True,
+        do_resize=True, image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=8, embedding_dim=dim, num_layers=1)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        in_channels=4, out_channels=8, addition_embed_type="image", block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", encoder_hid_dim=dim, encoder_hid_dim_type="image_proj",
+        cross_attention_dim=dim, attention_head_dim=4, resnet_time_scale_shift="scale_shift", norm_num_groups=4,
+        sample_size=16,
+    )  # fmt: skip
+    movq = _tiny_movq(seed)
+    pipe = KandinskyV22CombinedPipeline(
+        unet=unet,
+        scheduler=DDPMScheduler(
+            beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1
+        ),
+        movq=movq,
+        prior_prior=prior,
+        prior_image_encoder=image_encoder,
+        prior_text_encoder=text_encoder,
+        prior_tokenizer=tokenizer,
+        prior_scheduler=UnCLIPScheduler(
+            variance_type="fixed_small_log", prediction_type="sample", clip_sample=True, clip_sample_range=10.0
+        ),
+        prior_image_processor=processor,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_kandinsky3_pipeline(seed: int = 0):
+    """A Kandinsky 3 pipeline: a 2-level ``Kandinsky3UNet``, a 2-layer T5 encoder, a factor-2 MoVQ.
+
+    Returns
+    -------
+    diffusers.Kandinsky3Pipeline
+    """
+    from diffusers import DDPMScheduler, Kandinsky3Pipeline, Kandinsky3UNet
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny_t5_tokenizer(model_max_length=128)
+    torch.manual_seed(seed)
+    t5_config = T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu", pad_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    text_encoder = T5EncoderModel(t5_config).eval()
+    torch.manual_seed(seed)
+    unet = Kandinsky3UNet(
+        in_channels=4, time_embedding_dim=4, groups=2, attention_head_dim=4, layers_per_block=3,
+        block_out_channels=(32, 64), cross_attention_dim=4, encoder_hid_dim=32,
+    )  # fmt: skip
+    movq = _tiny_movq(seed)
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False, thresholding=False, steps_offset=1)
+    pipe = Kandinsky3Pipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler, movq=movq)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @contextmanager
 def single_torch_thread() -> Iterator[None]:
     """Run torch on one intra-op thread inside the block (tiny models on a shared CPU: threads only
@@ -274,12 +393,16 @@ def single_torch_thread() -> Iterator[None]:
 
 
 def tiny_pipeline(family: TinyFamily, seed: int = 0):
-    """The tiny pipeline of ``family`` (``"sd"`` or ``"flux"``)."""
+    """The tiny pipeline of ``family`` (``sd``, ``flux``, ``kandinsky22`` or ``kandinsky3``)."""
     if family == "sd":
         return tiny_sd_pipeline(seed=seed)
     if family == "flux":
         return tiny_flux_pipeline(seed=seed)
-    raise InputError(f"unknown tiny pipeline family {family!r}; expected 'sd' or 'flux'")
+    if family == "kandinsky22":
+        return tiny_kandinsky22_pipeline(seed=seed)
+    if family == "kandinsky3":
+        return tiny_kandinsky3_pipeline(seed=seed)
+    raise InputError(f"unknown tiny pipeline family {family!r}; expected sd, flux, kandinsky22 or kandinsky3")
 
 
 def save_tiny_pipeline(family: TinyFamily, folder: Path, seed: int = 0) -> Path:

@@ -219,11 +219,140 @@ def test_unsupported_pipelines_and_missing_bitsandbytes_are_refused(monkeypatch:
     class PixArtAlphaPipeline:
         pass
 
-    for pipe in (KandinskyV22CombinedPipeline(), Kandinsky3Pipeline()):
-        with pytest.raises(ValueError, match="cannot put a LoRA on Kandinsky"):
-            trainer_kind(pipe)
+    assert trainer_kind(KandinskyV22CombinedPipeline()) == "kandinsky22"
+    assert trainer_kind(Kandinsky3Pipeline()) == "kandinsky3"
     with pytest.raises(ValueError, match="does not support PixArtAlphaPipeline"):
         trainer_kind(PixArtAlphaPipeline())
     monkeypatch.setitem(__import__("sys").modules, "bitsandbytes", None)
     with pytest.raises(ImportError, match="pip install bitsandbytes"):
         _make_optimizer("adamw8bit", [torch.nn.Parameter(torch.zeros(1))], 1e-3)
+
+
+@pytest.fixture(scope="module")
+def kandinsky22_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from generation.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline("kandinsky22", tmp_path_factory.mktemp("k22") / "base")
+
+
+def lora_tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(path, "pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+
+
+def test_kandinsky22_decoder_lora_trains_and_reloads_with_identical_images(
+    kandinsky22_base: Path, examples: list, tmp_path: Path
+) -> None:
+    """The decoder UNet takes a peft LoRA (no adapter mixin needed), trained on the target images' CLIP image
+    embeddings; the saved adapter goes back onto a fresh pipeline and reproduces the trained pipeline's image."""
+    from PIL import Image
+
+    prompt = "a polyp in the colon"
+    settings = config(
+        kandinsky22_base, tmp_path / "k22", "sd", steps=6, lr=5e-2, validation_prompts=(prompt,), checkpoint_every=50
+    )
+    result = train_lora(settings, examples, progress=False)
+    assert result.family == "kandinsky22" and result.pipeline == "KandinskyV22CombinedPipeline"
+    assert all(np.isfinite(result.losses)) and len(result.losses) == 6
+    tensors = lora_tensors(result.adapter_path)
+    assert tensors and all(key.startswith("unet.") for key in tensors)
+    assert any("add_k_proj.lora_B" in key for key in tensors)  # the image-token projections are adapted
+    assert max(float(v.abs().max()) for k, v in tensors.items() if "lora_B" in k) > 0  # B starts at zero
+    assert "--kind diffusers" in (tmp_path / "k22" / "README.md").read_text()
+
+    loaded = load_pipeline(build_spec("k", "diffusers", str(kandinsky22_base), lora=[str(tmp_path / "k22")]), "cpu")
+    assert loaded.adapters == ["lora_0"]
+    trained = np.asarray(Image.open(result.validation_images[-1]).convert("RGB"), dtype=np.int16)
+    params = resolve_params(loaded, GenerationConfig(steps=2, height=32, width=32))
+    again = generate_images(loaded.pipe, [prompt], [settings.seed], params, loaded.device)[0]
+    assert np.abs(np.asarray(again.convert("RGB"), dtype=np.int16) - trained).max() <= 1
+    plain_spec = build_spec("p", "diffusers", str(kandinsky22_base))
+    plain_loaded = load_pipeline(plain_spec, "cpu")
+    plain = generate_images(plain_loaded.pipe, [prompt], [settings.seed], params, plain_loaded.device)[0]
+    assert np.abs(np.asarray(plain.convert("RGB"), dtype=np.int16) - trained).max() > 1
+
+
+def test_kandinsky3_unet_lora_trains_and_reloads_with_identical_images(examples: list, tmp_path: Path) -> None:
+    """Kandinsky3UNet has no adapter mixin: peft wraps its attention modules by name; T5-conditioned epsilon loss."""
+    from PIL import Image
+
+    from generation.testing import save_tiny_pipeline
+
+    base = save_tiny_pipeline("kandinsky3", tmp_path / "base")
+    with pytest.raises(ValueError, match="Kandinsky3UNet .* has no gradient checkpointing"):
+        train_lora(config(base, tmp_path / "gc", "sd", resolution=16, gradient_checkpointing=True), examples)
+    prompt = "a polyp in the colon"
+    settings = config(base, tmp_path / "k3", "sd", steps=6, lr=5e-2, resolution=16, validation_prompts=(prompt,))
+    result = train_lora(settings, examples, progress=False)
+    assert result.family == "kandinsky3" and all(np.isfinite(result.losses))
+    tensors = lora_tensors(result.adapter_path)
+    assert tensors and any(".attention.to_q.lora_A" in key for key in tensors)
+    assert max(float(v.abs().max()) for k, v in tensors.items() if "lora_B" in k) > 0
+
+    loaded = load_pipeline(build_spec("k", "diffusers", str(base), lora=[str(tmp_path / "k3")]), "cpu")
+    trained = np.asarray(Image.open(result.validation_images[-1]).convert("RGB"), dtype=np.int16)
+    params = resolve_params(loaded, GenerationConfig(steps=2, height=16, width=16))
+    again = generate_images(loaded.pipe, [prompt], [settings.seed], params, loaded.device)[0]
+    assert np.abs(np.asarray(again.convert("RGB"), dtype=np.int16) - trained).max() <= 1
+    plain_loaded = load_pipeline(build_spec("p", "diffusers", str(base)), "cpu")
+    plain = generate_images(plain_loaded.pipe, [prompt], [settings.seed], params, plain_loaded.device)[0]
+    assert np.abs(np.asarray(plain.convert("RGB"), dtype=np.int16) - trained).max() > 1
+    off = load_pipeline(build_spec("z", "diffusers", str(base), lora=[f"{tmp_path / 'k3'}@0"]), "cpu")
+    zero = generate_images(off.pipe, [prompt], [settings.seed], params, off.device)[0]
+    np.testing.assert_array_equal(np.asarray(zero), np.asarray(plain))  # the @SCALE of models add --lora applies
+
+
+def test_a_kandinsky_adapter_for_another_base_is_refused_with_a_message(tmp_path: Path) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from generation.lora import save_peft_lora
+    from generation.testing import save_tiny_pipeline, tiny_kandinsky22_pipeline
+
+    unet = tiny_kandinsky22_pipeline().unet
+    settings = LoraConfig(r=2, lora_alpha=2, target_modules=["add_k_proj"])
+    inject_adapter_in_model(settings, unet, adapter_name="default")
+    save_peft_lora(tmp_path / "k22-lora", {"unet": unet}, {"unet": settings})
+    k3 = save_tiny_pipeline("kandinsky3", tmp_path / "k3")
+    with pytest.raises(ValueError, match="cannot load LoRA .* into Kandinsky3Pipeline"):
+        load_pipeline(build_spec("x", "diffusers", str(k3), lora=[str(tmp_path / "k22-lora")]), "cpu")
+
+
+def test_latent_and_embedding_caches_are_memory_maps_on_disk_and_keep_the_losses(
+    bases: dict[str, Path], examples: list, tmp_path: Path
+) -> None:
+    from generation.lora_train import CACHE_DIR, open_cache
+
+    cached = train_lora(config(bases["sd"], tmp_path / "c", "sd", steps=2), examples, progress=False)
+    root = tmp_path / "c" / CACHE_DIR
+    tables = {**open_cache(root / "cond"), **open_cache(root / "latents")}
+    assert set(tables) == {"prompt_embeds", "latents"}
+    assert all(isinstance(table.array, np.memmap) for table in tables.values())
+    assert len(tables["latents"]) == len(examples) and len(tables["prompt_embeds"]) == len({c for _, c in examples})
+    stamp = {p.name: p.stat().st_mtime_ns for p in root.rglob("*.npy")}
+
+    uncached = train_lora(
+        config(bases["sd"], tmp_path / "u", "sd", steps=2, cache_latents=False, cache_text_embeddings=False),
+        examples,
+        progress=False,
+    )
+    np.testing.assert_allclose(cached.losses, uncached.losses, rtol=1e-5)
+    assert not (tmp_path / "u" / CACHE_DIR).exists()
+
+    again = train_lora(config(bases["sd"], tmp_path / "c", "sd", steps=2, resume=True), examples, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in root.rglob("*.npy")} == stamp  # reused, not rebuilt
+    np.testing.assert_allclose(again.losses, cached.losses, rtol=1e-6)
+
+
+def test_a_bfloat16_cache_round_trips_bit_for_bit(tmp_path: Path) -> None:
+    from generation.lora_train import build_cache, open_cache
+
+    data = torch.randn(5, 3, 4).to(torch.bfloat16)
+    mask = torch.tensor([[1, 1, 0]] * 5)
+    assert build_cache(tmp_path, "k", 5, lambda a, b: {"e": data[a:b], "m": mask[a:b]}, chunk=2)
+    assert not build_cache(tmp_path, "k", 5, lambda a, b: {"e": data[a:b], "m": mask[a:b]}, chunk=2)
+    tables = open_cache(tmp_path)
+    rows = torch.tensor([4, 0, 2])
+    assert torch.equal(tables["e"].rows(rows), data[rows]) and tables["e"].rows(rows).dtype == torch.bfloat16
+    assert torch.equal(tables["m"].rows(rows), mask[rows])
+    assert build_cache(tmp_path, "other", 5, lambda a, b: {"e": data[a:b] * 2, "m": mask[a:b]})  # new key: rebuilt
+    torch.testing.assert_close(open_cache(tmp_path)["e"].rows(rows), data[rows] * 2)

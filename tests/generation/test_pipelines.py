@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from db.errors import MedSynthError
 from generation.batch import GenerationConfig, check_inputs, generate_images, resolve_params
 from generation.devices import parse_dtype, resolve_device, track_peak_memory
 from generation.pipelines import (
@@ -191,10 +192,10 @@ def test_hub_id_offline_and_not_cached_names_the_id(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(ValueError, match=r"'black-forest-labs/FLUX\.1-dev' is not in the local .*offline"):
+    with pytest.raises(MedSynthError, match=r"'black-forest-labs/FLUX\.1-dev' is not in the local .*offline"):
         build_spec("flux", "diffusers", "black-forest-labs/FLUX.1-dev")
     spec = ModelSpec("k3", "diffusers", "kandinsky-community/kandinsky-3")
-    with pytest.raises(ValueError, match="kandinsky-community/kandinsky-3"):
+    with pytest.raises(MedSynthError, match="kandinsky-community/kandinsky-3"):
         load_pipeline(spec, device="cpu")
 
 
@@ -270,3 +271,46 @@ def test_local_sources_and_loras_are_stored_absolute(tmp_path: Path, monkeypatch
     spec = build_spec("m", "diffusers", "pipe", lora=["lora@0.5"])
     assert spec.source == str((tmp_path / "pipe").resolve())
     assert spec.loras[0].path == str((tmp_path / "lora").resolve()) and spec.loras[0].scale == 0.5
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """The hub switched on (no request leaves: every test below replaces the one probe) with an empty cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    return monkeypatch
+
+
+def _raise(error: BaseException):
+    def probe(*_args: object, **_kwargs: object) -> None:
+        raise error
+
+    return probe
+
+
+def test_gated_missing_and_unreachable_hub_ids_are_one_line(online: pytest.MonkeyPatch) -> None:
+    import httpx2
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    response = httpx2.Response(403, request=httpx2.Request("HEAD", "https://huggingface.co/x"))
+    cases = [
+        (GatedRepoError("403 gated", response=response), r"'black-forest-labs/FLUX\.1-dev' is gated: accept its lic"),
+        (RepositoryNotFoundError("404", response=response), r"does not exist \(or is private"),
+        (httpx2.ConnectError("[Errno -3] Temporary failure in name resolution"), "cannot reach the Hugging Face hub"),
+    ]
+    for error, message in cases:
+        online.setattr("huggingface_hub.get_hf_file_metadata", _raise(error))
+        with pytest.raises(MedSynthError, match=message) as caught:
+            build_spec("flux", "diffusers", "black-forest-labs/FLUX.1-dev")
+        assert "\n" not in str(caught.value) and caught.value.__cause__ is None  # one line, no chained traceback
+
+
+def test_unreachable_hub_with_a_cached_copy_only_warns(online: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    import httpx2
+
+    online.setattr("huggingface_hub.get_hf_file_metadata", _raise(httpx2.ConnectTimeout("timed out")))
+    online.setattr("huggingface_hub.try_to_load_from_cache", lambda *_a, **_k: "/cache/model_index.json")
+    with caplog.at_level("WARNING"):
+        spec = build_spec("flux", "diffusers", "black-forest-labs/FLUX.1-dev")
+    assert spec.source == "black-forest-labs/FLUX.1-dev" and "using the cached copy" in caplog.text
