@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from db.errors import InputError
 from db.models import Assignment, Case, Dataset, Model, Rater, Rating, Study, StudyItem
 from db.questions import DEFAULT_QUESTIONS
+from db.ratings import conflict_count
 from db.studies import get_study
 
 ExportFormat = Literal["csv", "parquet", "json"]
@@ -228,6 +229,8 @@ def export_study(session: Session, study_name: str, out_dir: Path, fmt: str = "c
                 "seed": study.seed,
                 "questions": DEFAULT_QUESTIONS.keys(),
                 "ratings": len(ratings),
+                # submissions turned away because the pair was already rated in another tab or window
+                "rating_conflicts": conflict_count(session, study.id),
             },
             indent=1,
         ),
