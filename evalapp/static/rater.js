@@ -287,6 +287,8 @@
       var img = p.querySelector("img");
       var src = zoomSrc(side);
       if (img.getAttribute("src") !== src) img.setAttribute("src", src);
+      if (img.naturalWidth) img.style.width = img.naturalWidth / (window.devicePixelRatio || 1) + "px"; // 100% = native
+      else img.onload = renderZoom;
       img.style.transform = "translate(" + view.x + "px," + view.y + "px) scale(" + view.scale + ")";
       p.querySelector(".ms-zoom-label").textContent = sideName(side);
     });
