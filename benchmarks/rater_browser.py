@@ -99,7 +99,7 @@ async def run(links: list[str], pairs: int) -> list[float]:
     from playwright.async_api import async_playwright
 
     sys.path.insert(0, str(ROOT / "tests" / "evalapp"))
-    import conftest as fixtures
+    import conftest as fixtures  # type: ignore[import-not-found]
 
     out: list[float] = []
     async with async_playwright() as pw:
@@ -120,7 +120,7 @@ def main() -> None:
     counts = [1, 2] if args.quick else [int(n) for n in args.raters.split(",")]
     pairs = 3 if args.quick else min(args.pairs, 10)
     sys.path.insert(0, str(ROOT / "tests" / "evalapp"))
-    import conftest as fixtures  # the same workspace builder the tests use
+    import conftest as fixtures  # type: ignore[import-not-found]  # the tests' workspace builder
 
     tmp = Path(tempfile.mkdtemp(prefix="medsynth-browser-bench-"))
     ws, _ = fixtures._build_workspace(tmp, ROOT.parent / "shared" / "data")

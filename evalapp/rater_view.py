@@ -489,8 +489,8 @@ def question_component(q: Question) -> gr.components.Component:
     classes = ["ms-q", f"ms-q-{q.kind.value}"]
     elem_id = f"q-{q.key}"
     if q.kind == QuestionKind.SCALE:
-        choices = [(str(n), n) for n in range(1, q.scale_max + 1)]
-        return gr.Radio(choices, label=question_label(q), elem_id=elem_id, elem_classes=classes)
+        numbers = [(str(n), n) for n in range(1, q.scale_max + 1)]
+        return gr.Radio(numbers, label=question_label(q), elem_id=elem_id, elem_classes=classes)
     if q.kind == QuestionKind.CHOICE:
         choices = [(CHOICE_LABELS.get(c, c.title()), c) for c in q.choices]
         return gr.Radio(choices, label=question_label(q), elem_id=elem_id, elem_classes=classes)
@@ -519,7 +519,7 @@ class RaterComponents:
     message: gr.HTML
     resume: gr.Button
 
-    def outputs(self) -> list[gr.components.Component]:
+    def outputs(self) -> list[gr.blocks.Block]:
         return [
             self.status,
             self.form,
