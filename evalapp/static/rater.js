@@ -160,8 +160,12 @@
     }
   }
   setInterval(tick, 15);
-  new MutationObserver(function () { usePrefetched(); tick(); }).observe(document.documentElement, {
-    subtree: true, childList: true, attributes: true, attributeFilter: ["data-display", "data-seq", "src"],
+  new MutationObserver(function () {
+    usePrefetched();
+    tick();
+    if (document.body && document.body.classList.contains("ms-grey") !== greyStudy()) applyWindow();
+  }).observe(document.documentElement, {
+    subtree: true, childList: true, attributes: true, attributeFilter: ["data-display", "data-seq", "data-grey", "src"],
   });
   document.addEventListener("load", function () { tick(); }, true);
 

@@ -126,6 +126,7 @@ def test_theme_toggle_is_kept_and_text_contrast_meets_wcag_aa(app_env: Any, open
     results = {"light": page.evaluate(CONTRAST)}
     page.keyboard.press("t")
     page.wait_for_function("document.body.classList.contains('ms-dark')")
+    page.wait_for_timeout(500)  # let colour transitions finish
     results["dark"] = page.evaluate(CONTRAST)
     for theme, rows in results.items():
         assert len(rows) > 20, theme
@@ -207,3 +208,25 @@ def test_phone_layout_swipes_between_images_with_a_sticky_question_sheet(browser
         assert layout["sticky"] == "sticky" and layout["keys"] == "none" and layout["submitVisible"], layout
     finally:
         context.close()
+
+
+def test_window_level_applies_equally_to_both_images_on_grey_scale_pairs(app_env: Any, open_rater_page: Any) -> None:
+    rater = app_env.add_rater("browser-study")
+    view = open_rater_page(rater.link, 1440, 900)
+    page = view.page
+    view.wait_pair(1, 4)
+    assert not page.locator(".ms-wl-group").is_visible()  # colour (GI) pairs get no window/level tools
+    page.evaluate("document.querySelector('.ms-head').setAttribute('data-grey', '1')")  # as a radiology pair
+    page.locator(".ms-wl[data-wl='contrast']").click()
+    filters = page.eval_on_selector_all(".ms-img", "els => els.map(e => e.style.filter)")
+    assert filters[0] == filters[1] and "contrast(2" in filters[0]
+    box = page.locator("#ms-img-left .ms-img").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 100, box["y"] + 100)
+    page.mouse.down(button="right")
+    page.mouse.move(box["x"] + 180, box["y"] + 60)
+    page.mouse.up(button="right")
+    after = page.eval_on_selector_all(".ms-img", "els => els.map(e => e.style.filter)")
+    assert after[0] == after[1] and after[0] != filters[0]  # dragged: both images changed alike
+    page.keyboard.press("[")
+    assert page.eval_on_selector("#ms-zoom img", "e => e.style.filter") == after[0]  # and the full view too
