@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from db.errors import InputError
 from db.models import Assignment, Case, Dataset, Model, Rater, Rating, Study, StudyItem
 from db.questions import DEFAULT_QUESTIONS
+from db.ratings import conflict_count
 from db.studies import get_study
 
 ExportFormat = Literal["csv", "parquet", "json"]
@@ -313,6 +314,8 @@ def export_study(
                 "ratings": len(ratings),
                 "medsynth": medsynth_version(),
                 "exported_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                # submissions turned away because the pair was already rated in another tab or window
+                "rating_conflicts": conflict_count(session, study.id),
             },
             indent=1,
             ensure_ascii=False,

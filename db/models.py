@@ -282,6 +282,23 @@ class Rating(Base):
     assignment: Mapped[Assignment] = relationship(back_populates="rating")
 
 
+class RatingConflict(Base):
+    """A submission refused because its pair was already rated (another tab or window): kept for the export.
+
+    The stored rating is never changed; this row only records that a second answer set arrived and was
+    turned away (the rater was told and shown the stored answers).
+    """
+
+    __tablename__ = "rating_conflicts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rating_id: Mapped[int] = mapped_column(ForeignKey("ratings.id", ondelete="CASCADE"), index=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"), index=True)
+    submission_id: Mapped[str] = mapped_column(String(64), unique=True)
+    answers: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class AppSetting(Base):
     """Key/value settings of the app (coordinator password hash, demo switch)."""
 

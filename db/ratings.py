@@ -2,7 +2,9 @@
 
 A rating is acknowledged only after its transaction commits. The client submission id is unique, so a
 double click or a retry after a network error returns the stored rating instead of writing a second one;
-one rating per assignment is enforced by the schema too, so two tabs cannot rate the same item twice.
+one rating per assignment is enforced by the schema too, so two tabs cannot rate the same item twice: the
+second tab's submission is answered ``ALREADY_RATED``, recorded as a :class:`RatingConflict` (counted in
+exports) and shown the stored answers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.errors import AccessDenied, InputError
-from db.models import Assignment, Rater, Rating, Side, StudyItem, utcnow
+from db.models import Assignment, Rater, Rating, RatingConflict, Side, StudyItem, utcnow
 from db.questions import DEFAULT_QUESTIONS, QuestionSet
 from db.session import Database
 
@@ -43,6 +45,7 @@ class PairView:
     done: int
     left_sha256: str
     right_sha256: str
+    domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ def next_pair(session: Session, rater: Rater) -> PairView | None:
         done=done,
         left_sha256=item.sha256_on(Side.LEFT),
         right_sha256=item.sha256_on(Side.RIGHT),
+        domain=item.domain.value,
     )
 
 
@@ -179,3 +183,65 @@ def submit_rating(
         if rated is None:
             raise InputError("the rating could not be stored; please submit again")
         return SubmitResult(SubmitStatus.ALREADY_RATED, rated.id)
+
+
+def assigned_item_public_id(session: Session, rater_id: int, position: int) -> str | None:
+    """The public id of the item at ``position`` in the rater's list, or None."""
+    found = session.scalar(
+        select(StudyItem.public_id)
+        .join(Assignment, Assignment.item_id == StudyItem.id)
+        .where(Assignment.rater_id == rater_id, Assignment.position == position)
+    )
+    return None if found is None else str(found)
+
+
+def has_assignments(session: Session, rater_id: int) -> bool:
+    """Whether the rater has any pair at all (a study can add raters before it has items for them)."""
+    return session.scalar(select(Assignment.id).where(Assignment.rater_id == rater_id).limit(1)) is not None
+
+
+def stored_answers(database: Database, rating_id: int) -> dict[str, Any]:
+    """The answers of a stored rating (shown to a second tab that tried to rate the same pair)."""
+    with database.session() as session:
+        rating = session.get(Rating, rating_id)
+        return dict(rating.answers) if rating is not None else {}
+
+
+def record_conflict(
+    database: Database, rating_id: int, rater_id: int, submission_id: str, answers: dict[str, Any]
+) -> None:
+    """Record a submission turned away because its pair was already rated (once per submission id)."""
+    try:
+        with database.session() as session:
+            if session.scalar(select(RatingConflict.id).where(RatingConflict.submission_id == submission_id)):
+                return
+            session.add(
+                RatingConflict(rating_id=rating_id, rater_id=rater_id, submission_id=submission_id, answers=answers)
+            )
+    except IntegrityError:  # the same submission recorded concurrently: once is enough
+        return
+
+
+def conflict_count(session: Session, study_id: int) -> int:
+    """How many submissions of a study were turned away as already rated in another tab or window."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(RatingConflict)
+            .join(Rater, RatingConflict.rater_id == Rater.id)
+            .where(Rater.study_id == study_id)
+        )
+        or 0
+    )
+
+
+def upcoming_position(session: Session, rater_id: int, after_position: int) -> int | None:
+    """The position of the rater's next unrated pair after ``after_position`` (what to prefetch), or None."""
+    found = session.scalar(
+        select(Assignment.position)
+        .outerjoin(Rating, Rating.assignment_id == Assignment.id)
+        .where(Assignment.rater_id == rater_id, Assignment.position > after_position, Rating.id.is_(None))
+        .order_by(Assignment.position)
+        .limit(1)
+    )
+    return None if found is None else int(found)

@@ -1,7 +1,14 @@
-/* MedSynth rater page: keyboard control, focus highlight, full-size view, client response time.
+/* MedSynth rater page: answers bound to their pair, keyboard control, reading-room tools.
    Keys: Up/Down move between questions; 1-5 answer the highlighted question; L/R answer "which image is
-   generated?"; Enter submits; [ and ] enlarge the left/right image; C comment; N cannot assess; Esc leaves a
-   text box or closes the enlarged view; P pauses. Nothing here knows anything about the images. */
+   generated?"; Enter submits; [ and ] open the full-resolution view of the left/right image; X compares both
+   at the same zoom; C comment; N cannot assess; Esc leaves a text box or closes a view; P pauses; T switches
+   dark/light; ? shows the instructions.
+
+   Binding: every answer is given for one display (the header's data-display). From a submission until the
+   next pair's images are on screen and its form is blank, answer keys are queued (and replayed on the new
+   pair's first question) and clicks on the form are ignored; the submission carries the display id its
+   answers were given for, and the server refuses answers given for another display.
+   Nothing here knows anything about the images. */
 (function () {
   "use strict";
   if (window.msRaterInstalled) return;
@@ -9,10 +16,18 @@
 
   var focusIndex = 0;
   var shownAt = null;
-  var lastSrc = "";
+  var ready = false; // the form on screen belongs to currentDisplay and may take answers
+  var currentDisplay = "";
+  var answersFor = ""; // the display the form's answers were given for
+  var waiting = null; // {display, seq, since}: a submission is on its way
+  var queue = []; // keys pressed while not ready
+  var prefetched = {}; // image URL -> data: URL of the next pair, fetched while the rater answers
+  var QUEUE_KEYS = /^([1-9]|l|L|r|R|ArrowUp|ArrowDown)$/;
+  var STORE = window.localStorage || { getItem: function () { return null; }, setItem: function () {} };
 
+  function $(sel) { return document.querySelector(sel); }
   function questions() {
-    return Array.prototype.slice.call(document.querySelectorAll(".ms-q-scale, .ms-q-choice"));
+    return Array.prototype.slice.call(document.querySelectorAll("#ms-form .ms-q-scale, #ms-form .ms-q-choice"));
   }
   function radios(block) {
     return Array.prototype.slice.call(block.querySelectorAll('input[type="radio"]'));
@@ -24,12 +39,32 @@
     var form = document.getElementById("ms-form");
     return !!(form && form.offsetParent !== null);
   }
+  function head() { return $("#ms-header .ms-head"); }
+  function displayOnScreen() {
+    var h = head();
+    return h ? h.getAttribute("data-display") || "" : "";
+  }
+  function messageSeq() {
+    var m = $("#ms-message .ms-message");
+    return m ? m.getAttribute("data-seq") || "" : "";
+  }
+  function images() {
+    return Array.prototype.slice.call(document.querySelectorAll("#ms-form .ms-img"));
+  }
+  function imagesShown() {
+    var imgs = images();
+    return imgs.length === 2 && imgs.every(function (i) { return i.complete && i.naturalWidth > 0; });
+  }
+  function formBlank() {
+    return !document.querySelector("#ms-form input[type=radio]:checked") &&
+      !document.querySelector("#ms-form input[type=checkbox]:checked");
+  }
   function setFocus(i, scroll) {
     var qs = questions();
     if (!qs.length) return;
     focusIndex = Math.max(0, Math.min(i, qs.length - 1));
     qs.forEach(function (q, n) { q.classList.toggle("ms-focus", n === focusIndex); });
-    if (scroll !== false) qs[focusIndex].scrollIntoView({ block: "nearest", behavior: "smooth" });
+    if (scroll !== false) qs[focusIndex].scrollIntoView({ block: "nearest" });
   }
   function nextUnanswered(from) {
     var qs = questions();
@@ -37,10 +72,23 @@
     for (var m = 0; m < qs.length; m++) if (!answered(qs[m])) return m;
     return -1;
   }
+  function clearMissing(block) {
+    if (!block || !block.classList.contains("ms-missing")) return;
+    block.classList.remove("ms-missing");
+    if (!document.querySelector("#ms-form .ms-missing")) {
+      var m = $("#ms-message .ms-message-alert");
+      if (m) m.textContent = "";
+    }
+  }
+  function answerGiven(block) {
+    answersFor = currentDisplay;
+    clearMissing(block);
+  }
   function answer(block, index) {
     var rs = radios(block);
     if (index < 0 || index >= rs.length) return false;
     rs[index].click();
+    answerGiven(block);
     return true;
   }
   function advance() {
@@ -48,7 +96,7 @@
     if (next >= 0) setFocus(next);
     else {
       var send = document.getElementById("ms-submit");
-      if (send) send.scrollIntoView({ block: "nearest", behavior: "smooth" });
+      if (send) send.scrollIntoView({ block: "nearest" });
     }
   }
   function textField(id) {
@@ -60,82 +108,313 @@
     if (el) el.click();
   }
 
-  /* ---- full-size view ---- */
-  var overlay = null;
-  var scale = 1;
-  function closeZoom() {
-    if (overlay) { overlay.remove(); overlay = null; }
-  }
-  function openZoom(src) {
-    closeZoom();
-    if (!src) return;
-    scale = 1;
-    overlay = document.createElement("div");
-    overlay.id = "ms-zoom";
-    overlay.setAttribute("role", "dialog");
-    overlay.innerHTML = '<div class="ms-zoom-bar">Full size · scroll or + / − to zoom · Esc to close</div>' +
-      '<div class="ms-zoom-stage"><img alt="Enlarged image"></div>';
-    var img = overlay.querySelector("img");
-    img.src = src;
-    overlay.addEventListener("click", function (ev) { if (ev.target === overlay || ev.target.classList.contains("ms-zoom-stage")) closeZoom(); });
-    overlay.addEventListener("wheel", function (ev) {
-      ev.preventDefault();
-      zoomBy(ev.deltaY < 0 ? 1.15 : 1 / 1.15);
-    }, { passive: false });
-    document.body.appendChild(overlay);
-  }
-  function zoomBy(f) {
-    if (!overlay) return;
-    scale = Math.max(0.5, Math.min(8, scale * f));
-    overlay.querySelector("img").style.transform = "scale(" + scale + ")";
-  }
-  function zoomSide(side) {
-    var img = document.querySelector("#ms-img-" + side + " .ms-img");
-    if (img) openZoom(img.getAttribute("data-zoom"));
-  }
-
-  /* ---- a new pair: reset focus and start the client clock ---- */
-  document.addEventListener("load", function (ev) {
-    var t = ev.target;
-    if (!t || !t.classList || !t.classList.contains("ms-img")) return;
-    var left = document.querySelector("#ms-img-left .ms-img");
-    var src = left ? left.getAttribute("src") : "";
-    if (src && src !== lastSrc) {
-      lastSrc = src;
+  /* ---- the pair on screen: ready only when its images are shown and its form is blank ---- */
+  function becomeReady(display, fresh) {
+    ready = true;
+    waiting = null;
+    if (fresh) {
+      currentDisplay = display;
+      answersFor = "";
       shownAt = performance.now();
       setFocus(0, false);
       window.scrollTo({ top: 0 });
-      window.msReadyFor = src;
+      var left = $("#ms-img-left .ms-img");
+      window.msReadyFor = left ? left.getAttribute("src") : "";
+      applyWindow();
+      applyThemeDefault();
+      maybeIntro();
+      prefetchNext();
     }
-  }, true);
+    var keys = queue;
+    queue = [];
+    keys.forEach(function (k) { handleKey(k, null); });
+  }
+  function usePrefetched() {
+    if (ready && !waiting) return; // only a pair not yet shown takes the prefetched bytes
+    images().forEach(function (img) {
+      var src = img.getAttribute("src") || "";
+      var data = prefetched[src];
+      if (data) { delete prefetched[src]; img.setAttribute("src", data); }
+    });
+  }
+  function tick() {
+    if (!formVisible()) {
+      if (ready || currentDisplay) { ready = false; currentDisplay = ""; }
+      if (waiting && performance.now() - waiting.since > 10000) waiting = null;
+      return;
+    }
+    var shown = displayOnScreen();
+    usePrefetched();
+    if (waiting) {
+      if (shown && shown !== waiting.display) {
+        if (imagesShown() && formBlank()) becomeReady(shown, true);
+      } else if (messageSeq() !== waiting.seq || performance.now() - waiting.since > 10000) {
+        becomeReady(shown, false); // refused (missing answers): the same pair, its answers kept
+      }
+      return;
+    }
+    if (!shown) return;
+    if (shown !== currentDisplay) {
+      ready = false;
+      if (imagesShown() && formBlank()) becomeReady(shown, true);
+    }
+  }
+  setInterval(tick, 15);
+  new MutationObserver(function () {
+    usePrefetched();
+    tick();
+    if (document.body && document.body.classList.contains("ms-grey") !== greyStudy()) applyWindow();
+  }).observe(document.documentElement, {
+    subtree: true, childList: true, attributes: true, attributeFilter: ["data-display", "data-seq", "data-grey", "src"],
+  });
+  document.addEventListener("load", function () { tick(); }, true);
+
+  /* ---- prefetch: the next pair's images, held as data: URLs (the served copies are no-store) ---- */
+  function prefetchNext() {
+    var h = head();
+    var next = h ? (h.getAttribute("data-next") || "").split(" ").filter(Boolean) : [];
+    var keep = {};
+    next.forEach(function (url) {
+      if (prefetched[url]) { keep[url] = prefetched[url]; return; }
+      keep[url] = "";
+      fetch(url, { cache: "no-store", credentials: "same-origin" }).then(function (r) {
+        if (!r.ok) throw new Error("no image");
+        return r.blob();
+      }).then(function (blob) {
+        var reader = new FileReader();
+        reader.onload = function () { if (url in prefetched) prefetched[url] = String(reader.result); };
+        reader.readAsDataURL(blob);
+      }).catch(function () { delete prefetched[url]; });
+    });
+    prefetched = keep;
+  }
 
   window.msBeforeSubmit = function (args) {
     var out = args.slice();
     var n = out.length;
-    out[n - 2] = shownAt === null ? "" : String(Math.round(performance.now() - shownAt));
-    out[n - 1] = new Date().toISOString();
+    out[n - 3] = shownAt === null ? "" : String(Math.round(performance.now() - shownAt));
+    out[n - 2] = new Date().toISOString();
+    out[n - 1] = answersFor;
     return out;
   };
+
+  /* ---- theme: dark reading room or light, kept by the rater ---- */
+  function setTheme(dark, keep) {
+    document.body.classList.toggle("dark", dark);
+    document.body.classList.toggle("ms-dark", dark);
+    document.body.classList.toggle("ms-light", !dark);
+    if (keep) STORE.setItem("ms-theme", dark ? "dark" : "light");
+  }
+  function applyThemeDefault() {
+    var kept = STORE.getItem("ms-theme");
+    if (kept) { setTheme(kept === "dark", false); return; }
+    var h = head();
+    setTheme(!!(h && h.getAttribute("data-grey") === "1"), false);
+  }
+  function toggleTheme() { setTheme(!document.body.classList.contains("ms-dark"), true); }
+  (function early() {
+    var kept = STORE.getItem("ms-theme");
+    if (document.body) setTheme(kept === "dark", false);
+    else document.addEventListener("DOMContentLoaded", early);
+  })();
+
+  /* ---- instructions ---- */
+  function intro() { return document.getElementById("ms-intro"); }
+  function introOpen() { var i = intro(); return !!(i && !i.hidden); }
+  function showIntro(open) {
+    var i = intro();
+    if (!i) return;
+    i.hidden = !open;
+    if (open) { var b = document.getElementById("ms-intro-start"); if (b) b.focus(); }
+  }
+  function maybeIntro() {
+    var i = intro();
+    if (!i || i.getAttribute("data-seen") === "1") return;
+    i.setAttribute("data-seen", "1");
+    if (i.getAttribute("data-first") === "1") showIntro(true);
+  }
+
+  /* ---- window / level (grey-scale studies): one setting for both images ---- */
+  var win = { c: 1, b: 1 };
+  var PRESETS = { default: { c: 1, b: 1 }, soft: { c: 1.4, b: 1.05 }, bright: { c: 1, b: 1.35 }, contrast: { c: 2, b: 0.95 } };
+  function greyStudy() { var h = head(); return !!(h && h.getAttribute("data-grey") === "1"); }
+  function filterText() { return win.c === 1 && win.b === 1 ? "" : "brightness(" + win.b.toFixed(3) + ") contrast(" + win.c.toFixed(3) + ")"; }
+  function applyWindow() {
+    document.body.classList.toggle("ms-grey", greyStudy());
+    var f = greyStudy() ? filterText() : "";
+    document.querySelectorAll(".ms-img, #ms-zoom img").forEach(function (img) { img.style.filter = f; });
+    var label = document.getElementById("ms-wl-value");
+    if (label) label.textContent = "W " + win.c.toFixed(2) + " · L " + win.b.toFixed(2);
+  }
+  function preset(name) { var p = PRESETS[name]; if (p) { win = { c: p.c, b: p.b }; applyWindow(); } }
+  var wlDrag = null;
+  document.addEventListener("contextmenu", function (ev) {
+    if (greyStudy() && ev.target.closest && ev.target.closest(".ms-img, #ms-zoom img")) ev.preventDefault();
+  });
+  document.addEventListener("pointerdown", function (ev) {
+    if (!greyStudy() || !ev.target.closest || !ev.target.closest(".ms-img, #ms-zoom img")) return;
+    if (ev.button === 2 || ev.shiftKey) {
+      wlDrag = { x: ev.clientX, y: ev.clientY, c: win.c, b: win.b };
+      ev.preventDefault();
+    }
+  }, true);
+  document.addEventListener("pointermove", function (ev) {
+    if (!wlDrag) return;
+    win.c = Math.max(0.2, Math.min(5, wlDrag.c * Math.exp((ev.clientX - wlDrag.x) / 200)));
+    win.b = Math.max(0.2, Math.min(3, wlDrag.b * Math.exp(-(ev.clientY - wlDrag.y) / 200)));
+    applyWindow();
+  });
+  document.addEventListener("pointerup", function () { wlDrag = null; });
+
+  /* ---- full-resolution view: pan, zoom, which side, side-by-side and flicker at equal zoom ---- */
+  var overlay = null;
+  var view = { scale: 1, x: 0, y: 0, side: "left", both: false };
+  var pan = null;
+  function zoomSrc(side) {
+    var img = $("#ms-img-" + side + " .ms-img");
+    return img ? img.getAttribute("data-zoom") : "";
+  }
+  function closeZoom() {
+    if (overlay) { overlay.remove(); overlay = null; }
+  }
+  function sideName(side) { return side === "left" ? "Left image" : "Right image"; }
+  function pane() {
+    return '<div class="ms-zoom-pane"><span class="ms-zoom-label"></span><img alt="Enlarged image" draggable="false"></div>';
+  }
+  function renderZoom() {
+    if (!overlay) return;
+    var stage = overlay.querySelector(".ms-zoom-stage");
+    var want = view.both ? 2 : 1;
+    if (stage.children.length !== want) stage.innerHTML = view.both ? pane() + pane() : pane();
+    Array.prototype.forEach.call(stage.children, function (p, n) {
+      var side = view.both ? (n === 0 ? "left" : "right") : view.side;
+      var img = p.querySelector("img");
+      var src = zoomSrc(side);
+      if (img.getAttribute("src") !== src) img.setAttribute("src", src);
+      if (img.naturalWidth) img.style.width = img.naturalWidth / (window.devicePixelRatio || 1) + "px"; // 100% = native
+      else img.onload = renderZoom;
+      img.style.transform = "translate(" + view.x + "px," + view.y + "px) scale(" + view.scale + ")";
+      p.querySelector(".ms-zoom-label").textContent = sideName(side);
+    });
+    var pct = Math.round(view.scale * 100);
+    overlay.querySelector(".ms-zoom-state").textContent =
+      (view.both ? "Both images side by side" : sideName(view.side)) + " · " + pct + "%" +
+      (view.scale === 1 ? " (1 image pixel = 1 screen pixel)" : "");
+    applyWindow();
+  }
+  function openZoom(side, both) {
+    closeZoom();
+    if (!zoomSrc(side)) return;
+    view = { scale: 1, x: 0, y: 0, side: side, both: !!both };
+    overlay = document.createElement("div");
+    overlay.id = "ms-zoom";
+    overlay.setAttribute("role", "dialog");
+    overlay.innerHTML =
+      '<div class="ms-zoom-bar"><span class="ms-zoom-state"></span>' +
+      '<span class="ms-zoom-help">drag to pan · wheel or + / − to zoom · 0 actual pixels · Space flicker · ' +
+      "X side by side · Esc close</span></div>" +
+      '<div class="ms-zoom-stage"></div>';
+    overlay.addEventListener("wheel", function (ev) {
+      ev.preventDefault();
+      zoomBy(ev.deltaY < 0 ? 1.25 : 1 / 1.25);
+    }, { passive: false });
+    overlay.addEventListener("pointerdown", function (ev) {
+      if (ev.button !== 0 || ev.shiftKey) return;
+      pan = { x: ev.clientX - view.x, y: ev.clientY - view.y };
+      ev.preventDefault();
+    });
+    overlay.addEventListener("pointermove", function (ev) {
+      if (!pan) return;
+      view.x = ev.clientX - pan.x; view.y = ev.clientY - pan.y; renderZoom();
+    });
+    overlay.addEventListener("pointerup", function () { pan = null; });
+    document.body.appendChild(overlay);
+    renderZoom();
+  }
+  function zoomBy(f) {
+    if (!overlay) return;
+    view.scale = Math.max(0.25, Math.min(16, view.scale * f));
+    if (Math.abs(view.scale - 1) < 0.02) view.scale = 1;
+    renderZoom();
+  }
+
+  /* ---- keys ---- */
+  function handleKey(key, ev) {
+    function stop() { if (ev) ev.preventDefault(); }
+    var qs = questions();
+    var block = qs[focusIndex];
+    if (key >= "1" && key <= "9" && key.length === 1) {
+      if (block && answer(block, parseInt(key, 10) - 1)) { stop(); advance(); }
+    } else if (key === "l" || key === "L" || key === "r" || key === "R") {
+      var which = document.getElementById("q-which_generated");
+      if (which && answer(which, key.toLowerCase() === "l" ? 0 : 1)) {
+        stop();
+        focusIndex = qs.indexOf(which);
+        advance();
+      }
+    } else if (key === "ArrowDown") {
+      setFocus(focusIndex + 1); stop();
+    } else if (key === "ArrowUp") {
+      setFocus(focusIndex - 1); stop();
+    } else if (key === "Enter") {
+      stop(); click("ms-submit");
+    }
+  }
 
   document.addEventListener("click", function (ev) {
     var t = ev.target;
     if (!t || !t.closest) return;
+    if (t.closest("#ms-intro-start")) { showIntro(false); return; }
+    if (t.closest("#ms-help")) { showIntro(true); return; }
+    if (t.closest("#ms-theme")) { toggleTheme(); return; }
+    if (t.closest("#ms-compare")) { openZoom("left", true); return; }
+    var wl = t.closest(".ms-wl");
+    if (wl) { preset(wl.getAttribute("data-wl")); return; }
+    var form = t.closest("#ms-form");
+    if (form && !ready && t.closest(".ms-q, #ms-submit")) {
+      ev.preventDefault(); ev.stopPropagation(); // the pair is changing: this click belongs to no display
+      return;
+    }
+    if (t.closest("#ms-submit")) {
+      ready = false;
+      waiting = { display: currentDisplay, seq: messageSeq(), since: performance.now() };
+      return;
+    }
     var zoom = t.closest(".ms-zoom, .ms-img");
-    if (zoom) { openZoom(zoom.getAttribute("data-zoom")); return; }
-    var q = t.closest(".ms-q-scale, .ms-q-choice");
-    if (q) {
+    if (zoom && !ev.shiftKey) {
+      openZoom(zoom.closest(".ms-right") ? "right" : "left", false);
+      return;
+    }
+    var q = t.closest(".ms-q");
+    if (q && form) {
       var i = questions().indexOf(q);
       if (i >= 0) setFocus(i, false);
+      if (t.closest("input, label")) answerGiven(q);
     }
+  }, true);
+  document.addEventListener("input", function (ev) {
+    var q = ev.target && ev.target.closest && ev.target.closest("#ms-form .ms-q");
+    if (q && ready) answerGiven(q);
   }, true);
 
   document.addEventListener("keydown", function (ev) {
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
     var key = ev.key;
+    if (introOpen()) {
+      if (key === "Escape" || key === "Enter" || key === "?") { showIntro(false); ev.preventDefault(); }
+      return;
+    }
     if (overlay) {
-      if (key === "Escape") { closeZoom(); ev.preventDefault(); }
-      else if (key === "+" || key === "=") { zoomBy(1.25); ev.preventDefault(); }
-      else if (key === "-") { zoomBy(1 / 1.25); ev.preventDefault(); }
+      if (key === "Escape") closeZoom();
+      else if (key === "+" || key === "=") zoomBy(1.25);
+      else if (key === "-") zoomBy(1 / 1.25);
+      else if (key === "0") { view.scale = 1; view.x = 0; view.y = 0; renderZoom(); }
+      else if (key === " " || key === "f" || key === "F") { view.side = view.side === "left" ? "right" : "left"; view.both = false; renderZoom(); }
+      else if (key === "[") { view.side = "left"; view.both = false; renderZoom(); }
+      else if (key === "]") { view.side = "right"; view.both = false; renderZoom(); }
+      else if (key === "x" || key === "X") { view.both = !view.both; renderZoom(); }
+      else return;
+      ev.preventDefault();
       return;
     }
     if (!formVisible()) {
@@ -152,37 +431,29 @@
       else if (key === "Enter" && !ev.shiftKey) { ev.preventDefault(); target.blur(); setTimeout(function () { click("ms-submit"); }, 60); }
       return;
     }
-    var qs = questions();
-    var block = qs[focusIndex];
-    if (key >= "1" && key <= "9") {
-      if (block && answer(block, parseInt(key, 10) - 1)) { ev.preventDefault(); advance(); }
-    } else if (key === "l" || key === "L" || key === "r" || key === "R") {
-      var which = document.getElementById("q-which_generated");
-      if (which && answer(which, key.toLowerCase() === "l" ? 0 : 1)) {
-        ev.preventDefault();
-        focusIndex = qs.indexOf(which);
-        advance();
-      }
-    } else if (key === "ArrowDown") {
-      setFocus(focusIndex + 1); ev.preventDefault();
-    } else if (key === "ArrowUp") {
-      setFocus(focusIndex - 1); ev.preventDefault();
-    } else if (key === "Enter") {
-      ev.preventDefault(); click("ms-submit");
-    } else if (key === "[") {
-      zoomSide("left"); ev.preventDefault();
-    } else if (key === "]") {
-      zoomSide("right"); ev.preventDefault();
-    } else if (key === "c" || key === "C") {
+    if (!ready) {
+      // the pair is changing: answers wait for the new pair's first question; Enter only after them
+      if (QUEUE_KEYS.test(key) || (key === "Enter" && queue.length)) { queue.push(key); ev.preventDefault(); }
+      else if (key === "Enter") ev.preventDefault();
+      return;
+    }
+    if (key === "?") { showIntro(true); ev.preventDefault(); }
+    else if (key === "[") { openZoom("left", false); ev.preventDefault(); }
+    else if (key === "]") { openZoom("right", false); ev.preventDefault(); }
+    else if (key === "x" || key === "X") { openZoom("left", true); ev.preventDefault(); }
+    else if (key === "t" || key === "T") { toggleTheme(); ev.preventDefault(); }
+    else if (key === "c" || key === "C") {
       var c = textField("q-comment"); if (c) { ev.preventDefault(); c.focus(); }
     } else if (key === "n" || key === "N") {
       var box = document.querySelector("#q-cannot_assess input[type='checkbox']");
       if (box) {
-        ev.preventDefault(); box.click();
+        ev.preventDefault(); box.click(); answerGiven(document.getElementById("q-cannot_assess"));
         setTimeout(function () { if (box.checked) { var r = textField("q-cannot_assess_reason"); if (r) r.focus(); } }, 30);
       }
     } else if (key === "p" || key === "P") {
       ev.preventDefault(); click("ms-pause");
+    } else {
+      handleKey(key, ev);
     }
   });
 })();

@@ -366,6 +366,13 @@ class RaterPage:
             arg=[f"Pair {number} of {total}"],
             timeout=20_000,
         )
+        self.close_instructions()
+
+    def close_instructions(self) -> None:
+        """Close the instructions start screen (shown before a rater's first pair) if it is open."""
+        if self.page.evaluate("!!document.querySelector('#ms-intro:not([hidden])')"):
+            self.page.keyboard.press("Enter")
+            self.page.wait_for_function("!document.querySelector('#ms-intro:not([hidden])')")
 
     def answer(self, keys: tuple[str, ...] = ANSWER_KEYS) -> None:
         """Press ``keys``; with the full set, wait until all six choice questions show an answer."""

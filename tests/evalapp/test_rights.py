@@ -28,6 +28,7 @@ from db.models import Model, Rater, Rating, Study
 from db.questions import DEFAULT_QUESTIONS, QuestionKind
 from db.raters import rater_by_token
 from evalapp.auth import REFUSAL
+from evalapp.rater_view import read_display_token
 from tests.evalapp.conftest import COORDINATOR_PASSWORD, STUDY, AppEnv, study_toml
 
 
@@ -392,7 +393,8 @@ def test_rater_endpoints(app: App, matrix: Matrix, app_env: AppEnv) -> None:
             got = client.get(image_a, headers=browser.client.headers)
             assert (got.status_code == 200) == (who == "rater_a"), (who, got.status_code)
 
-    data = [token_a, *answers_in_order(), 1234, "2026-01-01T00:00:00Z"]
+    answered_for = read_display_token(token_a).nonce  # type: ignore[union-attr]  # the display answered
+    data = [token_a, *answers_in_order(), 1234, "2026-01-01T00:00:00Z", answered_for]
     before = ratings_of(app_env, matrix.rater_a), ratings_of(app_env, matrix.rater_b)
     for who in ("anonymous", "rater_b", "coordinator"):
         out = matrix.browsers[who].call("/", submit.fn_index, data)

@@ -436,7 +436,8 @@ class RaterSession:
         self, display: Display, answers: dict[str, Any], *, drop: bool = False
     ) -> tuple[Screen, Completed] | None:
         """Submit ``answers`` for ``display``; None when ``drop`` closed the connection before the answer."""
-        data = [display.token, *form_values(answers, self.keys), str(random.randint(800, 9000)), ""]
+        # the last value names the display the answers were given for, as the page does
+        data = [display.token, *form_values(answers, self.keys), str(random.randint(800, 9000)), "", display.nonce]
         done = queue_call(self.client, self.fn["handle_submit"], data, drop_after_start=drop)
         if done is None:
             return None
