@@ -84,6 +84,11 @@ def rater_by_token(session: Session, token: str | None) -> Rater | None:
     return rater
 
 
+def rater_by_id(session: Session, rater_id: int) -> Rater | None:
+    """The rater with primary key ``rater_id`` (None if there is none)."""
+    return session.get(Rater, rater_id)
+
+
 def find_rater(session: Session, study: Study, name_or_id: str) -> Rater:
     """A study's rater by name or public id."""
     rater = session.scalar(

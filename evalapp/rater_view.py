@@ -31,8 +31,9 @@ from typing import Any
 import gradio as gr
 
 from db.errors import AccessDenied, InputError
-from db.models import Domain, Rater, Side, Study
+from db.models import Domain, Side, Study
 from db.questions import DEFAULT_QUESTIONS, Question, QuestionKind, QuestionSet
+from db.raters import rater_by_id
 from db.ratings import (
     PairView,
     SubmitStatus,
@@ -223,7 +224,7 @@ def show_next(database: Database, rater_id: int, after: str | None = None) -> Sc
     ``after`` is the display nonce just submitted (its prefetched image names are used).
     """
     with database.session() as session:
-        rater = session.get(Rater, rater_id)
+        rater = rater_by_id(session, rater_id)
         if rater is None:
             return Screen(ScreenKind.REFUSED, message=REFUSAL)
         title = _study_title(rater.study)
