@@ -76,7 +76,7 @@ def test_head_to_head_columns_downgrade_and_upgrade(tmp_path: Path) -> None:
     engine = make_engine(url)
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
-        command.downgrade(cfg, "-1")  # one step: the head-to-head migration is the newest
+        command.downgrade(cfg, "0004")  # to just before the head-to-head migration (0005)
     assert "second_sha256" not in {c["name"] for c in inspect(engine).get_columns("study_items")}
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
