@@ -112,20 +112,28 @@ def bootstrap_group_means(
     counts = np.bincount(g_code, minlength=n_g).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         estimates = sums / counts
+    # Per group, the sums and counts of each (rater, item) cell: a resample's weight of a rating is
+    # w_rater * w_item, so its weighted sum is w_r @ cells @ w_i, never a (resamples x ratings) matrix.
+    from scipy import sparse
+
+    shape = (n_r, n_i)
+    cell_sums = [sparse.csr_matrix((y[g_code == g], (r_code[g_code == g], i_code[g_code == g])), shape=shape)
+                 for g in range(n_g)]  # fmt: skip
+    cell_counts = [sparse.csr_matrix((np.ones(int((g_code == g).sum())), (r_code[g_code == g], i_code[g_code == g])),
+                                     shape=shape) for g in range(n_g)]  # fmt: skip
     parts = []
-    onehot = np.zeros((len(y), n_g))
-    onehot[np.arange(len(y)), g_code] = 1.0
     for start in range(0, n_resamples, chunk):
         b = min(chunk, n_resamples - start)
-        weight = np.ones((b, len(y)))
+        w_r = np.ones((b, n_r))
+        w_i = np.ones((b, n_i))
         if resample in ("raters", "two-way"):
-            w_r = np.stack([np.bincount(rng.integers(0, n_r, n_r), minlength=n_r) for _ in range(b)])
-            weight *= w_r[:, r_code]
+            w_r = np.stack([np.bincount(rng.integers(0, n_r, n_r), minlength=n_r) for _ in range(b)]).astype(float)
         if resample in ("items", "two-way"):
-            w_i = np.stack([np.bincount(rng.integers(0, n_i, n_i), minlength=n_i) for _ in range(b)])
-            weight *= w_i[:, i_code]
+            w_i = np.stack([np.bincount(rng.integers(0, n_i, n_i), minlength=n_i) for _ in range(b)]).astype(float)
+        num = np.column_stack([((m.T @ w_r.T).T * w_i).sum(axis=1) for m in cell_sums])
+        den = np.column_stack([((m.T @ w_r.T).T * w_i).sum(axis=1) for m in cell_counts])
         with np.errstate(invalid="ignore", divide="ignore"):
-            parts.append(((weight * y) @ onehot) / (weight @ onehot))
+            parts.append(num / den)
     return GroupMeansBootstrap(
         groups=tuple(g_levels),
         estimates=estimates,
