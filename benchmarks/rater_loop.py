@@ -107,7 +107,9 @@ def main() -> None:
 
     def build_with_bench(c: server.AppContext) -> Any:
         app = original(c)
-        inner = app.app  # the FastAPI app inside the session middleware
+        inner = app.app  # the FastAPI app inside the session middleware (and the Gradio guard)
+        while not hasattr(inner, "router"):
+            inner = inner.app
         bench = bench_blocks()
         bench.queue(api_open=False)
         gr.mount_gradio_app(inner, bench, path="/bench", ssr_mode=False, footer_links=[])
