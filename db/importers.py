@@ -269,9 +269,7 @@ def read_rocov2(path: Path, images_dir: Path | None, sink: ImageSink | None = No
 def _read_rocov2_parquet(path: Path, images_dir: Path | None, sink: ImageSink | None) -> tuple[list[CaseRecord], Path]:
     spec = _table_spec(path)
     root = images_dir or path.parent
-    if spec.embedded and images_dir is not None:
-        raise InputError(f"--images has no meaning here: the images are embedded in column {spec.image_col!r}",
-                         path=path)  # fmt: skip
+    _refuse_images_option(spec, images_dir, path)
     split = next((s for s in ("train", "validation", "valid", "test") if path.name.startswith(s)), None)
     records: list[CaseRecord] = []
     for line, row in parquet_rows(path, required=("image_id", "caption")):
@@ -369,7 +367,7 @@ def read_roco(path: Path, images_dir: Path | None) -> tuple[list[CaseRecord], Pa
     if path.is_dir():
         path = path / "captions.txt"
     folder = path.parent
-    root = images_dir or (folder / "images" if (folder / "images").is_dir() else folder)
+    root = _images_root(folder, images_dir)
     dlinks, licences = _roco_dlinks(folder / "dlinks.txt"), _roco_licences(folder / "licences.txt")
     cuis, keywords = _tab_table(folder / "cuis.txt"), _tab_table(folder / "keywords.txt")
     semtypes = _roco_semtypes(folder / "semtypes.txt")
@@ -581,6 +579,18 @@ class TableSpec:
     embedded: bool
 
 
+def _images_root(folder: Path, images_dir: Path | None) -> Path:
+    """Where a listing's images are: ``--images``, else ``images/`` beside the listing, else its folder."""
+    return images_dir or (folder / "images" if (folder / "images").is_dir() else folder)
+
+
+def _refuse_images_option(spec: TableSpec, images_dir: Path | None, path: Path) -> None:
+    """``--images`` names a folder of files; a table whose images are embedded has none to point at."""
+    if spec.embedded and images_dir is not None:
+        raise InputError(f"--images has no meaning here: the images are embedded in column {spec.image_col!r}",
+                         path=path)  # fmt: skip
+
+
 def _table_spec(path: Path, preferred_image: Iterable[str] = ()) -> TableSpec:
     if not is_parquet(path):
         return TableSpec(None, False)
@@ -656,11 +666,9 @@ def read_kvasir_vqa(path: Path, images_dir: Path | None, sink: ImageSink | None)
     shards = _listing(path, "metadata.csv")
     path = shards[0]
     folder = path.parent.parent if path.parent.name == "data" and is_parquet(path) else path.parent
-    root = images_dir or (folder / "images" if (folder / "images").is_dir() else folder)
+    root = _images_root(folder, images_dir)
     spec = _table_spec(path)
-    if spec.embedded and images_dir is not None:
-        raise InputError(f"--images has no meaning here: the images are embedded in column {spec.image_col!r}",
-                         path=path)  # fmt: skip
+    _refuse_images_option(spec, images_dir, path)
     index = {} if spec.embedded else _id_index(root)
     records: list[CaseRecord] = []
     per_image: dict[str, int] = {}
@@ -703,13 +711,11 @@ def read_kvasir_vqa_x1(path: Path, images_dir: Path | None, sink: ImageSink | No
     shards = [path] if path.suffix.lower() == ".json" else _listing(path, "metadata.csv")
     path = shards[0]
     folder = path.parent.parent if path.parent.name == "data" and is_parquet(path) else path.parent
-    root = images_dir or (folder / "images" if (folder / "images").is_dir() else folder)
+    root = _images_root(folder, images_dir)
     if path.suffix.lower() == ".json":
         return _read_x1_captions(path, root), root
     spec = _table_spec(path)
-    if spec.embedded and images_dir is not None:
-        raise InputError(f"--images has no meaning here: the images are embedded in column {spec.image_col!r}",
-                         path=path)  # fmt: skip
+    _refuse_images_option(spec, images_dir, path)
     index = {} if spec.embedded else _id_index(root)
     records: list[CaseRecord] = []
     per_image: dict[str, int] = {}
@@ -801,9 +807,7 @@ def read_csv_folder(
                 f"file-name column {file_column!r}; found {', '.join(names) or 'none'}",
                 path=path,
             )
-        if spec.embedded and images_dir is not None:
-            raise InputError(f"--images has no meaning here: the images are embedded in column {spec.image_col!r}",
-                             path=path)  # fmt: skip
+        _refuse_images_option(spec, images_dir, path)
         rows = parquet_rows(path, required=(text_column,))
     else:
         rows = csv_rows(path, delimiter=",", required=(file_column, text_column))
