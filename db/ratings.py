@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.errors import AccessDenied, InputError
-from db.models import Assignment, Rater, Rating, RatingConflict, Side, StudyItem, utcnow
+from db.models import Assignment, Rater, Rating, RatingConflict, Side, Study, StudyItem, utcnow
 from db.questions import DEFAULT_QUESTIONS, QuestionSet
 from db.session import Database
 
@@ -46,6 +46,8 @@ class PairView:
     left_sha256: str
     right_sha256: str
     domain: str = ""
+    kind: str = "real-vs-generated"  #: the study's kind ("head-to-head": both images generated, by two models)
+    reference: bool = False  #: head-to-head with ``reference = true``: the real image is shown above the pair
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ def next_pair(session: Session, rater: Rater) -> PairView | None:
     if assignment.first_shown_at is None:
         assignment.first_shown_at = utcnow()
     done, total = progress(session, rater.id)
+    config = rater.study.config or {}
+    head_to_head = item.second_model_id is not None
     return PairView(
         item_public_id=item.public_id,
         prompt=item.case.prompt,
@@ -88,7 +92,22 @@ def next_pair(session: Session, rater: Rater) -> PairView | None:
         left_sha256=item.sha256_on(Side.LEFT),
         right_sha256=item.sha256_on(Side.RIGHT),
         domain=item.domain.value,
+        kind=str(config.get("kind") or "real-vs-generated"),
+        reference=head_to_head and bool(config.get("reference")),
     )
+
+
+def study_kind(session: Session, rater_id: int) -> str:
+    """The kind of the rater's study ("real-vs-generated" or "head-to-head"); it decides the questions."""
+    config = session.scalar(select(Study.config).join(Rater, Rater.study_id == Study.id).where(Rater.id == rater_id))
+    return str((config or {}).get("kind") or "real-vs-generated")
+
+
+def questions_for_rater(session: Session, rater_id: int) -> QuestionSet:
+    """The question set the rater's study asks (:func:`db.head_to_head.questions_for` its kind)."""
+    from db.head_to_head import questions_for
+
+    return questions_for(study_kind(session, rater_id))
 
 
 def _existing(session: Session, submission_id: str) -> Rating | None:

@@ -788,8 +788,11 @@ class ServedSide:
     config_text: str
 
 
-def served_side(session: Session, rater_id: int, position: int, side: Side) -> ServedSide | None:
-    """The image on ``side`` of the pair at ``position`` in the rater's list (None when there is none)."""
+def served_side(session: Session, rater_id: int, position: int, side: Side | None) -> ServedSide | None:
+    """The image on ``side`` of the pair at ``position`` in the rater's list (None when there is none).
+
+    ``side`` None: the real image shown as the reference above a head-to-head pair, only where the study
+    says ``reference = true`` (never the real side of a real-vs-generated pair by another name)."""
     row = session.execute(
         select(
             StudyItem.real_sha256,
@@ -811,6 +814,10 @@ def served_side(session: Session, rater_id: int, position: int, side: Side) -> S
     if row is None:
         return None
     real, generated, generated_side, domain, mode, study_id, config_text, second = row
+    if side is None:
+        if second is None or not shows_reference(config_text):
+            return None
+        return ServedSide(real, pair_is_grey(domain.value, mode), study_id, config_text)
     sha = generated if side == generated_side else (real if second is None else second)
     return ServedSide(sha, pair_is_grey(domain.value, mode), study_id, config_text)
 
@@ -821,11 +828,18 @@ def display_of(config_text: str) -> DisplayConfig:
     return parse_study_config(config_text).display
 
 
+@functools.lru_cache(maxsize=256)
+def shows_reference(config_text: str) -> bool:
+    """Whether a head-to-head study shows the real image above its pairs (cached like :func:`display_of`)."""
+    return parse_study_config(config_text).reference
+
+
 def served_bytes(
-    database: Any, store: MediaStore, rater_id: int, position: int, side: Side, *, zoom: bool = False
+    database: Any, store: MediaStore, rater_id: int, position: int, side: Side | None, *, zoom: bool = False
 ) -> bytes | None:
     """The bytes ``GET /m/...`` serves for one side of a rater's pair (None when there is no such pair):
-    the kept, pre-rendered copy fitted to the study's display (or zoom) square."""
+    the kept, pre-rendered copy fitted to the study's display (or zoom) square. ``side`` None: the
+    head-to-head reference image (see :func:`served_side`)."""
     with database.session() as session:
         found = served_side(session, rater_id, position, side)
     if found is None:

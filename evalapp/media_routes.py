@@ -41,7 +41,7 @@ class ImageRef:
 
     rater_id: int
     position: int
-    side: Side
+    side: Side | None  #: None: the real image shown as the reference above a head-to-head pair
     zoom: bool
 
 
@@ -50,9 +50,12 @@ def zoom_size(display: DisplayConfig) -> int:
     return _zoom_pixels(display.size)
 
 
-def image_token(rater_id: int, position: int, side: Side, *, zoom: bool = False, nonce: str | None = None) -> str:
-    """A signed, per-display image name for one side of a rater's pair."""
-    payload = {"k": "img", "r": rater_id, "p": position, "s": side.value[0], "z": int(zoom)}
+def image_token(
+    rater_id: int, position: int, side: Side | None, *, zoom: bool = False, nonce: str | None = None
+) -> str:
+    """A signed, per-display image name for one side of a rater's pair (``side`` None: the head-to-head
+    reference image; its name has the same length and fields as a side's, so nothing tells them apart)."""
+    payload = {"k": "img", "r": rater_id, "p": position, "s": side.value[0] if side else "x", "z": int(zoom)}
     payload["n"] = nonce or secrets.token_urlsafe(9)
     return sign(payload, config().secret_key)
 
@@ -63,9 +66,10 @@ def read_image_token(token: str) -> ImageRef | None:
     if payload is None or payload.get("k") != "img":
         return None
     rater_id, position, side = payload.get("r"), payload.get("p"), payload.get("s")
-    if not isinstance(rater_id, int) or not isinstance(position, int) or side not in ("l", "r"):
+    if not isinstance(rater_id, int) or not isinstance(position, int) or side not in ("l", "r", "x"):
         return None
-    return ImageRef(rater_id, position, Side.LEFT if side == "l" else Side.RIGHT, bool(payload.get("z")))
+    sides = {"l": Side.LEFT, "r": Side.RIGHT, "x": None}
+    return ImageRef(rater_id, position, sides[side], bool(payload.get("z")))
 
 
 def image_url(token: str) -> str:

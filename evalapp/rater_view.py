@@ -31,6 +31,8 @@ from typing import Any
 import gradio as gr
 
 from db.errors import AccessDenied, InputError
+from db.head_to_head import DEFAULT_KIND, HEAD_TO_HEAD_QUESTIONS, questions_for
+from db.head_to_head import KIND as HEAD_TO_HEAD
 from db.models import Domain, Side, Study
 from db.questions import DEFAULT_QUESTIONS, Question, QuestionKind, QuestionSet
 from db.raters import rater_by_id
@@ -40,6 +42,7 @@ from db.ratings import (
     assigned_item_public_id,
     has_assignments,
     next_pair,
+    questions_for_rater,
     record_conflict,
     stored_answers,
     submit_rating,
@@ -51,13 +54,22 @@ from evalapp.media_routes import image_token, image_url
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 QUESTIONS: QuestionSet = DEFAULT_QUESTIONS
+#: the head-to-head questions without a component of the same key in the default set (the preferences);
+#: the page builds one component per key of both sets once and shows a study's own (``questions_for``)
+_DEFAULT_KEYS = DEFAULT_QUESTIONS.keys()
+EXTRA_QUESTIONS: tuple[Question, ...] = tuple(q for q in HEAD_TO_HEAD_QUESTIONS.questions if q.key not in _DEFAULT_KEYS)
+#: every form component's key, in the order of the handlers' inputs and outputs (default set, then extras)
+FORM_KEYS: tuple[str, ...] = (*_DEFAULT_KEYS, *(q.key for q in EXTRA_QUESTIONS))
 RATER_CONCURRENCY = 4  # rater handlers at once: SQLite writes are serial, 2-4 threads keep both cores busy
-CHOICE_LABELS = {"left": "Left image", "right": "Right image"}
+CHOICE_LABELS = {"left": "Left image", "right": "Right image", "tie": "No difference"}
 SIDE_KEYS = {"left": "[", "right": "]"}
+REFERENCE_LABEL = "Reference (real)"
+CHOICE_KEY_HINT = ("L / R", "which image is generated")
+PREFERENCE_KEY_HINT = ("L / R / E", "left / right / no difference (equal)")
 KEY_HINTS = (
     ("↑ ↓", "move between questions"),
     ("1–5", "answer the highlighted question"),
-    ("L / R", "which image is generated"),
+    CHOICE_KEY_HINT,
     ("Enter", "submit"),
     ("[ / ]", "enlarge left / right image"),
     ("C", "comment"),
@@ -99,6 +111,8 @@ class Screen:
     notice: str = ""
     instructions: str = ""
     next_srcs: str = ""
+    study_kind: str = DEFAULT_KIND  #: "head-to-head": both images generated; the preference questions
+    reference_src: str = ""  #: head-to-head with a reference: the real image shown above the pair
 
     @property
     def display_id(self) -> str:
@@ -193,13 +207,16 @@ def pair_screen(
     """
     nonce = image_nonce(after) if after else secrets.token_urlsafe(9)
     display_nonce = secrets.token_urlsafe(18)
+    shown: tuple[tuple[Side | None, str], ...] = ((Side.LEFT, "a"), (Side.RIGHT, "b"))
+    if pair.reference:  # the next pair is of the same study: it has a reference too
+        shown += ((None, "e"),)
     upcoming = ""
     if next_position is not None:
         ahead = image_nonce(display_nonce)
         upcoming = " ".join(
-            image_url(image_token(rater_id, next_position, side, nonce=ahead + suffix))
-            for side, suffix in ((Side.LEFT, "a"), (Side.RIGHT, "b"))
+            image_url(image_token(rater_id, next_position, side, nonce=ahead + suffix)) for side, suffix in shown
         )
+    reference = image_url(image_token(rater_id, pair.position, None, nonce=nonce + "e")) if pair.reference else ""
     return Screen(
         kind=ScreenKind.PAIR,
         title=title,
@@ -215,6 +232,8 @@ def pair_screen(
         domain=pair.domain,
         instructions=instructions,
         next_srcs=upcoming,
+        study_kind=pair.kind,
+        reference_src=reference,
     )
 
 
@@ -284,6 +303,12 @@ def _client_ms(value: Any) -> float | None:
     return number if 0 <= number < 1e9 else None
 
 
+def rater_questions(database: Database, rater_id: int) -> QuestionSet:
+    """The questions the rater's study asks."""
+    with database.session() as session:
+        return questions_for_rater(session, rater_id)
+
+
 def stored_summary(answers: dict[str, Any], questions: QuestionSet = QUESTIONS) -> str:
     """The stored answers in words, e.g. "Realism of the left image: 4 (Probably real)"."""
     parts = []
@@ -311,12 +336,13 @@ def submit(
     client_ms: Any = None,
     client_at: str | None = None,
     answered_for: str | None = None,
-    questions: QuestionSet = QUESTIONS,
+    questions: QuestionSet | None = None,
 ) -> SubmitOutcome:
     """Store one rating (idempotent by the display's submission id) and return the next screen.
 
     ``answered_for`` is the display id the page says the answers were given for (None: not stated, as
     from an older page); answers given for another display are refused and the form is shown again blank.
+    ``questions``: the rater's study's set (None: looked up, :func:`db.ratings.questions_for_rater`).
     A pair already rated (another tab or window) is not stored again: the conflict is recorded and the
     next screen carries a notice with the stored answers.
 
@@ -330,6 +356,8 @@ def submit(
     if answered_for is not None and answered_for != display.nonce and (answers or answered_for):
         screen = show_next(database, who.rater_id, display.nonce)
         return SubmitOutcome(replace(screen, notice=ANOTHER_DISPLAY), message=ANOTHER_DISPLAY)
+    if questions is None:
+        questions = rater_questions(database, who.rater_id)
     missing = questions.missing(answers)
     if missing:
         labels = [q.label for q in questions.questions if q.key in missing]
@@ -369,14 +397,15 @@ def _e(text: object) -> str:
 
 
 def header_html(screen: Screen) -> str:
-    """Title, progress and the prompt; ``data-display`` is the display id the page binds answers to."""
+    """Title, progress and the prompt; ``data-display`` is the display id the page binds answers to and
+    ``data-kind`` the study's kind (which keys the page script uses)."""
     if screen.kind != ScreenKind.PAIR:
         return ""
     pct = 100 * screen.done / screen.total if screen.total else 0
     grey = "1" if screen.domain == Domain.RADIOLOGY.value else "0"
     return (
         f'<div class="ms-head" data-display="{_e(screen.display_id)}" data-grey="{grey}" '
-        f'data-next="{_e(screen.next_srcs)}">'
+        f'data-kind="{_e(screen.study_kind)}" data-next="{_e(screen.next_srcs)}">'
         f'<div class="ms-top"><span class="ms-title">{_e(screen.title)}</span>'
         f'<span class="ms-progress" id="ms-progress">Pair {screen.number} of {screen.total}</span></div>'
         f'<div class="ms-bar"><div class="ms-bar-fill" style="width:{pct:.1f}%"></div></div>'
@@ -401,10 +430,22 @@ def image_html(screen: Screen, side: str) -> str:
     )
 
 
+def reference_html(screen: Screen) -> str:
+    """The real image above a head-to-head pair (only when the study shows one; both sides are generated,
+    so naming it gives nothing away). Served like the sides: a per-display ``/m/`` name, no-store."""
+    if screen.kind != ScreenKind.PAIR or not screen.reference_src:
+        return ""
+    return (
+        '<figure class="ms-ref"><div class="ms-ref-frame">'
+        f'<img class="ms-ref-img" src="{_e(screen.reference_src)}" alt="Reference image" draggable="false"></div>'
+        f'<figcaption><span class="ms-side">{REFERENCE_LABEL}</span></figcaption></figure>'
+    )
+
+
 def status_html(screen: Screen) -> str:
     """The refusal, pause or thank-you message; on a pair, the instructions (shown by the page script)."""
     if screen.kind == ScreenKind.PAIR:
-        return intro_html(screen)
+        return intro_html(screen, questions_for(screen.study_kind))
     heading = {
         ScreenKind.REFUSED: "Access restricted",
         ScreenKind.DONE: "Thank you!",
@@ -413,8 +454,30 @@ def status_html(screen: Screen) -> str:
     return f'<div class="ms-status ms-status-{screen.kind.value}"><h2>{heading}</h2><p>{_e(screen.message)}</p></div>'
 
 
+def _task_text(screen: Screen) -> str:
+    """What a screen shows and asks, in words, for the start screen."""
+    if screen.study_kind == HEAD_TO_HEAD:
+        above = (
+            f" The real image for the prompt is shown above them as a reference (“{REFERENCE_LABEL}”)."
+            if screen.reference_src
+            else ""
+        )
+        return (
+            "<p>Each screen shows two images for one prompt, <b>both generated by a computer</b>, placed left "
+            f"and right in random order.{_e(above)} Say which image is more realistic and which matches the prompt "
+            "better: <kbd>L</kbd> left, <kbd>R</kbd> right, or <kbd>E</kbd> no difference when you see none. "
+            "Rating each image's realism is optional. There is no feedback and no time limit; your answers are "
+            "saved when you submit.</p>"
+        )
+    return (
+        "<p>Each screen shows two images for one prompt. <b>Exactly one of the two images is real</b>; the other "
+        "was generated by a computer. Rate each image, then say which one you think is generated and how "
+        "sure you are. There is no feedback and no time limit; your answers are saved when you submit.</p>"
+    )
+
+
 def intro_html(screen: Screen, questions: QuestionSet = QUESTIONS) -> str:
-    """The start screen: the study's instructions, what is real, every scale's worded anchors, the keys.
+    """The start screen: the study's instructions, what is shown, every scale's worded anchors, the keys.
 
     Shown before the first pair and reopened with ``?``; ``data-first`` tells the page whether the rater
     has rated anything yet.
@@ -433,12 +496,9 @@ def intro_html(screen: Screen, questions: QuestionSet = QUESTIONS) -> str:
     return (
         f'<div id="ms-intro" class="ms-intro" role="dialog" aria-label="Instructions" data-first="{first}" hidden>'
         '<div class="ms-intro-card">'
-        f"<h2>{_e(screen.title)}: how to rate</h2>{own}"
-        "<p>Each screen shows two images for one prompt. <b>Exactly one of the two images is real</b>; the other "
-        "was generated by a computer. Rate each image, then say which one you think is generated and how "
-        "sure you are. There is no feedback and no time limit; your answers are saved when you submit.</p>"
+        f"<h2>{_e(screen.title)}: how to rate</h2>{own}{_task_text(screen)}"
         f'<div class="ms-scales">{"".join(scales)}</div>'
-        f'<div class="ms-intro-keys">{keys_html(legend=False)}</div>'
+        f'<div class="ms-intro-keys">{keys_html(legend=False, kind=screen.study_kind)}</div>'
         '<p class="ms-intro-hint">Press <kbd>?</kbd> to see this again.</p>'
         '<button type="button" id="ms-intro-start" class="ms-start">Start  <kbd>Enter</kbd></button>'
         "</div></div>"
@@ -452,9 +512,16 @@ def message_html(text: str = "", kind: str = "alert") -> str:
     return f'<div class="ms-message ms-message-{kind}" data-seq="{secrets.token_hex(4)}"{role}>{body}</div>'
 
 
-def keys_html(*, legend: bool = True) -> str:
+def key_hints(kind: str = DEFAULT_KIND) -> tuple[tuple[str, str], ...]:
+    """The keys of a study of ``kind``: head-to-head answers the preferences with L / R / E."""
+    if kind != HEAD_TO_HEAD:
+        return KEY_HINTS
+    return tuple(PREFERENCE_KEY_HINT if hint == CHOICE_KEY_HINT else hint for hint in KEY_HINTS)
+
+
+def keys_html(*, legend: bool = True, kind: str = DEFAULT_KIND) -> str:
     """The keyboard legend (hidden on touch screens)."""
-    parts = "".join(f"<span><kbd>{_e(k)}</kbd> {_e(v)}</span>" for k, v in KEY_HINTS)
+    parts = "".join(f"<span><kbd>{_e(k)}</kbd> {_e(v)}</span>" for k, v in key_hints(kind))
     ident = ' id="ms-keys"' if legend else ""
     return f'<div class="ms-keys"{ident}>{parts}</div>'
 
@@ -481,25 +548,31 @@ def question_label(q: Question) -> str:
     if q.kind == QuestionKind.SCALE:
         return f"{q.label} · 1 {q.anchors[0].lower()} … {q.scale_max} {q.anchors[-1].lower()}"
     if q.kind == QuestionKind.CHOICE:
-        return f"{q.label}  ·  keys L / R"
+        return f"{q.label}  ·  keys {' / '.join(c[0].upper() if c != 'tie' else 'E' for c in q.choices)}"
     return q.label
 
 
-def question_component(q: Question) -> gr.components.Component:
+def question_component(q: Question, *, visible: bool = True) -> gr.components.Component:
     """The Gradio input for one question (inside the current Blocks context)."""
     classes = ["ms-q", f"ms-q-{q.kind.value}"]
     elem_id = f"q-{q.key}"
     if q.kind == QuestionKind.SCALE:
         numbers = [(str(n), n) for n in range(1, q.scale_max + 1)]
-        return gr.Radio(numbers, label=question_label(q), elem_id=elem_id, elem_classes=classes)
+        return gr.Radio(numbers, label=question_label(q), elem_id=elem_id, elem_classes=classes, visible=visible)
     if q.kind == QuestionKind.CHOICE:
         choices = [(CHOICE_LABELS.get(c, c.title()), c) for c in q.choices]
-        return gr.Radio(choices, label=question_label(q), elem_id=elem_id, elem_classes=classes)
+        return gr.Radio(choices, label=question_label(q), elem_id=elem_id, elem_classes=classes, visible=visible)
     if q.kind == QuestionKind.FLAG:
-        return gr.Checkbox(label=q.label + "  ·  key N", elem_id=elem_id, elem_classes=classes)
+        return gr.Checkbox(label=q.label + "  ·  key N", elem_id=elem_id, elem_classes=classes, visible=visible)
     placeholder = "Optional (key C)" if q.key == "comment" else "Required when you tick “cannot assess”"
     return gr.Textbox(
-        label=q.label, lines=1, max_lines=3, placeholder=placeholder, elem_id=elem_id, elem_classes=classes
+        label=q.label,
+        lines=1,
+        max_lines=3,
+        placeholder=placeholder,
+        elem_id=elem_id,
+        elem_classes=classes,
+        visible=visible,
     )
 
 
@@ -508,7 +581,13 @@ def question_component(q: Question) -> gr.components.Component:
 
 @dataclass
 class RaterComponents:
-    """The components the handlers update, in output order."""
+    """The components the handlers update, in output order.
+
+    ``questions`` holds one component per key of :data:`FORM_KEYS` (both studies' question sets, built
+    once; each screen shows its study's own): the default set's come where they always were, the
+    head-to-head preferences (``extra``), the reference image and the key legend after ``token``, so the
+    indices older clients read (the token after the default set's questions, message and resume last) hold.
+    """
 
     status: gr.HTML
     form: gr.Column
@@ -519,8 +598,12 @@ class RaterComponents:
     token: gr.Textbox
     message: gr.HTML
     resume: gr.Button
+    extra: list[gr.components.Component] = field(default_factory=list)
+    reference: gr.HTML | None = None
+    keys: gr.HTML | None = None
 
     def outputs(self) -> list[gr.blocks.Block]:
+        tail: list[gr.blocks.Block] = [b for b in (self.reference, self.keys) if b is not None]
         return [
             self.status,
             self.form,
@@ -529,6 +612,8 @@ class RaterComponents:
             self.right,
             *self.questions,
             self.token,
+            *self.extra,
+            *tail,
             self.message,
             self.resume,
         ]
@@ -538,14 +623,45 @@ def _blank(q: Question) -> Any:
     return False if q.kind == QuestionKind.FLAG else (None if q.kind != QuestionKind.TEXT else "")
 
 
-def screen_updates(screen: Screen, questions: QuestionSet = QUESTIONS, *, keep_status: bool = False) -> list[Any]:
+def _form_question(key: str, questions: QuestionSet) -> Question | None:
+    """The question ``key`` asks in ``questions`` (None: not asked there, its component is hidden)."""
+    return next((q for q in questions.questions if q.key == key), None)
+
+
+def _any_question(key: str) -> Question:
+    found = _form_question(key, DEFAULT_QUESTIONS) or _form_question(key, HEAD_TO_HEAD_QUESTIONS)
+    assert found is not None, key
+    return found
+
+
+def _split(updates: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Per-key updates (in :data:`FORM_KEYS` order) split into the default set's and the extras'."""
+    n = len(DEFAULT_QUESTIONS.questions)
+    return updates[:n], updates[n:]
+
+
+def screen_updates(screen: Screen, *, keep_status: bool = False) -> list[Any]:
     """Gradio updates (in :meth:`RaterComponents.outputs` order) that show ``screen`` with a blank form.
 
+    Every question of the screen's study is shown (with its label) and every other one hidden.
     ``keep_status``: leave the status block (the instructions) as the page has it: after a submission that
     shows the next pair, the only change is the pair itself.
     """
     pair = screen.kind == ScreenKind.PAIR
-    blank = [gr.update(value=_blank(q), elem_classes=["ms-q", f"ms-q-{q.kind.value}"]) for q in questions.questions]
+    asked = questions_for(screen.study_kind)
+    form = []
+    for key in FORM_KEYS:
+        q = _form_question(key, asked)
+        shown = q or _any_question(key)
+        form.append(
+            gr.update(
+                value=_blank(shown),
+                visible=q is not None,
+                label=question_label(shown) if shown.kind != QuestionKind.FLAG else shown.label + "  ·  key N",
+                elem_classes=["ms-q", f"ms-q-{shown.kind.value}"],
+            )
+        )
+    default, extra = _split(form)
     status = gr.update() if keep_status and pair else gr.update(value=status_html(screen), visible=True)
     return [
         status,
@@ -553,21 +669,35 @@ def screen_updates(screen: Screen, questions: QuestionSet = QUESTIONS, *, keep_s
         header_html(screen),
         image_html(screen, "left"),
         image_html(screen, "right"),
-        *blank,
+        *default,
         screen.display_token,
+        *extra,
+        reference_html(screen),
+        keys_html(kind=screen.study_kind),
         message_html(screen.notice, "notice") if screen.notice else message_html(),
         gr.update(visible=screen.kind == ScreenKind.PAUSED),
     ]
 
 
-def missing_updates(outcome: SubmitOutcome, questions: QuestionSet = QUESTIONS) -> list[Any]:
+def missing_updates(outcome: SubmitOutcome) -> list[Any]:
     """Updates that keep the form as it is and highlight the missing answers."""
     marks = []
-    for q in questions.questions:
-        classes = ["ms-q", f"ms-q-{q.kind.value}"] + (["ms-missing"] if q.key in outcome.missing else [])
+    for key in FORM_KEYS:
+        q = _any_question(key)
+        classes = ["ms-q", f"ms-q-{q.kind.value}"] + (["ms-missing"] if key in outcome.missing else [])
         marks.append(gr.update(elem_classes=classes))
+    default, extra = _split(marks)
     n_fixed = 5
-    return [gr.update()] * n_fixed + marks + [gr.update(), message_html(outcome.message), gr.update()]
+    return [
+        *[gr.update()] * n_fixed,
+        *default,
+        gr.update(),
+        *extra,
+        gr.update(),
+        gr.update(),
+        message_html(outcome.message),
+        gr.update(),
+    ]
 
 
 def _refused() -> Screen:
@@ -588,16 +718,26 @@ def handle_pause(request: gr.Request) -> list[Any]:
     return screen_updates(paused_screen(config().database, who.rater_id))  # type: ignore[arg-type]
 
 
+def form_answers(values: tuple[Any, ...], questions: QuestionSet) -> tuple[dict[str, Any], list[Any]]:
+    """(answers to ``questions``, [client ms, client time, answered-for]) from the submit inputs after the
+    token: the default set's values, the three client values, then the extras' values (missing: None)."""
+    n = len(DEFAULT_QUESTIONS.questions)
+    client = [*values[n : n + 3], None, None, None][:3]
+    extras = [*values[n + 3 :], *[None] * len(EXTRA_QUESTIONS)][: len(EXTRA_QUESTIONS)]
+    by_key = dict(zip(FORM_KEYS, [*values[:n], *extras], strict=True))
+    return answers_from_inputs([by_key[q.key] for q in questions.questions], questions), client
+
+
 def handle_submit(request: gr.Request, token: str, *values: Any) -> list[Any]:
-    """Submit: inputs are the display token, the answers in question order, client ms, client time and the
-    display id the answers were given for.
+    """Submit: inputs are the display token, the default set's answers, client ms, client time, the display
+    id the answers were given for, then the head-to-head preferences (see :func:`form_answers`). Only the
+    rater's own study's questions are read.
 
     ``request`` comes first: Gradio injects it by position, and the answers are variadic.
     """
     who = require_rater(request)
-    n = len(QUESTIONS.questions)
-    answers = answers_from_inputs(list(values[:n]))
-    client_ms, client_at, answered_for = [*values[n:], None, None, None][:3]
+    questions = rater_questions(config().database, who.rater_id)  # type: ignore[arg-type]
+    answers, (client_ms, client_at, answered_for) = form_answers(values, questions)
     try:
         outcome = submit(
             config().database,
@@ -607,6 +747,7 @@ def handle_submit(request: gr.Request, token: str, *values: Any) -> list[Any]:
             client_ms=client_ms,
             client_at=client_at,
             answered_for=None if answered_for is None else str(answered_for),
+            questions=questions,
         )
     except AccessDenied:
         raise gr.Error("This pair is not available. Please reload the page.", print_exception=False) from None
@@ -620,11 +761,13 @@ def static_text(name: str) -> str:
     return (STATIC_DIR / name).read_text(encoding="utf-8")
 
 
-def build_rater_blocks(questions: QuestionSet = QUESTIONS) -> tuple[gr.Blocks, RaterComponents]:
+def build_rater_blocks() -> tuple[gr.Blocks, RaterComponents]:
     """The rater page as a Gradio Blocks (mount it with the CSS/JS from :func:`page_assets`).
 
-    Layout: the two images side by side in the largest square the window allows, the questions in a
-    compact panel beside them (under them on narrow screens, as a sticky sheet on phones).
+    Layout: the two images side by side in the largest square the window allows (a head-to-head study's
+    reference image above them), the questions in a compact panel beside them (under them on narrow
+    screens, as a sticky sheet on phones). Both studies' questions are built here, once (Gradio makes no
+    component per request); each screen shows its own study's.
     """
     by_key: dict[str, gr.components.Component] = {}
     with gr.Blocks(title="MedSynth rating", analytics_enabled=False, fill_width=True) as blocks:
@@ -633,12 +776,15 @@ def build_rater_blocks(questions: QuestionSet = QUESTIONS) -> tuple[gr.Blocks, R
             with gr.Row(equal_height=False, elem_classes=["ms-main"]):
                 with gr.Column(elem_classes=["ms-stage"], min_width=0):
                     gr.HTML(tools_html(), js_on_load=None, elem_classes=["ms-tools-block"])
+                    reference = gr.HTML("", elem_id="ms-ref", js_on_load=None, elem_classes=["ms-ref-block"])
                     with gr.Row(equal_height=False, elem_classes=["ms-pair"]):
                         left = gr.HTML("", elem_id="ms-img-left", js_on_load=None, elem_classes=["ms-side-block"])
                         right = gr.HTML("", elem_id="ms-img-right", js_on_load=None, elem_classes=["ms-side-block"])
                 with gr.Column(elem_classes=["ms-panel"], min_width=0):
                     header = gr.HTML("", elem_id="ms-header", js_on_load=None)
-                    for q in questions.questions:
+                    for q in EXTRA_QUESTIONS:  # the preferences come first on a head-to-head screen
+                        by_key[q.key] = question_component(q, visible=False)
+                    for q in DEFAULT_QUESTIONS.questions:
                         by_key[q.key] = question_component(q)
                     with gr.Row(elem_classes=["ms-actions"]):
                         message = gr.HTML(message_html(), elem_id="ms-message", js_on_load=None)
@@ -646,7 +792,7 @@ def build_rater_blocks(questions: QuestionSet = QUESTIONS) -> tuple[gr.Blocks, R
                         send = gr.Button(
                             "Submit (Enter)", elem_id="ms-submit", variant="primary", scale=0, min_width=140
                         )
-                    gr.HTML(keys_html(), js_on_load=None, elem_classes=["ms-keys-block"])
+                    keys = gr.HTML(keys_html(), js_on_load=None, elem_classes=["ms-keys-block"])
             token = gr.Textbox(visible=False, elem_id="ms-token")
             client_ms = gr.Textbox(visible=False)
             client_at = gr.Textbox(visible=False)
@@ -658,10 +804,13 @@ def build_rater_blocks(questions: QuestionSet = QUESTIONS) -> tuple[gr.Blocks, R
             header=header,
             left=left,
             right=right,
-            questions=[by_key[q.key] for q in questions.questions],
+            questions=[by_key[q.key] for q in DEFAULT_QUESTIONS.questions],
             token=token,
             message=message,
             resume=resume,
+            extra=[by_key[q.key] for q in EXTRA_QUESTIONS],
+            reference=reference,
+            keys=keys,
         )
         outputs = comps.outputs()
         common: dict[str, Any] = {
@@ -670,15 +819,16 @@ def build_rater_blocks(questions: QuestionSet = QUESTIONS) -> tuple[gr.Blocks, R
             "concurrency_limit": RATER_CONCURRENCY,
             "show_progress": "hidden",
         }
-        n_inputs = 1 + len(comps.questions) + 3
+        inputs = [token, *comps.questions, client_ms, client_at, answered_for, *comps.extra]
+        client_at_index = 1 + len(comps.questions)  # where the page script writes client ms, time, display id
         blocks.load(handle_load, None, outputs, **common)
         resume.click(handle_load, None, outputs, **common)
         pause.click(handle_pause, None, outputs, **common)
         send.click(
             handle_submit,
-            [token, *comps.questions, client_ms, client_at, answered_for],
+            inputs,
             outputs,
-            js=f"(...a) => (window.msBeforeSubmit || ((x) => x))(a.slice(0, {n_inputs}))",
+            js=(f"(...a) => (window.msBeforeSubmit || ((x) => x))(a.slice(0, {len(inputs)}), {client_at_index})"),
             trigger_mode="once",
             **common,
         )

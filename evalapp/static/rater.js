@@ -1,6 +1,7 @@
 /* MedSynth rater page: answers bound to their pair, keyboard control, reading-room tools.
    Keys: Up/Down move between questions; 1-5 answer the highlighted question; L/R answer "which image is
-   generated?"; Enter submits; [ and ] open the full-resolution view of the left/right image; X compares both
+   generated?" (head-to-head studies: L/R/E answer the highlighted preference, or the first unanswered one,
+   left / right / no difference); Enter submits; [ and ] open the full-resolution view of the left/right image; X compares both
    at the same zoom; C comment; N cannot assess; Esc leaves a text box or closes a view; P pauses; T switches
    dark/light; ? shows the instructions.
 
@@ -22,12 +23,13 @@
   var waiting = null; // {display, seq, since}: a submission is on its way
   var queue = []; // keys pressed while not ready
   var prefetched = {}; // image URL -> data: URL of the next pair, fetched while the rater answers
-  var QUEUE_KEYS = /^([1-9]|l|L|r|R|ArrowUp|ArrowDown)$/;
+  var QUEUE_KEYS = /^([1-9]|l|L|r|R|e|E|ArrowUp|ArrowDown)$/;
   var STORE = window.localStorage || { getItem: function () { return null; }, setItem: function () {} };
 
   function $(sel) { return document.querySelector(sel); }
-  function questions() {
-    return Array.prototype.slice.call(document.querySelectorAll("#ms-form .ms-q-scale, #ms-form .ms-q-choice"));
+  function questions() { // the questions of the study on screen (the other study's are hidden)
+    return Array.prototype.slice.call(document.querySelectorAll("#ms-form .ms-q-scale, #ms-form .ms-q-choice"))
+      .filter(function (q) { return q.offsetParent !== null; });
   }
   function radios(block) {
     return Array.prototype.slice.call(block.querySelectorAll('input[type="radio"]'));
@@ -51,9 +53,12 @@
   function images() {
     return Array.prototype.slice.call(document.querySelectorAll("#ms-form .ms-img"));
   }
+  function references() { // a head-to-head study's reference image above the pair, if it shows one
+    return Array.prototype.slice.call(document.querySelectorAll("#ms-form .ms-ref-img"));
+  }
   function imagesShown() {
     var imgs = images();
-    return imgs.length === 2 && imgs.every(function (i) { return i.complete && i.naturalWidth > 0; });
+    return imgs.length === 2 && imgs.concat(references()).every(function (i) { return i.complete && i.naturalWidth > 0; });
   }
   function formBlank() {
     return !document.querySelector("#ms-form input[type=radio]:checked") &&
@@ -131,7 +136,7 @@
   }
   function usePrefetched() {
     if (ready && !waiting) return; // only a pair not yet shown takes the prefetched bytes
-    images().forEach(function (img) {
+    images().concat(references()).forEach(function (img) {
       var src = img.getAttribute("src") || "";
       var data = prefetched[src];
       if (data) { delete prefetched[src]; img.setAttribute("src", data); }
@@ -189,12 +194,12 @@
     prefetched = keep;
   }
 
-  window.msBeforeSubmit = function (args) {
+  window.msBeforeSubmit = function (args, at) { // at: index of client ms, then client time, display id
     var out = args.slice();
-    var n = out.length;
-    out[n - 3] = shownAt === null ? "" : String(Math.round(performance.now() - shownAt));
-    out[n - 2] = new Date().toISOString();
-    out[n - 1] = answersFor;
+    var i = typeof at === "number" ? at : out.length - 3;
+    out[i] = shownAt === null ? "" : String(Math.round(performance.now() - shownAt));
+    out[i + 1] = new Date().toISOString();
+    out[i + 2] = answersFor;
     return out;
   };
 
@@ -242,7 +247,7 @@
   function applyWindow() {
     document.body.classList.toggle("ms-grey", greyStudy());
     var f = greyStudy() ? filterText() : "";
-    document.querySelectorAll(".ms-img, #ms-zoom img").forEach(function (img) { img.style.filter = f; });
+    document.querySelectorAll(".ms-img, .ms-ref-img, #ms-zoom img").forEach(function (img) { img.style.filter = f; });
     var label = document.getElementById("ms-wl-value");
     if (label) label.textContent = "W " + win.c.toFixed(2) + " · L " + win.b.toFixed(2);
   }
@@ -339,15 +344,24 @@
   }
 
   /* ---- keys ---- */
+  function choiceFor(qs, block) {
+    // the question L / R / E answer: "which image is generated?", or (head-to-head) the highlighted
+    // preference, else the first unanswered one
+    var choices = qs.filter(function (q) { return q.classList.contains("ms-q-choice"); });
+    if (choices.length <= 1) return choices[0] || null;
+    if (block && choices.indexOf(block) >= 0) return block;
+    return choices.filter(function (q) { return !answered(q); })[0] || null;
+  }
   function handleKey(key, ev) {
     function stop() { if (ev) ev.preventDefault(); }
     var qs = questions();
     var block = qs[focusIndex];
     if (key >= "1" && key <= "9" && key.length === 1) {
       if (block && answer(block, parseInt(key, 10) - 1)) { stop(); advance(); }
-    } else if (key === "l" || key === "L" || key === "r" || key === "R") {
-      var which = document.getElementById("q-which_generated");
-      if (which && answer(which, key.toLowerCase() === "l" ? 0 : 1)) {
+    } else if (/^[lLrReE]$/.test(key)) {
+      var which = choiceFor(qs, block);
+      var pick = { l: 0, r: 1, e: 2 }[key.toLowerCase()];
+      if (which && answer(which, pick)) { // "E" on a left/right question has no third choice: nothing
         stop();
         focusIndex = qs.indexOf(which);
         advance();

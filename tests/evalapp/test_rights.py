@@ -251,6 +251,13 @@ def answers_in_order() -> list[Any]:
     return values
 
 
+def extra_inputs() -> list[Any]:
+    """The head-to-head preference inputs after the display id (empty in a real-vs-generated study)."""
+    from evalapp.rater_view import EXTRA_QUESTIONS
+
+    return [None] * len(EXTRA_QUESTIONS)
+
+
 def rater_pair(app: App, browser: Browser, load: Endpoint | None = None) -> tuple[str, str]:
     """(display token, left image URL) of the browser's current pair, via a page-load handler."""
     load = load or app.endpoints[("/", "handle_load")]
@@ -400,7 +407,7 @@ def test_rater_endpoints(app: App, matrix: Matrix, app_env: AppEnv) -> None:
             assert (got.status_code == 200) == (who == "rater_a"), (who, got.status_code)
 
     answered_for = read_display_token(token_a).nonce  # type: ignore[union-attr]  # the display answered
-    data = [token_a, *answers_in_order(), 1234, "2026-01-01T00:00:00Z", answered_for]
+    data = [token_a, *answers_in_order(), 1234, "2026-01-01T00:00:00Z", answered_for, *extra_inputs()]
     before = ratings_of(app_env, matrix.rater_a), ratings_of(app_env, matrix.rater_b)
     for who in ("anonymous", "rater_b", "coordinator"):
         out = matrix.browsers[who].call("/", submit.fn_index, data)

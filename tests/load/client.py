@@ -51,6 +51,7 @@ LOAD_STUDY = "load-study"
 LOAD_DATASET = "gi-load"
 LOAD_MODELS = ("load-model-blur", "load-model-poster")
 N_FIXED_OUTPUTS = 5  # status, form, header, left, right come before the questions in the rater outputs
+N_EXTRA_INPUTS = 2  # the head-to-head preferences, after the display id (evalapp.rater_view.EXTRA_QUESTIONS)
 PAIR_RE = re.compile(r"Pair (\d+) of (\d+)")
 IMG_RE = re.compile(r'src="(/m/[^"]+)"')
 SERVER_GONE = (httpx.TransportError,)
@@ -438,6 +439,7 @@ class RaterSession:
         """Submit ``answers`` for ``display``; None when ``drop`` closed the connection before the answer."""
         # the last value names the display the answers were given for, as the page does
         data = [display.token, *form_values(answers, self.keys), str(random.randint(800, 9000)), "", display.nonce]
+        data += [None] * N_EXTRA_INPUTS  # the head-to-head preferences (hidden in these studies)
         done = queue_call(self.client, self.fn["handle_submit"], data, drop_after_start=drop)
         if done is None:
             return None

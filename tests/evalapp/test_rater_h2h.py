@@ -1,0 +1,230 @@
+"""The rater view for head-to-head studies: two models' images of one prompt, which is more realistic and
+which matches the prompt better (left / right / no difference), the real image above them as a reference
+when the study shows one; served, bound to their display and stored like every other pair."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from db.head_to_head import HEAD_TO_HEAD_QUESTIONS
+from db.models import Assignment, Model, Rating, Side, StudyItem
+from db.questions import DEFAULT_QUESTIONS
+from db.studies import create_study
+from evalapp import rater_view
+from evalapp.media_routes import image_token, image_url
+
+N_DEFAULT = len(DEFAULT_QUESTIONS.questions)
+TOKEN_INDEX = 5 + N_DEFAULT  # status, form, header, left, right, the default set's questions, the token
+EXTRA_KEYS = [q.key for q in rater_view.EXTRA_QUESTIONS]
+REF_INDEX = TOKEN_INDEX + 1 + len(EXTRA_KEYS)  # after the token: the preferences, the reference, the keys
+SRC = re.compile(r'src="([^"]+)"')
+WITH_REFERENCE = "h2h-with-reference"
+WITHOUT_REFERENCE = "h2h-no-reference"
+N_ITEMS = 3
+
+
+def h2h_toml(name: str, models: list[str], dataset: str, *, reference: bool, per_pair: int) -> str:
+    quoted = ", ".join(f'"{m}"' for m in models)
+    return (
+        f'name = "{name}"\nkind = "head-to-head"\nreference = {str(reference).lower()}\nseed = 5\n'
+        f'datasets = ["{dataset}"]\nmodels = [{quoted}]\ncases_per_model = {per_pair}\n'
+        "raters_per_item = 1\nrater_slots = 1\nattention_fraction = 0.0\nrepeat_fraction = 0.0\n"
+        'title = "Which image is better?"\n[display]\nsize = 384\nfit = "square"\n'
+    )
+
+
+@pytest.fixture(scope="module")
+def h2h_studies(app_env: Any) -> Iterator[dict[str, int]]:
+    """Two head-to-head studies of the fixture's two models: with and without the reference image."""
+    from db.models import Dataset
+
+    with app_env.workspace.database.session() as session:
+        models = sorted(session.scalars(select(Model.name)))
+        dataset = session.scalars(select(Dataset.name)).first()
+    with app_env.workspace.database.session() as session:
+        create_study(
+            session,
+            app_env.workspace.store,
+            h2h_toml(WITH_REFERENCE, models, dataset, reference=True, per_pair=N_ITEMS),
+        )
+        create_study(
+            session, app_env.workspace.store, h2h_toml(WITHOUT_REFERENCE, models, dataset, reference=False, per_pair=2)
+        )
+    yield {WITH_REFERENCE: N_ITEMS, WITHOUT_REFERENCE: 2}
+
+
+def form_updates(updates: list[Any]) -> dict[str, Any]:
+    """Each question component's update, by key."""
+    comps = [*updates[5:TOKEN_INDEX], *updates[TOKEN_INDEX + 1 : TOKEN_INDEX + 1 + len(EXTRA_KEYS)]]
+    return dict(zip(rater_view.FORM_KEYS, comps, strict=True))
+
+
+def visible_keys(updates: list[Any]) -> set[str]:
+    """The keys of the question components a screen shows."""
+    return {key for key, u in form_updates(updates).items() if u.get("visible")}
+
+
+def h2h_values(answers: dict[str, Any], answered_for: str = "") -> list[Any]:
+    """Submit inputs after the token: the default set's (blank), client ms/time/display, the preferences."""
+    default = [answers.get(q.key) for q in DEFAULT_QUESTIONS.questions]
+    return [*default, "800", "", answered_for, *[answers.get(k) for k in EXTRA_KEYS]]
+
+
+@dataclass(frozen=True)
+class Shown:
+    item_id: int
+    left_model: int
+    right_model: int
+
+
+def item_at(app_env: Any, rater_pk: int, position: int) -> Shown:
+    with app_env.workspace.database.session() as session:
+        item = session.scalar(
+            select(StudyItem)
+            .join(Assignment, Assignment.item_id == StudyItem.id)
+            .where(Assignment.rater_id == rater_pk, Assignment.position == position)
+        )
+        assert item is not None and item.second_model_id is not None
+        first_left = item.generated_side == Side.LEFT
+        left, right = (item.model_id, item.second_model_id) if first_left else (item.second_model_id, item.model_id)
+        return Shown(item.id, left, right)
+
+
+def stored_ratings(app_env: Any, rater_pk: int) -> list[tuple[int, int, dict[str, Any]]]:
+    """(position, item id, answers) of the rater's ratings, in pair order."""
+    with app_env.workspace.database.session() as session:
+        rows = session.execute(
+            select(Assignment.position, Rating.item_id, Rating.answers)
+            .join(Assignment, Rating.assignment_id == Assignment.id)
+            .where(Rating.rater_id == rater_pk)
+            .order_by(Assignment.position)
+        ).all()
+    return [(int(p), int(i), dict(a)) for p, i, a in rows]
+
+
+def token_payload(url: str) -> dict[str, Any]:
+    raw = url.rsplit("/", 1)[1].split(".", 1)[0]
+    return dict(json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))))
+
+
+def test_a_head_to_head_pair_shows_its_own_questions_and_the_reference(
+    app_env: Any, h2h_studies: dict[str, int], leak_scanner: Any
+) -> None:
+    rater = app_env.add_rater(WITH_REFERENCE)
+    cookie = app_env.cookie(rater.token)
+    updates = rater_view.handle_load(app_env.request(cookie))
+    assert "Pair 1 of 3" in updates[2] and 'data-kind="head-to-head"' in updates[2]
+    assert visible_keys(updates) == set(HEAD_TO_HEAD_QUESTIONS.keys())
+    assert (
+        "(optional)" in form_updates(updates)["realism_left"]["label"]
+    )  # the shared component takes the head-to-head label
+    intro = updates[0]["value"]
+    assert "both generated by a computer" in intro and "no difference" in intro and "Reference (real)" in intro
+    assert "L / R / E" in updates[REF_INDEX + 1] and "which image is generated" not in updates[REF_INDEX + 1]
+    left, right = (SRC.search(updates[i]).group(1) for i in (3, 4))  # type: ignore[union-attr]
+    reference = SRC.search(updates[REF_INDEX]).group(1)  # type: ignore[union-attr]
+    assert "Reference (real)" in updates[REF_INDEX]
+    # the reference is one more per-display name of the same length, served alike, never cached
+    assert len({len(left), len(right), len(reference)}) == 1 and len({left, right, reference}) == 3
+    assert token_payload(reference)["s"] == "x" and set(token_payload(reference)) == set(token_payload(left))
+    with httpx.Client(base_url=app_env.url, timeout=30) as client:
+        headers = app_env.gradio_headers(cookie)
+        got = {name: client.get(url, headers=headers) for name, url in (("l", left), ("r", right), ("x", reference))}
+        assert all(r.status_code == 200 and "no-store" in r.headers["cache-control"] for r in got.values())
+        assert len({len(r.content) for r in got.values()}) == 1  # equal byte length: nothing told by size
+        assert client.get(reference).status_code == 404  # only this rater's cookie opens it
+    # the next pair's three images are named for prefetching, the reference among them
+    assert len(re.search(r'data-next="([^"]*)"', updates[2]).group(1).split()) == 3  # type: ignore[union-attr]
+    text = " ".join(str(u) for u in updates)
+    assert leak_scanner.scan_text(text, "handler output") == []
+
+
+def test_no_reference_where_the_study_shows_none_and_never_for_a_real_vs_generated_pair(
+    app_env: Any, h2h_studies: dict[str, int]
+) -> None:
+    plain = app_env.add_rater(WITHOUT_REFERENCE)
+    cookie = app_env.cookie(plain.token)
+    updates = rater_view.handle_load(app_env.request(cookie))
+    assert "Pair 1 of 2" in updates[2] and updates[REF_INDEX] == ""
+    assert "Reference (real)" not in updates[0]["value"]
+    assert len(re.search(r'data-next="([^"]*)"', updates[2]).group(1).split()) == 2  # type: ignore[union-attr]
+    rvg = app_env.add_rater("browser-study")
+    rvg_cookie = app_env.cookie(rvg.token)
+    rvg_updates = rater_view.handle_load(app_env.request(rvg_cookie))
+    assert visible_keys(rvg_updates) == set(DEFAULT_QUESTIONS.keys()) and rvg_updates[REF_INDEX] == ""
+    assert "L / R" in rvg_updates[REF_INDEX + 1] and "no difference" not in rvg_updates[REF_INDEX + 1]
+    with httpx.Client(base_url=app_env.url, timeout=30) as client:
+        for login, who in ((plain, cookie), (rvg, rvg_cookie)):
+            forged = image_url(image_token(login.rater_pk, 0, None))  # a reference name the page never got
+            positive = image_url(image_token(login.rater_pk, 0, Side.LEFT))
+            headers = app_env.gradio_headers(who)
+            assert client.get(positive, headers=headers).status_code == 200  # positive control
+            assert client.get(forged, headers=headers).status_code == 404  # never the real image by another name
+
+
+def test_preferences_are_stored_bound_to_their_display_and_conflicts_handled(
+    app_env: Any, h2h_studies: dict[str, int]
+) -> None:
+    rater = app_env.add_rater(WITH_REFERENCE)
+    request = app_env.request(app_env.cookie(rater.token))
+    updates = rater_view.handle_load(request)
+    token = updates[TOKEN_INDEX]
+    nonce = rater_view.read_display_token(token).nonce  # type: ignore[union-attr]
+
+    # real-vs-generated answers on a head-to-head pair: the preferences are missing, nothing is stored
+    rvg_answers = {"realism_left": 3, "accuracy_left": 3, "realism_right": 3, "accuracy_right": 3,
+                   "which_generated": "left", "confidence": 3}  # fmt: skip
+    kept = rater_view.handle_submit(request, token, *h2h_values(rvg_answers, nonce))
+    assert "Which image is more realistic?" in kept[-2] and "Which image matches the prompt better?" in kept[-2]
+    marks = form_updates(kept)
+    assert all("ms-missing" in marks[k]["elem_classes"] for k in EXTRA_KEYS)
+    assert not any("ms-missing" in u["elem_classes"] for k, u in marks.items() if k not in EXTRA_KEYS)
+    assert stored_ratings(app_env, rater.rater_pk) == []
+
+    # answers given for another display are refused
+    tie = {"prefer_realism": "tie", "prefer_prompt": "left", "realism_left": 2}
+    refused = rater_view.handle_submit(request, token, *h2h_values(tie, "another-display"))
+    assert "given for another pair" in refused[-2] and stored_ratings(app_env, rater.rater_pk) == []
+    token = refused[TOKEN_INDEX]
+    nonce = rater_view.read_display_token(token).nonce  # type: ignore[union-attr]
+
+    first = item_at(app_env, rater.rater_pk, 0)
+    after = rater_view.handle_submit(request, token, *h2h_values(tie, nonce))
+    assert "Pair 2 of 3" in after[2]
+    # a second tab on the rated pair is told so and shown the stored answers, in words; one rating kept
+    again = rater_view.handle_submit(
+        request, token, *h2h_values({"prefer_realism": "right", "prefer_prompt": "right"}, nonce)
+    )
+    assert "Pair 2 of 3" in again[2]
+    rows = stored_ratings(app_env, rater.rater_pk)
+    assert len(rows) == 1 and rows[0][1] == first.item_id
+    answers = rows[0][2]
+    assert answers["prefer_realism"] == "tie" and answers["prefer_prompt"] == "left" and answers["realism_left"] == 2
+    assert answers["realism_right"] is None and "which_generated" not in answers
+    other_tab = app_env.request(app_env.cookie(rater.token))
+    tab2 = rater_view.handle_load(other_tab)
+    token2 = tab2[TOKEN_INDEX]
+    nonce2 = rater_view.read_display_token(token2).nonce  # type: ignore[union-attr]
+    rater_view.handle_submit(
+        request,
+        after[TOKEN_INDEX],
+        *h2h_values(
+            {"prefer_realism": "left", "prefer_prompt": "left"}, rater_view.read_display_token(after[TOKEN_INDEX]).nonce
+        ),
+    )  # type: ignore[union-attr]
+    conflict = rater_view.handle_submit(
+        other_tab, token2, *h2h_values({"prefer_realism": "right", "prefer_prompt": "tie"}, nonce2)
+    )
+    assert "already rated in another tab or window" in conflict[-2]
+    assert "Which image is more realistic?: Left image" in conflict[-2]
+    rows = stored_ratings(app_env, rater.rater_pk)
+    assert len(rows) == 2 and rows[1][2]["prefer_realism"] == "left"
