@@ -111,6 +111,12 @@ def stored_ratings(app_env: Any, rater_pk: int) -> list[tuple[int, int, dict[str
     return [(int(p), int(i), dict(a)) for p, i, a in rows]
 
 
+def display_nonce(token: str) -> str:
+    display = rater_view.read_display_token(token)
+    assert display is not None
+    return display.nonce
+
+
 def token_payload(url: str) -> dict[str, Any]:
     raw = url.rsplit("/", 1)[1].split(".", 1)[0]
     return dict(json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))))
@@ -178,7 +184,7 @@ def test_preferences_are_stored_bound_to_their_display_and_conflicts_handled(
     request = app_env.request(app_env.cookie(rater.token))
     updates = rater_view.handle_load(request)
     token = updates[TOKEN_INDEX]
-    nonce = rater_view.read_display_token(token).nonce  # type: ignore[union-attr]
+    nonce = display_nonce(token)
 
     # real-vs-generated answers on a head-to-head pair: the preferences are missing, nothing is stored
     rvg_answers = {"realism_left": 3, "accuracy_left": 3, "realism_right": 3, "accuracy_right": 3,
@@ -195,7 +201,7 @@ def test_preferences_are_stored_bound_to_their_display_and_conflicts_handled(
     refused = rater_view.handle_submit(request, token, *h2h_values(tie, "another-display"))
     assert "given for another pair" in refused[-2] and stored_ratings(app_env, rater.rater_pk) == []
     token = refused[TOKEN_INDEX]
-    nonce = rater_view.read_display_token(token).nonce  # type: ignore[union-attr]
+    nonce = display_nonce(token)
 
     first = item_at(app_env, rater.rater_pk, 0)
     after = rater_view.handle_submit(request, token, *h2h_values(tie, nonce))
@@ -213,14 +219,11 @@ def test_preferences_are_stored_bound_to_their_display_and_conflicts_handled(
     other_tab = app_env.request(app_env.cookie(rater.token))
     tab2 = rater_view.handle_load(other_tab)
     token2 = tab2[TOKEN_INDEX]
-    nonce2 = rater_view.read_display_token(token2).nonce  # type: ignore[union-attr]
+    nonce2 = display_nonce(token2)
+    next_nonce = display_nonce(after[TOKEN_INDEX])
     rater_view.handle_submit(
-        request,
-        after[TOKEN_INDEX],
-        *h2h_values(
-            {"prefer_realism": "left", "prefer_prompt": "left"}, rater_view.read_display_token(after[TOKEN_INDEX]).nonce
-        ),
-    )  # type: ignore[union-attr]
+        request, after[TOKEN_INDEX], *h2h_values({"prefer_realism": "left", "prefer_prompt": "left"}, next_nonce)
+    )
     conflict = rater_view.handle_submit(
         other_tab, token2, *h2h_values({"prefer_realism": "right", "prefer_prompt": "tie"}, nonce2)
     )
