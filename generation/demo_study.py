@@ -3,7 +3,9 @@
 ``python app.py`` on a fresh machine calls :func:`ensure_demo`, which (once) writes the procedural dataset,
 imports it (one dataset per domain, so specialty routing has something to route), registers the demo MSDM
 twice (its normal sampling and a 4-step "fast" variant, so the study compares two models), generates every
-case with both through :mod:`generation.batch`, creates the study and adds a demo rater. Every step is
+case with both through :mod:`generation.batch`, creates the study and adds a demo rater; beside it, a small
+head-to-head study of the two demo models (:data:`DEMO_H2H_STUDY`, the real image shown above each pair as a
+reference) with the same demo rater, reached by its own link. Every step is
 idempotent: a later start finds what exists and skips it (an interrupted build resumes where it stopped).
 Each start re-issues the demo rater's link (tokens are stored hashed, so the old one cannot be shown again)
 and generates a coordinator password if none is set.
@@ -30,6 +32,7 @@ from db.workspace import Workspace
 log = logging.getLogger(__name__)
 
 DEMO_STUDY = "demo"
+DEMO_H2H_STUDY = "demo-head-to-head"
 DEMO_RATER = "Demo rater"
 DEMO_SEED = 2024
 #: (dataset name, procedural domain, database domain)
@@ -54,6 +57,8 @@ class DemoInfo:
     password_source: str
     built: bool
     seconds: float
+    h2h_study: str = DEMO_H2H_STUDY
+    h2h_rater_token: str = ""
 
     def describe(self, base_url: str) -> str:
         """The lines printed at start-up: the demo rater link and how to sign in as coordinator."""
@@ -63,6 +68,11 @@ class DemoInfo:
             f"demo study {self.study!r} {'built' if self.built else 'ready'} in {self.seconds:.1f} s",
             f"demo rater link: {rater_link(base_url, self.rater_token)}",
         ]
+        if self.h2h_rater_token:
+            lines.append(
+                f"demo head-to-head rater link ({self.h2h_study!r}, which demo model's image is better): "
+                f"{rater_link(base_url, self.h2h_rater_token)}"
+            )
         if self.coordinator_password is not None:
             lines.append(f"coordinator password (generated for this demo): {self.coordinator_password}")
         else:
@@ -89,6 +99,30 @@ raters_per_item = 2
 rater_slots = 2
 attention_fraction = 0.1
 repeat_fraction = 0.1
+
+[display]
+size = 256
+fit = "square"
+"""
+
+
+def demo_h2h_config_text(cases_per_pair: int) -> str:
+    """The TOML config of the demo head-to-head study: the two demo models on the same prompts."""
+    datasets = ", ".join(f'"{name}"' for name, _, _ in DEMO_DATASETS)
+    models = ", ".join(f'"{name}"' for name, _ in DEMO_MODELS)
+    return f"""name = "{DEMO_H2H_STUDY}"
+title = "MedSynth demo: head-to-head"
+instructions = "Procedural demo images: two demo models made the images for the same prompt. Which is better?"
+kind = "head-to-head"
+reference = true
+seed = {DEMO_SEED}
+datasets = [{datasets}]
+models = [{models}]
+cases_per_model = {cases_per_pair}
+raters_per_item = 1
+rater_slots = 1
+attention_fraction = 0.0
+repeat_fraction = 0.0
 
 [display]
 size = 256
@@ -183,21 +217,35 @@ def _ensure_study(workspace: Workspace, cases_per_model: int, say: Progress) -> 
     return True
 
 
-def _demo_token(workspace: Workspace) -> str:
+def _ensure_h2h_study(workspace: Workspace, n_per_domain: int, say: Progress) -> bool:
+    """Create the demo head-to-head study if it is missing (also for a demo built before it existed: the
+    demo models' images are there already)."""
+    from db.studies import create_study
+
+    if _demo_study_exists(workspace, DEMO_H2H_STUDY):
+        return False
+    config = demo_h2h_config_text(max(2, n_per_domain // 2))
+    with workspace.database.session() as session:
+        summary = create_study(session, workspace.store, config, source="demo head-to-head study")
+    say(summary.describe())
+    return True
+
+
+def _demo_token(workspace: Workspace, study: str = DEMO_STUDY) -> str:
     from db.raters import add_rater, reissue_token
 
     try:
         with workspace.database.session() as session:
-            return reissue_token(session, DEMO_STUDY, DEMO_RATER)
+            return reissue_token(session, study, DEMO_RATER)
     except NotFoundError:  # the demo rater is added on the first start
         with workspace.database.session() as session:
-            return add_rater(session, DEMO_STUDY, DEMO_RATER, Specialty.OTHER, 5.0).token
+            return add_rater(session, study, DEMO_RATER, Specialty.OTHER, 5.0).token
 
 
-def _demo_study_exists(workspace: Workspace) -> bool:
+def _demo_study_exists(workspace: Workspace, study: str = DEMO_STUDY) -> bool:
     try:
         with workspace.database.session() as session:
-            get_study(session, DEMO_STUDY)
+            get_study(session, study)
     except NotFoundError:
         return False
     return True
@@ -239,8 +287,8 @@ def ensure_demo(
     Returns
     -------
     DemoInfo
-        The study name, the demo rater's fresh token and the coordinator password (``None`` when one was
-        set before or comes from the environment).
+        The study name, the demo rater's fresh tokens (the demo study and the head-to-head one) and the
+        coordinator password (``None`` when one was set before or comes from the environment).
 
     Raises
     ------
@@ -264,7 +312,9 @@ def ensure_demo(
         _ensure_models(workspace, folder)
         _generate(workspace, device, say)
         _ensure_study(workspace, n_per_domain, say)
+    _ensure_h2h_study(workspace, n_per_domain, say)
     token = _demo_token(workspace)
+    h2h_token = _demo_token(workspace, DEMO_H2H_STUDY)
     password, source = _coordinator_password(workspace)
     return DemoInfo(
         study=DEMO_STUDY,
@@ -274,4 +324,5 @@ def ensure_demo(
         password_source=source,
         built=built,
         seconds=time.perf_counter() - started,
+        h2h_rater_token=h2h_token,
     )

@@ -19,7 +19,15 @@ from db.raters import rater_by_token
 from db.studies import study_config
 from db.workspace import Workspace
 from evalapp.auth import PASSWORD_ENV, verify_coordinator_password
-from generation.demo_study import DEMO_DATASETS, DEMO_MODELS, DEMO_RATER, DEMO_STUDY, DemoInfo, ensure_demo
+from generation.demo_study import (
+    DEMO_DATASETS,
+    DEMO_H2H_STUDY,
+    DEMO_MODELS,
+    DEMO_RATER,
+    DEMO_STUDY,
+    DemoInfo,
+    ensure_demo,
+)
 
 N_PER_DOMAIN = 3
 
@@ -83,6 +91,33 @@ def test_first_start_builds_a_two_model_study(built: tuple[Workspace, DemoInfo, 
     assert info.coordinator_password and verify_coordinator_password(ws.database, info.coordinator_password)
     text = info.describe("http://127.0.0.1:7860")
     assert f"http://127.0.0.1:7860/?rater={info.rater_token}" in text and info.coordinator_password in text
+    assert f"http://127.0.0.1:7860/?rater={info.h2h_rater_token}" in text and DEMO_H2H_STUDY in text
+
+
+def test_first_start_builds_a_head_to_head_study_of_the_two_demo_models(
+    built: tuple[Workspace, DemoInfo, list[str]],
+) -> None:
+    from db.ratings import next_pair
+
+    ws, info, lines = built
+    assert any(DEMO_H2H_STUDY in line for line in lines)
+    with ws.database.session() as session:
+        study = session.scalar(select(Study).where(Study.name == DEMO_H2H_STUDY))
+        assert study is not None
+        cfg = study_config(study)
+        assert cfg.kind == "head-to-head" and cfg.reference and cfg.models == [name for name, _ in DEMO_MODELS]
+        items = list(session.scalars(select(StudyItem).where(StudyItem.study_id == study.id)))
+        demo_ids = set(session.scalars(select(Model.id).where(Model.name.in_(cfg.models))))
+        assert len(items) == max(2, N_PER_DOMAIN // 2) == cfg.cases_per_model
+        assert all({it.model_id, it.second_model_id} == demo_ids for it in items)
+        assert len({it.case_id for it in items}) == len(items)  # each pair on its own prompt
+        # reachable like the demo study: the demo rater's own link opens this study's pairs
+        rater = rater_by_token(session, info.h2h_rater_token)
+        assert rater is not None and rater.name == DEMO_RATER and rater.study_id == study.id
+        assert len(rater.assignments) == len(items)
+        pair = next_pair(session, rater)
+        assert pair is not None and pair.kind == "head-to-head" and pair.reference
+        assert rater_by_token(session, info.rater_token).study.name == DEMO_STUDY  # type: ignore[union-attr]
 
 
 def test_later_starts_reuse_it(built: tuple[Workspace, DemoInfo, list[str]], msdm_dir: Path) -> None:
@@ -91,10 +126,12 @@ def test_later_starts_reuse_it(built: tuple[Workspace, DemoInfo, list[str]], msd
     lines: list[str] = []
     again = ensure_demo(ws, lines.append, model_dir=msdm_dir, n_per_domain=N_PER_DOMAIN, device="cpu")
     assert not again.built and lines == [] and counts(ws) == before
-    assert again.rater_token != first.rater_token
+    assert again.rater_token != first.rater_token and again.h2h_rater_token != first.h2h_rater_token
     with ws.database.session() as session:
         assert rater_by_token(session, first.rater_token) is None  # re-issued: the old link stops
         assert rater_by_token(session, again.rater_token) is not None
+        assert rater_by_token(session, first.h2h_rater_token) is None
+        assert rater_by_token(session, again.h2h_rater_token) is not None
     assert again.coordinator_password is None and "already set" in again.password_source
     assert verify_coordinator_password(ws.database, first.coordinator_password or "")
     assert "already set" in again.describe("http://x")
@@ -108,6 +145,25 @@ def test_password_from_the_environment_is_not_replaced(
     info = ensure_demo(ws, model_dir=msdm_dir, n_per_domain=N_PER_DOMAIN, device="cpu")
     assert info.coordinator_password is None and PASSWORD_ENV in info.password_source
     assert verify_coordinator_password(ws.database, first.coordinator_password or "")
+
+
+def test_a_demo_built_before_head_to_head_gains_it_on_the_next_start(
+    built: tuple[Workspace, DemoInfo, list[str]], msdm_dir: Path
+) -> None:
+    ws, _, _ = built
+    with ws.database.session() as session:  # a demo made by an older version: no head-to-head study yet
+        study = session.scalar(select(Study).where(Study.name == DEMO_H2H_STUDY))
+        session.delete(study)
+    before = counts(ws)
+    lines: list[str] = []
+    info = ensure_demo(ws, lines.append, model_dir=msdm_dir, n_per_domain=N_PER_DOMAIN, device="cpu")
+    assert not info.built and any(DEMO_H2H_STUDY in line for line in lines)
+    assert not any("generated" in line for line in lines)  # the demo models' images are reused
+    after = counts(ws)
+    assert after["Study"] == before["Study"] + 1 and after["GeneratedImage"] == before["GeneratedImage"]
+    with ws.database.session() as session:
+        rater = rater_by_token(session, info.h2h_rater_token)
+        assert rater is not None and rater.study.name == DEMO_H2H_STUDY and rater.assignments
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
