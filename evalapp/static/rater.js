@@ -133,6 +133,7 @@
     var keys = queue;
     queue = [];
     keys.forEach(function (k) { handleKey(k, null); });
+    if (waiting && keys.indexOf("Enter") >= 0) waiting.replayed = true; // see tick: resent if dropped
   }
   function usePrefetched() {
     if (ready && !waiting) return; // only a pair not yet shown takes the prefetched bytes
@@ -155,6 +156,13 @@
         if (imagesShown() && formBlank()) becomeReady(shown, true);
       } else if (messageSeq() !== waiting.seq || performance.now() - waiting.since > 10000) {
         becomeReady(shown, false); // refused (missing answers): the same pair, its answers kept
+      } else if (waiting.replayed && !waiting.retried && performance.now() - waiting.since > 1500) {
+        // nothing came back: a submit replayed from queued keys can arrive while Gradio still finishes the
+        // previous event and be dropped ("once"); send it again (same display and submission id: stored once)
+        var first = waiting;
+        ready = true;
+        click("ms-submit");
+        if (waiting) { waiting.retried = true; waiting.seq = first.seq; }
       }
       return;
     }
