@@ -62,6 +62,7 @@ EXTRA_QUESTIONS: tuple[Question, ...] = tuple(q for q in HEAD_TO_HEAD_QUESTIONS.
 FORM_KEYS: tuple[str, ...] = (*_DEFAULT_KEYS, *(q.key for q in EXTRA_QUESTIONS))
 RATER_CONCURRENCY = 4  # rater handlers at once: SQLite writes are serial, 2-4 threads keep both cores busy
 CHOICE_LABELS = {"left": "Left image", "right": "Right image", "tie": "No difference"}
+CHOICE_KEYS = {"left": "L", "right": "R", "tie": "E"}  #: the keys rater.js binds to each choice
 SIDE_KEYS = {"left": "[", "right": "]"}
 REFERENCE_LABEL = "Reference (real)"
 CHOICE_KEY_HINT = ("L / R", "which image is generated")
@@ -548,7 +549,9 @@ def question_label(q: Question) -> str:
     if q.kind == QuestionKind.SCALE:
         return f"{q.label} · 1 {q.anchors[0].lower()} … {q.scale_max} {q.anchors[-1].lower()}"
     if q.kind == QuestionKind.CHOICE:
-        return f"{q.label}  ·  keys {' / '.join(c[0].upper() if c != 'tie' else 'E' for c in q.choices)}"
+        return f"{q.label}  ·  keys {' / '.join(CHOICE_KEYS[c] for c in q.choices)}"
+    if q.kind == QuestionKind.FLAG:
+        return f"{q.label}  ·  key N"
     return q.label
 
 
@@ -563,7 +566,7 @@ def question_component(q: Question, *, visible: bool = True) -> gr.components.Co
         choices = [(CHOICE_LABELS.get(c, c.title()), c) for c in q.choices]
         return gr.Radio(choices, label=question_label(q), elem_id=elem_id, elem_classes=classes, visible=visible)
     if q.kind == QuestionKind.FLAG:
-        return gr.Checkbox(label=q.label + "  ·  key N", elem_id=elem_id, elem_classes=classes, visible=visible)
+        return gr.Checkbox(label=question_label(q), elem_id=elem_id, elem_classes=classes, visible=visible)
     placeholder = "Optional (key C)" if q.key == "comment" else "Required when you tick “cannot assess”"
     return gr.Textbox(
         label=q.label,
@@ -657,7 +660,7 @@ def screen_updates(screen: Screen, *, keep_status: bool = False) -> list[Any]:
             gr.update(
                 value=_blank(shown),
                 visible=q is not None,
-                label=question_label(shown) if shown.kind != QuestionKind.FLAG else shown.label + "  ·  key N",
+                label=question_label(shown),
                 elem_classes=["ms-q", f"ms-q-{shown.kind.value}"],
             )
         )

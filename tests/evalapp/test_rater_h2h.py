@@ -376,3 +376,18 @@ def test_head_to_head_pairs_rated_by_keyboard_store_the_chosen_sides_and_leak_no
     found += [f for url in image_urls for f in leak_scanner.check_image_url(url.removeprefix(app_env.url))]
     assert found == []
     assert sum(f.endswith(REFERENCE_CAPTION) for dom in doms[:2] for f in leak_scanner.scan_dom(dom)) == 2
+
+    # on a phone the reference sits above two full-width images (swiped), none of them squeezed to nothing
+    phone = open_rater_page(app_env.add_rater(WITH_REFERENCE).link, 390, 844)
+    wait_h2h_pair(phone.page, 1, total)
+    phone.close_instructions()
+    widths = phone.page.evaluate(
+        "[...document.querySelectorAll('.ms-ref-frame, .ms-frame')].map((f) => f.getBoundingClientRect().width)"
+    )
+    assert len(widths) == 3 and 150 <= widths[0] < widths[1] == widths[2] and widths[1] >= 330, widths
+
+
+def test_the_load_client_sends_every_input_of_the_submit_event() -> None:
+    from tests.load.client import N_EXTRA_INPUTS
+
+    assert N_EXTRA_INPUTS == len(rater_view.EXTRA_QUESTIONS) == len(rater_view.FORM_KEYS) - N_DEFAULT
