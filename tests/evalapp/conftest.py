@@ -22,7 +22,7 @@ import html
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,6 +389,44 @@ class RaterPage:
 
     def wait_text(self, text: str) -> None:
         self.page.get_by_text(text).first.wait_for(timeout=20_000)
+
+
+@dataclass
+class NetworkLog:
+    """What a page received: every response's URL with its headers (``bodies``, also the headers of every
+    ``/m/`` image in ``image_headers`` and its URL in ``image_urls``) and the text body of every other finished
+    request. Headers are taken as responses arrive: a finished-request event can be missed for an image whose
+    request the page replaced."""
+
+    bodies: list[tuple[str, str]] = field(default_factory=list)
+    image_headers: list[dict[str, str]] = field(default_factory=list)
+    image_urls: list[str] = field(default_factory=list)
+
+    def attach(self, page: Any) -> NetworkLog:
+        page.on("response", self._response)
+        page.on("requestfinished", self._finished)
+        return self
+
+    def _response(self, response: Any) -> None:
+        self.bodies.append((response.url, response.url + " " + str(response.headers)))
+        if "/m/" in response.url:
+            self.image_headers.append(response.headers)
+            self.image_urls.append(response.url)
+
+    def _finished(self, request: Any) -> None:
+        import contextlib
+
+        response = request.response()
+        if response is None or "/m/" in request.url:
+            return
+        with contextlib.suppress(Exception):  # bodies of redirects are not available
+            self.bodies.append((request.url, response.body().decode("utf-8", "replace")))
+
+
+@pytest.fixture
+def network_log() -> Callable[[Any], NetworkLog]:
+    """Factory: ``network_log(page)`` starts recording what ``page`` receives -> :class:`NetworkLog`."""
+    return lambda page: NetworkLog().attach(page)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ shown to catch planted leaks, both in handler output and live in the browser, so
 
 from __future__ import annotations
 
-import contextlib
 import re
 import struct
 from collections import Counter
@@ -158,30 +157,13 @@ def _mounted(url: str) -> bool:
 @pytest.mark.browser
 @pytest.mark.slow
 def test_whole_rater_session_in_the_browser_leaks_nothing(
-    app_env: Any, open_rater_page: Any, leak_scanner: Any, monkeypatch: pytest.MonkeyPatch
+    app_env: Any, open_rater_page: Any, leak_scanner: Any, network_log: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rater = app_env.add_rater()
-    bodies: list[tuple[str, str]] = []
-    image_headers: list[dict[str, str]] = []
-
-    def capture_headers(response: Any) -> None:
-        # Every response's headers as they arrive (a finished-request event can be missed for an image
-        # whose request the page replaced, so images are counted here).
-        bodies.append((response.url, response.url + " " + str(response.headers)))
-        if "/m/" in response.url:
-            image_headers.append(response.headers)
-
-    def capture(request: Any) -> None:
-        response = request.response()
-        if response is None or "/m/" in request.url:
-            return
-        with contextlib.suppress(Exception):  # bodies of redirects are not available
-            bodies.append((request.url, response.body().decode("utf-8", "replace")))
-
     view = open_rater_page(rater.link, 1920, 1080)
     page = view.page
-    page.on("response", capture_headers)
-    page.on("requestfinished", capture)
+    log = network_log(page)
+    bodies, image_headers = log.bodies, log.image_headers
     page.add_init_script(TEE_STREAMS)
     page.reload()
     doms: list[str] = []

@@ -280,33 +280,14 @@ def wait_h2h_pair(page: Any, number: int, total: int) -> None:
 @pytest.mark.browser
 @pytest.mark.slow
 def test_head_to_head_pairs_rated_by_keyboard_store_the_chosen_sides_and_leak_nothing(
-    app_env: Any, h2h_studies: dict[str, int], open_rater_page: Any, leak_scanner: Any
+    app_env: Any, h2h_studies: dict[str, int], open_rater_page: Any, leak_scanner: Any, network_log: Any
 ) -> None:
-    import contextlib
-
     from db.export import ratings_frame
 
     rater = app_env.add_rater(WITH_REFERENCE)
-    bodies: list[tuple[str, str]] = []
-    image_urls: list[str] = []
-
-    def capture_headers(response: Any) -> None:
-        bodies.append((response.url, response.url + " " + str(response.headers)))
-        if "/m/" in response.url:
-            image_urls.append(response.url)
-            assert "no-store" in response.headers.get("cache-control", "")
-
-    def capture(request: Any) -> None:
-        response = request.response()
-        if response is None or "/m/" in request.url:
-            return
-        with contextlib.suppress(Exception):  # bodies of redirects are not available
-            bodies.append((request.url, response.body().decode("utf-8", "replace")))
-
     view = open_rater_page(rater.link, 1440, 900)
     page = view.page
-    page.on("response", capture_headers)
-    page.on("requestfinished", capture)
+    log = network_log(page)
     page.reload()
     total = h2h_studies[WITH_REFERENCE]
     doms: list[str] = []
@@ -369,11 +350,12 @@ def test_head_to_head_pairs_rated_by_keyboard_store_the_chosen_sides_and_leak_no
         assert row["prefer_realism"] == meant["prefer_realism"] and row["prefer_prompt"] == meant["prefer_prompt"]
 
     # nothing in the page, the network or the image names says which model made which image
-    assert len(image_urls) >= 3 * total
-    found = [f for url, text in bodies for f in leak_scanner.scan_text(text, url)]
+    assert len(log.image_urls) >= 3 * total
+    assert all("no-store" in headers.get("cache-control", "") for headers in log.image_headers)
+    found = [f for url, text in log.bodies for f in leak_scanner.scan_text(text, url)]
     for n, dom in enumerate(doms):
         found += [f for f in leak_scanner.scan_dom(dom, f"dom {n + 1}") if not f.endswith(REFERENCE_CAPTION)]
-    found += [f for url in image_urls for f in leak_scanner.check_image_url(url.removeprefix(app_env.url))]
+    found += [f for url in log.image_urls for f in leak_scanner.check_image_url(url.removeprefix(app_env.url))]
     assert found == []
     assert sum(f.endswith(REFERENCE_CAPTION) for dom in doms[:2] for f in leak_scanner.scan_dom(dom)) == 2
 
