@@ -84,50 +84,44 @@ def _print(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def demo_config_text(cases_per_model: int) -> str:
-    """The TOML config of the demo study."""
+def _demo_toml(head: str, cases: int, design: str) -> str:
+    """A demo study config: ``head`` (name, title, instructions, kind), the demo data and models, ``cases``
+    per model (per model pair in a head-to-head study), ``design`` (raters and quality-control lines)."""
     datasets = ", ".join(f'"{name}"' for name, _, _ in DEMO_DATASETS)
     models = ", ".join(f'"{name}"' for name, _ in DEMO_MODELS)
-    return f"""name = "{DEMO_STUDY}"
-title = "MedSynth demo study"
-instructions = "Procedural demo images: which of the two looks generated?"
+    return f"""{head}
 seed = {DEMO_SEED}
 datasets = [{datasets}]
 models = [{models}]
-cases_per_model = {cases_per_model}
-raters_per_item = 2
-rater_slots = 2
-attention_fraction = 0.1
-repeat_fraction = 0.1
+cases_per_model = {cases}
+{design}
 
 [display]
 size = 256
 fit = "square"
 """
+
+
+def demo_config_text(cases_per_model: int) -> str:
+    """The TOML config of the demo study."""
+    head = (
+        f'name = "{DEMO_STUDY}"\ntitle = "MedSynth demo study"\n'
+        'instructions = "Procedural demo images: which of the two looks generated?"'
+    )
+    design = "raters_per_item = 2\nrater_slots = 2\nattention_fraction = 0.1\nrepeat_fraction = 0.1"
+    return _demo_toml(head, cases_per_model, design)
 
 
 def demo_h2h_config_text(cases_per_pair: int) -> str:
-    """The TOML config of the demo head-to-head study: the two demo models on the same prompts."""
-    datasets = ", ".join(f'"{name}"' for name, _, _ in DEMO_DATASETS)
-    models = ", ".join(f'"{name}"' for name, _ in DEMO_MODELS)
-    return f"""name = "{DEMO_H2H_STUDY}"
-title = "MedSynth demo: head-to-head"
-instructions = "Procedural demo images: two demo models made the images for the same prompt. Which is better?"
-kind = "head-to-head"
-reference = true
-seed = {DEMO_SEED}
-datasets = [{datasets}]
-models = [{models}]
-cases_per_model = {cases_per_pair}
-raters_per_item = 1
-rater_slots = 1
-attention_fraction = 0.0
-repeat_fraction = 0.0
-
-[display]
-size = 256
-fit = "square"
-"""
+    """The TOML config of the demo head-to-head study: the two demo models on the same prompts, the real
+    image above each pair as a reference."""
+    head = (
+        f'name = "{DEMO_H2H_STUDY}"\ntitle = "MedSynth demo: head-to-head"\n'
+        'instructions = "Procedural demo images: two demo models made the images for the same prompt. '
+        'Which is better?"\nkind = "head-to-head"\nreference = true'
+    )
+    design = "raters_per_item = 1\nrater_slots = 1\nattention_fraction = 0.0\nrepeat_fraction = 0.0"
+    return _demo_toml(head, cases_per_pair, design)
 
 
 def _write_domain_listings(folder: Path) -> dict[str, Path]:
