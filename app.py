@@ -62,11 +62,13 @@ def build_worker(ws: Workspace) -> Worker:
     """The app's background worker on the database, with every job kind registered before anything is served:
     ``generate``, ``compare`` and ``report`` on the batch lane, ``demo`` on the live lane."""
     from analysis.jobs import register_analysis_jobs
+    from compare.jobs import register_compare_jobs
     from db.jobs import DbJobStore, Worker
     from generation.worker import register_generation_jobs
 
     worker = Worker(DbJobStore(ws.database), workspace=ws)
     register_generation_jobs(worker)
+    register_compare_jobs(worker)
     register_analysis_jobs(worker)
     return worker
 
@@ -386,7 +388,7 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run a comparison: train, generate, measure quality and cost, report side by side (resumable)."""
-    from generation.compare import run_comparison
+    from compare import run_comparison
 
     ws = _workspace(args)
     result = run_comparison(ws, Path(args.config), progress=print)

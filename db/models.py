@@ -330,7 +330,7 @@ class Job(Base):
 
 
 class CompareStage(Base):
-    """A finished stage of a comparison run (``generation.compare``): its fingerprint and outputs, so a rerun
+    """A finished stage of a comparison run (``compare``): its fingerprint and outputs, so a rerun
     skips it. Kept apart from ``jobs`` so the console's job list shows only real jobs."""
 
     __tablename__ = "compare_stages"
