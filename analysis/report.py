@@ -76,6 +76,19 @@ class FigureSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ImageGrid:
+    """Images shown in a table (e.g. one sample per prompt and model): a label and PNG bytes per row.
+
+    ``columns`` are the headings of the image columns; each row is ``(label, cells)`` with one cell per column,
+    ``None`` where there is no image. Shown in the HTML only (thumbnails), never written as a table.
+    """
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, tuple[bytes | None, ...]], ...]
+    label: str = ""
+
+
 @dataclass
 class ReportSection:
     """One section: tables, figures (specs, or ready matplotlib figures / PNG bytes), notes, methods.
@@ -92,7 +105,9 @@ class ReportSection:
     methods : list of str
         Sentences for the report's Methods paragraph (how this section's numbers were made).
     captions : dict of name to str
-        Table / figure captions (default: a heading made from the name).
+        Table / figure / image grid captions (default: a heading made from the name).
+    images : dict of name to ImageGrid
+        Thumbnails in a table, after the figures (HTML only).
     """
 
     title: str
@@ -101,6 +116,7 @@ class ReportSection:
     notes: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
     captions: dict[str, str] = field(default_factory=dict)
+    images: dict[str, ImageGrid] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,27 @@
-"""The comparison's report: one row per contender (quality and cost side by side) in ``report.csv`` and
-``report.html``."""
+"""The comparison's report: one row per contender (quality and cost side by side) in ``report.csv``, and the
+page through the project's one report pipeline (:func:`report_content` computes, then
+:func:`analysis.report.render_report` writes ``report.html``, ``report.md``, ``tables/`` and the zip)."""
 
 from __future__ import annotations
 
-import base64
-import html
 import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from analysis.report import ImageGrid, ReportContent, ReportSection, render_report
 from compare import stages
 from compare.config import CompareConfig
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from db.workspace import Workspace
+
+#: A sample row of the report: the prompt, its real image and each contender's first image (by contender name).
+Sample = tuple[str, "Image.Image", dict[str, "Image.Image"]]
+#: Held-out prompts shown with their images.
+SAMPLES_SHOWN = 4
 
 
 def _present(value: Any) -> bool:
@@ -62,84 +70,77 @@ def report_rows(config: CompareConfig, outputs: dict[str, dict[str, Any]]) -> li
     return rows
 
 
-def _thumbnail(image: Any, size: int = 96) -> str:
+def _thumbnail(image: Image.Image, size: int = 96) -> bytes:
+    """A PNG thumbnail (RGB, at most ``size`` pixels a side)."""
     copy = image.convert("RGB")
     copy.thumbnail((size, size))
     buffer = io.BytesIO()
     copy.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
 
 
-def _cell(value: Any) -> str:
-    if not _present(value):
-        return "&ndash;"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, int) and abs(value) >= 10_000:
-        return f"{value:.3e}" if abs(value) >= 1e9 else f"{value:,}"
-    return html.escape(str(value))
+def report_content(
+    config: CompareConfig, rows: list[dict[str, Any]], metrics: Mapping[str, Any], samples: Sequence[Sample]
+) -> ReportContent:
+    """The side-by-side report, computed: settings and methods, the quality + cost table, notes and one sample
+    per shown prompt (pure; :func:`analysis.report.render_report` writes it)."""
+    import pandas as pd
 
-
-def render_html(
-    config: CompareConfig,
-    rows: list[dict[str, Any]],
-    metrics: dict[str, Any],
-    samples: list[tuple[str, Any, dict[str, Any]]],
-) -> str:
-    """The side-by-side report: settings, the quality + cost table, notes and one sample per prompt."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
-    notes = [
+    methods = [
+        f"Dataset {config.dataset}; {len(samples)} of the held-out prompts are shown with their images.",
         f"Feature extractor: {metrics['extractor']} (weights sha256 {metrics['weights_sha256'][:12]}); "
         f"preprocessing: {metrics['preprocess']}.",
         "Every contender is scored against the same real held-out images at the same N of generated images.",
         "FLOPs are counted by torch.utils.flop_counter for one image (text encoding, every denoising step, "
         "VAE decode); seconds and peak memory are medians/maxima of the recorded generations.",
     ]
+    if metrics.get("alignment"):
+        methods.append(f"Alignment: mean image-prompt cosine similarity with {metrics['alignment']}.")
+    notes = []
     if "random" in metrics["extractor"]:
         notes.append("This extractor has random weights: a pipeline check, not a reportable quality figure.")
-    if metrics.get("alignment"):
-        notes.append(f"Alignment: mean image-prompt cosine similarity with {metrics['alignment']}.")
     notes += [f"Warning: {w}" for w in metrics.get("warnings", [])]
-    grid_head = "<th>prompt</th><th>real</th>" + "".join(f"<th>{html.escape(r['contender'])}</th>" for r in rows)
-    grid = ""
-    for prompt, real, by_contender in samples:
-        cells = "".join(
-            f'<td><img src="{_thumbnail(by_contender[r["contender"]])}" alt=""></td>'
-            if r["contender"] in by_contender
-            else "<td>&ndash;</td>"
-            for r in rows
-        )
-        grid += f'<tr><td>{html.escape(prompt)}</td><td><img src="{_thumbnail(real)}" alt=""></td>{cells}</tr>'
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(config.name)}: comparison</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}th{{background:#eee}}td:first-child{{text-align:left}}
-img{{image-rendering:pixelated;width:96px}}</style></head><body>
-<h1>Comparison {html.escape(config.name)}</h1>
-<p>Dataset <b>{html.escape(config.dataset)}</b>; {len(samples)} of the held-out prompts shown below.</p>
-<h2>Quality and cost</h2>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
-<h2>Notes</h2><ul>{"".join(f"<li>{html.escape(n)}</li>" for n in notes)}</ul>
-<h2>Samples</h2>
-<table><thead><tr>{grid_head}</tr></thead><tbody>{grid}</tbody></table>
-</body></html>
-"""
+    quality = ReportSection(
+        "Quality and cost",
+        tables={"quality_and_cost": pd.DataFrame(rows)},
+        notes=notes,
+        captions={"quality_and_cost": "Quality and cost of each contender"},
+    )
+    names = tuple(str(row["contender"]) for row in rows)
+    grid = ImageGrid(
+        columns=("real", *names),
+        rows=tuple(
+            (prompt, (_thumbnail(real), *(_thumbnail(by[n]) if n in by else None for n in names)))
+            for prompt, real, by in samples
+        ),
+        label="prompt",
+    )
+    shown = ReportSection(
+        "Samples", images={"samples": grid}, captions={"samples": "The real image and each contender's first image"}
+    )
+    stamp = {
+        "comparison": config.name,
+        "dataset": config.dataset,
+        "extractor": metrics["extractor"],
+        "weights_sha256": metrics["weights_sha256"],
+        "preprocess": metrics["preprocess"],
+        "alignment": metrics.get("alignment"),
+    }
+    return ReportContent(f"Comparison {config.name}", methods[0], methods, [quality, shown], stamp, 0.95)
 
 
 def write_report(
     workspace: Workspace, config: CompareConfig, outputs: dict[str, dict[str, Any]], cases: list[Any], out: Path
 ) -> dict[str, Any]:
+    """The ``report`` stage: ``report.csv`` (the rows at full precision) and the rendered report in ``out``."""
     import pandas as pd
 
     rows = report_rows(config, outputs)
-    csv_path, html_path = out / "report.csv", out / "report.html"
+    csv_path = out / "report.csv"
     pd.DataFrame(rows).to_csv(csv_path, index=False)
-    shown = cases[:4]
-    real = stages.real_images(workspace, shown)
-    samples = []
-    for case, real_image in zip(shown, real, strict=True):
+    shown = cases[:SAMPLES_SHOWN]
+    samples: list[Sample] = []
+    for case, real_image in zip(shown, stages.real_images(workspace, shown, distinct=False), strict=True):
         firsts = {}
         for contender in config.contenders:
             model_id, _, _ = stages.model_row(workspace, config.model_name(contender))
@@ -147,5 +148,5 @@ def write_report(
             if images:
                 firsts[contender.name] = images[0][1]
         samples.append((case.prompt, real_image, firsts))
-    html_path.write_text(render_html(config, rows, outputs["metrics"], samples), encoding="utf-8")
-    return {"csv": str(csv_path), "html": str(html_path), "rows": rows}
+    rendered = render_report(report_content(config, rows, outputs["metrics"], samples), out)
+    return {"csv": str(csv_path), "html": str(rendered.html_path), "rows": rows}

@@ -284,14 +284,15 @@ def generated_images(workspace: Workspace, model_id: int, case_ids: list[int]) -
     return [(case_id, workspace.store.open(sha)) for case_id, sha in rows]
 
 
-def real_images(workspace: Workspace, cases: list[Any]) -> list[Any]:
-    """The distinct real images of ``cases`` (one per image, however many prompts share it)."""
+def real_images(workspace: Workspace, cases: list[Any], *, distinct: bool = True) -> list[Any]:
+    """The real images of ``cases``: the distinct ones (one per image, however many prompts share it; for the
+    metrics) or, with ``distinct=False``, one per case in order (for the report's samples)."""
     from db.generated import case_image_shas
 
     with workspace.database.session() as session:
         shas = case_image_shas(session, [c.id for c in cases])
-    distinct = list(dict.fromkeys(shas[c.id] for c in cases))
-    return [workspace.store.open(sha) for sha in distinct]
+    chosen = [shas[c.id] for c in cases]
+    return [workspace.store.open(sha) for sha in (dict.fromkeys(chosen) if distinct else chosen)]
 
 
 def metrics(workspace: Workspace, config: CompareConfig, cases: list[Any], out: Path) -> dict[str, Any]:
