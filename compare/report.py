@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.report import ImageGrid, ReportContent, ReportSection, render_report
@@ -15,8 +14,6 @@ from compare.config import CompareConfig
 
 if TYPE_CHECKING:
     from PIL import Image
-
-    from db.workspace import Workspace
 
 #: A sample row of the report: the prompt, its real image and each contender's first image (by contender name).
 Sample = tuple[str, "Image.Image", dict[str, "Image.Image"]]
@@ -129,12 +126,11 @@ def report_content(
     return ReportContent(f"Comparison {config.name}", methods[0], methods, [quality, shown], stamp, 0.95)
 
 
-def write_report(
-    workspace: Workspace, config: CompareConfig, outputs: dict[str, dict[str, Any]], cases: list[Any], out: Path
-) -> dict[str, Any]:
+def write_report(ctx: stages.StageContext, outputs: dict[str, dict[str, Any]], cases: list[Any]) -> dict[str, Any]:
     """The ``report`` stage: ``report.csv`` (the rows at full precision) and the rendered report in ``out``."""
     import pandas as pd
 
+    workspace, config, out = ctx.workspace, ctx.config, ctx.out
     rows = report_rows(config, outputs)
     csv_path = out / "report.csv"
     pd.DataFrame(rows).to_csv(csv_path, index=False)

@@ -70,8 +70,8 @@ def run_comparison(
 
     Raises
     ------
-    ValueError
-        For a bad config, an unknown dataset split, too few cases, or a folder model without images.
+    db.errors.InputError
+        For a missing or bad config, an unknown dataset split, too few cases, or a folder model without images.
     db.errors.NotFoundError
         For an unknown dataset or registered model.
     """
@@ -109,49 +109,26 @@ def run_comparison(
         outputs[key] = result
         return result
 
-    chosen = stage(
-        "split",
-        ["by-group-v2", config.dataset, dataclasses.asdict(config.split)],
-        partial(stages.split, workspace, config, say),
-    )
+    ctx = stages.StageContext(workspace, config, out, PipelineCache(capacity=1), bars=bars)
+    split_depends = ["by-group-v2", config.dataset, dataclasses.asdict(config.split)]
+    chosen = stage("split", split_depends, partial(stages.split, ctx, say))
     cases = stages.held_out_cases(workspace, config, chosen["held_out"])
-    cache = PipelineCache(capacity=1)
-    device = config.device
     for contender in config.contenders:
         upstream: list[Any] = [prints["split"], dataclasses.asdict(contender)]
         if contender.kind != "registered":
-            stage(
-                f"train:{contender.name}",
-                upstream,
-                partial(stages.train, workspace, config, contender, chosen["train"], out, device, bars),
-            )
+            stage(f"train:{contender.name}", upstream, partial(stages.train, ctx, contender, chosen["train"]))
             upstream.append(prints[f"train:{contender.name}"])
         gen_key = f"generate:{contender.name}"
-        settings = config.generation_for(contender)
-        stage(
-            gen_key,
-            [*upstream, settings],
-            partial(stages.generate, workspace, config, contender, cases, cache, device, bars),
-        )
-        stage(
-            f"cost:{contender.name}",
-            [prints[gen_key]],
-            partial(stages.cost, workspace, config, contender, cases, cache, device),
-        )
-    cache.clear()
+        stage(gen_key, [*upstream, config.generation_for(contender)], partial(stages.generate, ctx, contender, cases))
+        stage(f"cost:{contender.name}", [prints[gen_key]], partial(stages.cost, ctx, contender, cases))
+    ctx.cache.clear()
     generated = [prints[f"generate:{c.name}"] for c in config.contenders]
-    stage(
-        "metrics",
-        [generated, dataclasses.asdict(config.metrics)],
-        partial(stages.metrics, workspace, config, cases, out),
-    )
+    stage("metrics", [generated, dataclasses.asdict(config.metrics)], partial(stages.metrics, ctx, cases))
     costs = [prints[f"cost:{c.name}"] for c in config.contenders]
-    report = stage("report", [prints["metrics"], costs], partial(write_report, workspace, config, outputs, cases, out))
+    report = stage("report", [prints["metrics"], costs], partial(write_report, ctx, outputs, cases))
     study_name = None
     if config.study is not None:
-        made = stage(
-            "study", [generated, config.study], partial(stages.study, workspace, config, [c.key for c in cases])
-        )
+        made = stage("study", [generated, config.study], partial(stages.study, ctx, [c.key for c in cases]))
         study_name = made["study"]
     return ComparisonResult(
         name=config.name,

@@ -15,6 +15,7 @@ import random
 import tomllib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,19 @@ if TYPE_CHECKING:
     from db.workspace import Workspace
     from generation.batch import GenerationConfig
     from generation.pipelines import PipelineCache
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What the stages of one run share: the workspace, the config, the output folder, the pipeline cache (one
+    pipeline warm between a contender's generate and cost stages) and whether progress bars show (on from the
+    command line: stages run for hours)."""
+
+    workspace: Workspace
+    config: CompareConfig
+    out: Path
+    cache: PipelineCache
+    bars: bool = False
 
 
 def choose_split(
@@ -85,11 +99,12 @@ def choose_split(
     return {"held_out": held, "train": train, "audit": audit}
 
 
-def split(workspace: Workspace, config: CompareConfig, say: Callable[[str], None]) -> dict[str, Any]:
+def split(ctx: StageContext, say: Callable[[str], None]) -> dict[str, Any]:
     """The ``split`` stage: :func:`choose_split` over the dataset's cases (a split value, or a seeded draw);
     ``say`` gets one line of its audit."""
     from db.generated import case_groups, dataset_cases
 
+    workspace, config = ctx.workspace, ctx.config
     with workspace.database.session() as session:
         everything = case_groups(session, config.dataset)
         split_ids = None
@@ -126,23 +141,16 @@ def _register(workspace: Workspace, name: str, kind: str, source: str, parameter
         register_model(session, name, kind=kind, source=source, parameters=parameters, replace=True)
 
 
-def train(
-    workspace: Workspace,
-    config: CompareConfig,
-    contender: ContenderConfig,
-    train_ids: list[int],
-    out: Path,
-    device: str,
-    bars: bool = False,
-) -> dict[str, Any]:
-    """Train one contender into ``out/models/<name>`` (resuming) and register it; the stage's outputs.
-    ``bars`` shows training progress bars (on from the command line: stages run for hours)."""
+def train(ctx: StageContext, contender: ContenderConfig, train_ids: list[int]) -> dict[str, Any]:
+    """Train one contender on ``train_ids`` into ``out/models/<name>`` (resuming) and register it; the stage's
+    outputs."""
     from generation.lora_train import LoraTrainConfig, allow_mixed_precision, dataset_examples, train_lora
     from generation.msdm.pipeline import model_kind_for
     from generation.pipelines import build_spec
 
+    workspace, config, device, bars = ctx.workspace, ctx.config, ctx.config.device, ctx.bars
     examples = dataset_examples(workspace, config.dataset, case_ids=train_ids)
-    folder = out / "models" / contender.name
+    folder = ctx.out / "models" / contender.name
     name = config.model_name(contender)
     if contender.kind == "lora":
         assert contender.base is not None
@@ -216,18 +224,13 @@ def model_row(workspace: Workspace, name: str) -> tuple[int, str, Any]:
         return row.id, str(kind), (ModelSpec.from_model(row) if kind != "folder" else None)
 
 
-def generate(
-    workspace: Workspace,
-    config: CompareConfig,
-    contender: ContenderConfig,
-    cases: list[Any],
-    cache: PipelineCache,
-    device: str,
-    bars: bool = False,
-) -> dict[str, Any]:
+def generate(ctx: StageContext, contender: ContenderConfig, cases: list[Any]) -> dict[str, Any]:
+    """Generate every held-out case with the contender's model (resuming: recorded images are skipped); a model
+    of imported images must already hold them."""
     from db.generated import existing_seeds
     from generation.batch import DbImageSink, run_generation
 
+    workspace, config = ctx.workspace, ctx.config
     model_id, _, spec = model_row(workspace, config.model_name(contender))
     if spec is None:  # images made elsewhere: they must be there already
         with workspace.database.session() as session:
@@ -239,9 +242,10 @@ def generate(
                 f"no images for {len(missing)} held-out case(s) (e.g. {missing[0]!r}); import them first"
             )
         return {"model": config.model_name(contender), "generated": 0, "skipped": len(cases), "params": None}
-    loaded = cache.get(spec, device)
+    loaded = ctx.cache.get(spec, config.device)
     sink = DbImageSink(workspace.database, workspace.store, model_id)
-    report = run_generation(loaded, cases, generation_config(config.generation_for(contender)), sink, progress=bars)
+    settings = generation_config(config.generation_for(contender))
+    report = run_generation(loaded, cases, settings, sink, progress=ctx.bars)
     return {
         "model": config.model_name(contender),
         "generated": report.generated,
@@ -250,22 +254,17 @@ def generate(
     }
 
 
-def cost(
-    workspace: Workspace,
-    config: CompareConfig,
-    contender: ContenderConfig,
-    cases: list[Any],
-    cache: PipelineCache,
-    device: str,
-) -> dict[str, Any]:
+def cost(ctx: StageContext, contender: ContenderConfig, cases: list[Any]) -> dict[str, Any]:
+    """Parameters, FLOPs for one image, and the recorded seconds and peak memory per image of a contender."""
     from generation.batch import resolve_params
     from generation.cost import count_parameters, generation_timing, pipeline_flops_per_image
 
+    workspace, config = ctx.workspace, ctx.config
     model_id, _, spec = model_row(workspace, config.model_name(contender))
     timing = dataclasses.asdict(generation_timing(workspace.database, model_id, [c.id for c in cases]))
     if spec is None:
         return {"parameters": None, "flops_per_image": None, "flops_by_module": {}, **timing}
-    loaded = cache.get(spec, device)
+    loaded = ctx.cache.get(spec, config.device)
     params = resolve_params(loaded, generation_config(config.generation_for(contender)))
     flops = pipeline_flops_per_image(loaded.pipe, params, cases[0].prompt, loaded.device)
     return {
@@ -295,12 +294,13 @@ def real_images(workspace: Workspace, cases: list[Any], *, distinct: bool = True
     return [workspace.store.open(sha) for sha in (dict.fromkeys(chosen) if distinct else chosen)]
 
 
-def metrics(workspace: Workspace, config: CompareConfig, cases: list[Any], out: Path) -> dict[str, Any]:
+def metrics(ctx: StageContext, cases: list[Any]) -> dict[str, Any]:
     """FD/KID/CMMD of every contender against the real held-out images (equal N), and alignment."""
     import pandas as pd
 
     from analysis.metrics import alignment_metric, compare_models
 
+    workspace, config = ctx.workspace, ctx.config
     settings = config.metrics
     extractor = load_extractor(settings.extractor)
     prompts = {c.id: c.prompt for c in cases}
@@ -331,7 +331,7 @@ def metrics(workspace: Workspace, config: CompareConfig, cases: list[Any], out: 
                 result = alignment_metric(encoder, [im for _, im in images], [prompts[c] for c, _ in images])
                 rows.append({"model": name, **result.to_row()})
         caught = sorted({str(w.message) for w in seen})
-    path = out / "metrics.csv"
+    path = ctx.out / "metrics.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return {
         "csv": str(path),
@@ -368,10 +368,12 @@ def study_config_text(config: CompareConfig, held_out_keys: Sequence[str]) -> st
     return "\n".join(lines) + "\n"
 
 
-def study(workspace: Workspace, config: CompareConfig, held_out_keys: Sequence[str]) -> dict[str, Any]:
+def study(ctx: StageContext, held_out_keys: Sequence[str]) -> dict[str, Any]:
+    """Create the blinded study of the contenders' images of the held-out cases (once; a rerun finds it)."""
     from db.errors import NotFoundError
     from db.studies import create_study, get_study
 
+    workspace, config = ctx.workspace, ctx.config
     text = study_config_text(config, held_out_keys)
     name = tomllib.loads(text)["name"]
     with workspace.database.session() as session:
