@@ -15,6 +15,8 @@ from compare.config import CompareConfig
 if TYPE_CHECKING:
     from PIL import Image
 
+    from db.generated import CaseRef
+
 #: A sample row of the report: the prompt, its real image and each contender's first image (by contender name).
 Sample = tuple[str, "Image.Image", dict[str, "Image.Image"]]
 #: Held-out prompts shown with their images.
@@ -126,7 +128,7 @@ def report_content(
     return ReportContent(f"Comparison {config.name}", methods[0], methods, [quality, shown], stamp, 0.95)
 
 
-def write_report(ctx: stages.StageContext, outputs: dict[str, dict[str, Any]], cases: list[Any]) -> dict[str, Any]:
+def write_report(ctx: stages.StageContext, outputs: dict[str, dict[str, Any]], cases: list[CaseRef]) -> dict[str, Any]:
     """The ``report`` stage: ``report.csv`` (the rows at full precision) and the rendered report in ``out``."""
     import pandas as pd
 

@@ -1,4 +1,4 @@
-"""The stages of a comparison, each a function of the workspace and the config that returns its outputs (JSON).
+"""The stages of a comparison: each a function of the run's :class:`StageContext` that returns its outputs (JSON).
 
 ``choose_split`` (held-out and training cases, by leakage group), ``train`` (MSDM or LoRA, then registered),
 ``generate`` (images for the held-out cases, recorded in the database), ``cost`` (parameters, FLOPs, seconds and
@@ -24,9 +24,12 @@ from compare.config import CompareConfig, ContenderConfig, SplitConfig
 from db.errors import InputError
 
 if TYPE_CHECKING:
+    from PIL import Image
+
+    from db.generated import CaseRef
     from db.workspace import Workspace
     from generation.batch import GenerationConfig
-    from generation.pipelines import PipelineCache
+    from generation.pipelines import ModelSpec, PipelineCache
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,8 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def held_out_cases(workspace: Workspace, config: CompareConfig, held: list[int]) -> list[Any]:
+def held_out_cases(workspace: Workspace, config: CompareConfig, held: list[int]) -> list[CaseRef]:
+    """The dataset's cases whose ids are in ``held`` (the split stage's held-out ids), in dataset order."""
     from db.generated import dataset_cases
 
     with workspace.database.session() as session:
@@ -214,7 +218,8 @@ def held_out_cases(workspace: Workspace, config: CompareConfig, held: list[int])
         return [c for c in dataset_cases(session, config.dataset) if c.id in chosen]
 
 
-def model_row(workspace: Workspace, name: str) -> tuple[int, str, Any]:
+def model_row(workspace: Workspace, name: str) -> tuple[int, str, ModelSpec | None]:
+    """A registered model's id, kind and pipeline spec (None for a folder of imported images)."""
     from db.generated import get_model
     from generation.pipelines import ModelSpec
 
@@ -224,7 +229,7 @@ def model_row(workspace: Workspace, name: str) -> tuple[int, str, Any]:
         return row.id, str(kind), (ModelSpec.from_model(row) if kind != "folder" else None)
 
 
-def generate(ctx: StageContext, contender: ContenderConfig, cases: list[Any]) -> dict[str, Any]:
+def generate(ctx: StageContext, contender: ContenderConfig, cases: list[CaseRef]) -> dict[str, Any]:
     """Generate every held-out case with the contender's model (resuming: recorded images are skipped); a model
     of imported images must already hold them."""
     from db.generated import existing_seeds
@@ -254,7 +259,7 @@ def generate(ctx: StageContext, contender: ContenderConfig, cases: list[Any]) ->
     }
 
 
-def cost(ctx: StageContext, contender: ContenderConfig, cases: list[Any]) -> dict[str, Any]:
+def cost(ctx: StageContext, contender: ContenderConfig, cases: list[CaseRef]) -> dict[str, Any]:
     """Parameters, FLOPs for one image, and the recorded seconds and peak memory per image of a contender."""
     from generation.batch import resolve_params
     from generation.cost import count_parameters, generation_timing, pipeline_flops_per_image
@@ -275,7 +280,8 @@ def cost(ctx: StageContext, contender: ContenderConfig, cases: list[Any]) -> dic
     }
 
 
-def generated_images(workspace: Workspace, model_id: int, case_ids: list[int]) -> list[tuple[int, Any]]:
+def generated_images(workspace: Workspace, model_id: int, case_ids: list[int]) -> list[tuple[int, Image.Image]]:
+    """``(case id, image)`` of every recorded image of ``model_id`` for ``case_ids``."""
     from db.generated import generated_shas
 
     with workspace.database.session() as session:
@@ -283,7 +289,7 @@ def generated_images(workspace: Workspace, model_id: int, case_ids: list[int]) -
     return [(case_id, workspace.store.open(sha)) for case_id, sha in rows]
 
 
-def real_images(workspace: Workspace, cases: list[Any], *, distinct: bool = True) -> list[Any]:
+def real_images(workspace: Workspace, cases: list[CaseRef], *, distinct: bool = True) -> list[Image.Image]:
     """The real images of ``cases``: the distinct ones (one per image, however many prompts share it; for the
     metrics) or, with ``distinct=False``, one per case in order (for the report's samples)."""
     from db.generated import case_image_shas
@@ -294,7 +300,7 @@ def real_images(workspace: Workspace, cases: list[Any], *, distinct: bool = True
     return [workspace.store.open(sha) for sha in (dict.fromkeys(chosen) if distinct else chosen)]
 
 
-def metrics(ctx: StageContext, cases: list[Any]) -> dict[str, Any]:
+def metrics(ctx: StageContext, cases: list[CaseRef]) -> dict[str, Any]:
     """FD/KID/CMMD of every contender against the real held-out images (equal N), and alignment."""
     import pandas as pd
 
