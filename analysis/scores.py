@@ -28,7 +28,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from analysis.agreement import ItemResampler
+from analysis.bootstrap import ItemResampler
 
 __all__ = [
     "SCORE_QUESTIONS",
