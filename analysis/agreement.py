@@ -36,14 +36,16 @@ from analysis.bootstrap import (
     item_bootstrap_cis,
     value_or_nan,
 )
+from db.questions import ANALYSED_QUESTIONS, CORRECT, Level, Question, QuestionKind
 
-Level = Literal["nominal", "ordinal", "interval", "ratio"]
+LevelName = Literal["nominal", "ordinal", "interval", "ratio"]
 WeightsKind = Literal["linear", "quadratic"]
 IccForm = Literal["ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k"]
 AgreementResample = Literal["items", "raters+items"]
 
 __all__ = [
     "QUESTIONS",
+    "Level",
     "Question",
     "RatingsMatrix",
     "agreement_bootstrap_ci",
@@ -60,6 +62,7 @@ __all__ = [
     "item_terms",
     "krippendorff_alpha",
     "pairwise_cohen_kappa",
+    "question_level",
     "ratings_matrix",
 ]
 
@@ -182,7 +185,7 @@ def _check_pairable(counts: FloatArray, statistic: str) -> None:
         raise ValueError(f"{statistic} needs at least one item rated by two or more raters")
 
 
-def _alpha_distances(level: Level, values: FloatArray, n_v: FloatArray) -> FloatArray:
+def _alpha_distances(level: Level | LevelName, values: FloatArray, n_v: FloatArray) -> FloatArray:
     """Distance matrices delta^2(c, k), shape (..., V, V); ordinal depends on the marginals n_v."""
     n_values = len(values)
     if level == "nominal":
@@ -201,9 +204,9 @@ def _alpha_distances(level: Level, values: FloatArray, n_v: FloatArray) -> Float
     return (between - (n_v[..., :, None] + n_v[..., None, :]) / 2.0) ** 2
 
 
-def _alpha_terms(ratings: ArrayLike, level: Level, *, value_domain: ArrayLike | None = None) -> ItemTerms:
-    if level not in get_args(Level):
-        raise ValueError(f"level must be one of {get_args(Level)}, got {level!r}")
+def _alpha_terms(ratings: ArrayLike, level: Level | LevelName, *, value_domain: ArrayLike | None = None) -> ItemTerms:
+    if level not in get_args(LevelName):
+        raise ValueError(f"level must be one of {get_args(LevelName)}, got {level!r}")
     data = as_ratings(ratings)
     counts, values = _category_counts(data, value_domain)
     if len(values) < 2:
@@ -233,7 +236,7 @@ def _alpha_terms(ratings: ArrayLike, level: Level, *, value_domain: ArrayLike | 
     return ItemTerms(coincidences, finish)
 
 
-def krippendorff_alpha(ratings: ArrayLike, level: Level, *, value_domain: ArrayLike | None = None) -> float:
+def krippendorff_alpha(ratings: ArrayLike, level: Level | LevelName, *, value_domain: ArrayLike | None = None) -> float:
     """Krippendorff's alpha for raters x items with missing data.
 
     Coincidence-matrix formulation: value counts per item by ``numpy.bincount``, one
@@ -243,8 +246,8 @@ def krippendorff_alpha(ratings: ArrayLike, level: Level, *, value_domain: ArrayL
     ----------
     ratings : array_like, shape (n_raters, n_items)
         Numeric ratings, ``NaN`` where missing.
-    level : {"nominal", "ordinal", "interval", "ratio"}
-        Level of measurement; no default, because it is a choice about the data.
+    level : Level or {"nominal", "ordinal", "interval", "ratio"}
+        Level of measurement (:class:`db.questions.Level`); no default, because it is a choice about the data.
     value_domain : array_like, optional
         All possible values (sorted unless nominal). Defaults to the values that occur; only the
         ordinal level depends on it through values nobody used (they have zero marginals).
@@ -842,24 +845,15 @@ def agreement_bootstrap_ci(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Question:
-    """A rated question of the tidy table and how agreement on it is measured."""
-
-    column: str
-    level: Level
-    categories: tuple[float, ...]
-    codes: Mapping[str, float] | None = None  # string answers -> numeric codes
+#: The rated questions of the tidy table and their levels of measurement: :data:`db.questions.ANALYSED_QUESTIONS`.
+QUESTIONS: dict[str, Question] = ANALYSED_QUESTIONS
 
 
-_SCORE = (1.0, 2.0, 3.0, 4.0, 5.0)
-QUESTIONS: dict[str, Question] = {
-    "realism_generated": Question("realism_generated", "ordinal", _SCORE),
-    "realism_real": Question("realism_real", "ordinal", _SCORE),
-    "accuracy_generated": Question("accuracy_generated", "ordinal", _SCORE),
-    "accuracy_real": Question("accuracy_real", "ordinal", _SCORE),
-    "which_generated": Question("which_generated", "nominal", (0.0, 1.0), {"left": 0.0, "right": 1.0}),
-}
+def question_level(question: Question) -> Level:
+    """The question's level of measurement (free text has none and cannot be analysed for agreement)."""
+    if question.level is None:
+        raise ValueError(f"question {question.key!r} ({question.kind}) has no level of measurement")
+    return question.level
 
 
 @dataclass(frozen=True)
@@ -873,9 +867,10 @@ class RatingsMatrix:
 
 def question_values(frame: pd.DataFrame, question: Question) -> FloatArray:
     """The numeric answers of one question, ``NaN`` where missing or not in the question's codes."""
-    column = frame[question.column]
-    if question.codes is not None:
-        return column.map(question.codes).to_numpy(dtype=float, na_value=np.nan)
+    column = frame[question.key]
+    codes = question.codes
+    if codes is not None:
+        return column.map(codes).to_numpy(dtype=float, na_value=np.nan)
     return column.to_numpy(dtype=float, na_value=np.nan)
 
 
@@ -893,11 +888,13 @@ def ratings_matrix(frame: pd.DataFrame, question: str | Question) -> RatingsMatr
 
 
 def _agreement_statistics(question: Question) -> dict[str, Callable[..., float]]:
+    """The statistics its level of measurement calls for (the report's prose names the same choice)."""
+    level = question_level(question)
     statistics: dict[str, Callable[..., float]] = {
-        f"krippendorff_alpha_{question.level}": functools.partial(krippendorff_alpha, level=question.level),
+        f"krippendorff_alpha_{level}": functools.partial(krippendorff_alpha, level=level),
         "fleiss_kappa": fleiss_kappa,
     }
-    if question.level == "nominal":
+    if level == Level.NOMINAL:
         statistics["gwet_ac1"] = functools.partial(gwet_ac1, categories=question.categories)
     else:
         statistics["gwet_ac2_quadratic"] = functools.partial(
@@ -1032,12 +1029,9 @@ def agreement_table(
 
 
 _INTRA_QUESTIONS: dict[str, Question] = {
-    "realism_generated": QUESTIONS["realism_generated"],
-    "realism_real": QUESTIONS["realism_real"],
-    "accuracy_generated": QUESTIONS["accuracy_generated"],
-    "accuracy_real": QUESTIONS["accuracy_real"],
+    **{key: q for key, q in QUESTIONS.items() if q.kind == QuestionKind.SCALE},
     # Repeats may swap sides, so the Turing answer is compared as right / wrong, not left / right.
-    "correct": Question("correct", "nominal", (0.0, 1.0)),
+    CORRECT.key: CORRECT,
 }
 
 
@@ -1071,13 +1065,14 @@ def intra_rater_reliability(frame: pd.DataFrame) -> pd.DataFrame:
             first = part[f"{name}_first"].to_numpy(dtype=float, na_value=np.nan)
             again = part[f"{name}_repeat"].to_numpy(dtype=float, na_value=np.nan)
             both = ~np.isnan(first) & ~np.isnan(again)
-            weights: WeightsKind | None = None if question.level == "nominal" else "quadratic"
+            level = question_level(question)
+            weights: WeightsKind | None = None if level == Level.NOMINAL else "quadratic"
             matrix = np.vstack([first[both], again[both]])
             kappa = alpha = np.nan
             if both.sum() >= 2 and rater != "all":
                 kappa = _value_or_nan(cohen_kappa, first[both], again[both], weights, question.categories)
             if both.sum() >= 2:
-                alpha = _value_or_nan(krippendorff_alpha, matrix, question.level, value_domain=question.categories)
+                alpha = _value_or_nan(krippendorff_alpha, matrix, level, value_domain=question.categories)
             rows.append(
                 {
                     "rater": rater,
