@@ -231,15 +231,10 @@ def _answer_values(question: Question) -> str:
     return " / ".join(question.choices) if question.choices else "yes / no"
 
 
-def _levels_prose(questions: Sequence[str]) -> str:
-    """``realism, accuracy: ordinal (1-5); which is generated: nominal (left / right)``, from the schema."""
-    groups: dict[str, list[str]] = {}
-    for key in questions:
-        if key in ANALYSED_QUESTIONS:
-            q = ANALYSED_QUESTIONS[key]
-            label = report_render.VALUE_LABELS.get(key, key).lower()
-            groups.setdefault(f"{q.level} ({_answer_values(q)})", []).append(label)
-    return "; ".join(f"{', '.join(labels)}: {level}" for level, labels in groups.items())
+def _level_prose(key: str) -> str:
+    """``ordinal (1-5)``: the question's level of measurement and answers, from the schema."""
+    question = ANALYSED_QUESTIONS.get(key)
+    return "" if question is None else f"{question.level} ({_answer_values(question)}), "
 
 
 def _statistic_list(table: pd.DataFrame, question: str) -> str:
@@ -347,7 +342,7 @@ def _agreement_section(frame: pd.DataFrame, config: ReportConfig, step: Callable
     questions = list(dict.fromkeys(overall["question"].astype(str)))
     by_stats: dict[str, list[str]] = {}
     for question in questions:  # questions measured with the same statistics are named together
-        by_stats.setdefault(_statistic_list(overall, question), []).append(
+        by_stats.setdefault(_level_prose(question) + _statistic_list(overall, question), []).append(
             report_render.VALUE_LABELS.get(question, question).lower()
         )
     by_question = "; ".join(f"{', '.join(qs)}: {stats}" for stats, qs in by_stats.items())
@@ -358,8 +353,8 @@ def _agreement_section(frame: pd.DataFrame, config: ReportConfig, step: Callable
         captions={"agreement": f"Inter-rater agreement, all raters ({_pct(config.confidence_level)} bootstrap CIs)"},
         notes=[icc_note],
         methods=[
-            f"Inter-rater agreement on normal items was estimated per question at its level of measurement "
-            f"({_levels_prose(questions)}) with {by_question}, overall, by model "
+            "Inter-rater agreement on normal items was estimated per question with the statistics of its level of "
+            f"measurement ({by_question}), overall, by model "
             f"and by rater specialty, with {_pct(config.confidence_level)} {config.method} bootstrap confidence "
             f"intervals from {config.n_resamples} resamples of items (raters fixed; seed {config.seed})."
         ],

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from analysis import agreement, scores
 from db.export import RATING_COLUMNS
@@ -52,3 +53,13 @@ def test_agreement_reads_the_schema_and_its_level_chooses_the_statistics() -> No
     frame = pd.DataFrame({"rater": ["a", "a", "b"], "item": ["x", "y", "x"], "which_generated": ["left", "right", "x"]})
     matrix = agreement.ratings_matrix(frame, "which_generated")
     np.testing.assert_array_equal(matrix.values, [[0.0, 1.0], [np.nan, np.nan]])
+
+
+def test_the_report_prose_states_the_level_the_schema_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    from analysis import report
+
+    assert report._level_prose("realism_generated") == "ordinal (1-5), "
+    assert report._level_prose("which_generated") == "nominal (left / right), "
+    interval = dataclasses.replace(ANALYSED_QUESTIONS["realism_generated"], level=Level.INTERVAL)
+    monkeypatch.setitem(ANALYSED_QUESTIONS, "realism_generated", interval)
+    assert report._level_prose("realism_generated") == "interval (1-5), "
