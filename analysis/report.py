@@ -40,6 +40,7 @@ from analysis.mrmc import mrmc_report_section
 from analysis.scores import SCORE_QUESTIONS, friedman_table, model_comparisons, model_differences, model_scores
 from analysis.turing import DEFAULT_MAX_FAILURE_RATE, headline, turing_test
 from db.errors import InputError
+from db.questions import ANALYSED_QUESTIONS, Question, QuestionKind
 
 __all__ = [
     "FigureSpec",
@@ -233,10 +234,23 @@ def _likert_data(frame: pd.DataFrame) -> pd.DataFrame:
         series["Real images"] = normal[f"{question}_real"]
         for group, values in series.items():
             answered = pd.to_numeric(values, errors="coerce").dropna()
-            for score in range(1, 6):
+            for score in range(1, ANALYSED_QUESTIONS[f"{question}_generated"].scale_max + 1):
                 share = float((answered == score).mean()) if len(answered) else 0.0
                 rows.append({"question": question, "group": group, "score": score, "share": share})
     return pd.DataFrame(rows)
+
+
+def _answer_values(question: Question) -> str:
+    """The answers a question takes, for prose: ``1-5`` or ``left / right``."""
+    if question.kind == QuestionKind.SCALE:
+        return f"1-{question.scale_max}"
+    return " / ".join(question.choices) if question.choices else "yes / no"
+
+
+def _level_prose(key: str) -> str:
+    """``ordinal (1-5)``: the question's level of measurement and answers, from the schema."""
+    question = ANALYSED_QUESTIONS.get(key)
+    return "" if question is None else f"{question.level} ({_answer_values(question)}), "
 
 
 def _statistic_list(table: pd.DataFrame, question: str) -> str:
@@ -344,7 +358,7 @@ def _agreement_section(frame: pd.DataFrame, config: ReportConfig, step: Callable
     questions = list(dict.fromkeys(overall["question"].astype(str)))
     by_stats: dict[str, list[str]] = {}
     for question in questions:  # questions measured with the same statistics are named together
-        by_stats.setdefault(_statistic_list(overall, question), []).append(
+        by_stats.setdefault(_level_prose(question) + _statistic_list(overall, question), []).append(
             report_render.VALUE_LABELS.get(question, question).lower()
         )
     by_question = "; ".join(f"{', '.join(qs)}: {stats}" for stats, qs in by_stats.items())
@@ -355,7 +369,8 @@ def _agreement_section(frame: pd.DataFrame, config: ReportConfig, step: Callable
         captions={"agreement": f"Inter-rater agreement, all raters ({_pct(config.confidence_level)} bootstrap CIs)"},
         notes=[icc_note],
         methods=[
-            f"Inter-rater agreement on normal items was estimated per question ({by_question}), overall, by model "
+            "Inter-rater agreement on normal items was estimated per question with the statistics of its level of "
+            f"measurement ({by_question}), overall, by model "
             f"and by rater specialty, with {_pct(config.confidence_level)} {config.method} bootstrap confidence "
             f"intervals from {config.n_resamples} resamples of items (raters fixed; seed {config.seed})."
         ],
@@ -413,6 +428,7 @@ def _scores_section(frame: pd.DataFrame, config: ReportConfig) -> ReportSection:
         report_render.VALUE_LABELS.get(str(e), str(e)) for e in comparisons["effect_size_kind"].dropna().unique()
     ]
     friedman = friedman_table(frame)
+    scales = ", ".join(dict.fromkeys(_answer_values(ANALYSED_QUESTIONS[f"{q}_generated"]) for q in SCORE_QUESTIONS))
     return ReportSection(
         "Realism and accuracy by model",
         tables={
@@ -423,12 +439,14 @@ def _scores_section(frame: pd.DataFrame, config: ReportConfig) -> ReportSection:
         },
         figures={"score_distributions": FigureSpec("likert", _likert_data(frame), 7.0, 2.6)},
         captions={
-            "score_distributions": "Distribution of 1-5 ratings of realism and accuracy, by model and for real images"
+            "score_distributions": f"Distribution of {scales} ratings of {' and '.join(SCORE_QUESTIONS)}, by model and "
+            "for real images"
         },
         notes=["The real images are the ceiling each model is compared with."],
         methods=[
-            f"Mean realism and accuracy (1-5) per model have item-bootstrap percentile CIs ({config.n_resamples} "
-            f"resamples, seed {config.seed}). Models were compared pairwise with {', '.join(tests) or 'no test'} "
+            f"Mean {' and '.join(SCORE_QUESTIONS)} ({scales}) per model have item-bootstrap percentile CIs "
+            f"({config.n_resamples} resamples, seed {config.seed}). Models were compared pairwise with "
+            f"{', '.join(tests) or 'no test'} "
             f"tests on per-item or per-case means (effect sizes: {', '.join(effects) or 'none'}), Holm-corrected "
             "within each question and family; model differences in Turing accuracy (MRMC Obuchowski-Rockette on the "
             "2AFC answers) and in mean scores (raters x cases bootstrap) treat raters and cases as random"
