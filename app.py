@@ -682,6 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         args = parser.parse_args([*(argv or sys.argv[1:]), "serve"])
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_library_notices(args.log_level)
     try:
         return int(args.handler(args) or 0)
     except MedSynthError as exc:  # a problem the user can fix: one line, no traceback
@@ -697,6 +698,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         log.exception("bug: %s failed with %s", getattr(args, "command", "serve"), type(exc).__name__)
         raise  # a bug: the traceback is the report
+
+
+def _quiet_library_notices(level: str) -> None:
+    """Show the ML libraries' own notices (e.g. transformers' "requires torchvision ... falling back") only from
+    ``--log-level info`` on, so at the default level a user's error stays the one line on stderr.
+
+    Set before they are imported (they read these variables once); a value the user exported wins.
+    """
+    library_level = "error" if level in ("warning", "error") else level
+    for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(variable, library_level)
 
 
 def _first_line(exc: BaseException) -> str:
