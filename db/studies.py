@@ -25,6 +25,7 @@ Example config::
     split = "test"             # optional: only cases of this split
     cases = ["a.jpg", "b.jpg"] # optional: only these case keys (e.g. a comparison's held-out prompts)
     copies = "exclude"         # generated images a memorization audit flagged: "exclude" or "keep" (marked)
+    practice_pairs = 0         # practice pairs from outside the study, first, with feedback (db.practice)
 
     [display]
     size = 512

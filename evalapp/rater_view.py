@@ -1,5 +1,8 @@
 """The blinded rater view: one pair at a time, keyboard-first, no feedback, resumable on any device.
 
+The one exception to "no feedback": a study's optional practice pairs (``practice_pairs``, db.practice),
+from outside the study, come first; after each, :func:`practice_screen` names the generated side.
+
 The functional core works on plain values and is tested directly:
 
 * :func:`show_next` finds the rater's next unrated pair and makes a :class:`Screen` for it, with a signed

@@ -169,3 +169,12 @@ def test_design_audit_is_the_same_with_and_without_practice(gi_workspace: Worksp
         s.execute(StudyItem.__table__.delete().where(StudyItem.kind == ItemKind.PRACTICE))
     with gi_workspace.database.session() as s:
         assert check_study(s, "pilot") == with_practice
+
+
+def test_the_ratings_table_doc_names_every_column() -> None:
+    from db.export import RATING_COLUMNS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ratings-table.md").read_text()
+    rows = [line.split("|")[1] for line in doc.splitlines() if line.startswith("| ")]
+    named = {name.strip() for row in rows for name in row.split(",")}
+    assert set(RATING_COLUMNS) <= named, set(RATING_COLUMNS) - named
