@@ -178,3 +178,16 @@ def test_the_ratings_table_doc_names_every_column() -> None:
     rows = [line.split("|")[1] for line in doc.splitlines() if line.startswith("| ")]
     named = {name.strip() for row in rows for name in row.split(",")}
     assert set(RATING_COLUMNS) <= named, set(RATING_COLUMNS) - named
+
+
+def test_with_specialty_routing_a_rater_practises_on_their_own_domain(gi_workspace: Workspace) -> None:
+    with gi_workspace.database.session() as s:
+        create_study(s, gi_workspace.store, PRACTICE_TOML + "specialty_routing = true\n")
+    with gi_workspace.database.session() as s:
+        gi = add_rater(s, "pilot", "Gastro", "gastroenterology")
+        rad = add_rater(s, "pilot", "Radio", "radiology")
+    with gi_workspace.database.session() as s:
+        first = select(Assignment.id).join(Rater).where(Assignment.position < 0)
+        practice = {name: len(s.scalars(first.where(Rater.name == name)).all()) for name in ("Gastro", "Radio")}
+    assert gi.assignments > 0 and rad.assignments == 0  # a GI-only study
+    assert practice == {"Gastro": 3, "Radio": 0}

@@ -56,7 +56,7 @@ def flags(app_env: Any, rater_pk: int) -> list[bool]:
         return [k == ItemKind.PRACTICE for k in kinds]
 
 
-def test_practice_feedback_then_the_study_without_it(app_env: Any) -> None:
+def test_practice_feedback_then_the_study_without_it(app_env: Any, leak_scanner: Any) -> None:
     rater = app_env.add_rater(practice_study(app_env))
     db = app_env.workspace.database
     who = Identity(Role.RATER, rater.rater_pk)
@@ -67,6 +67,8 @@ def test_practice_feedback_then_the_study_without_it(app_env: Any) -> None:
     for number in (1, 2):
         assert screen.kind == ScreenKind.PAIR and screen.practice_number == number
         assert f"Practice pair {number} of 2" in rater_view.header_html(screen) and screen.done == 0
+        page = rater_view.header_html(screen) + rater_view.image_html(screen, "left") + rater_view.image_html(screen, "right")
+        assert leak_scanner.scan_dom(page) == []  # a practice pair is blinded like a real one until answered
         position = rater_view.read_display_token(screen.display_token).position  # type: ignore[union-attr]
         outcome = rater_view.submit(db, who, screen.display_token, ANSWERS, answered_for=screen.display_id)
         feedback = outcome.screen
