@@ -20,7 +20,7 @@ from sqlalchemy import select
 from analysis.agreement import agreement_table, intra_rater_reliability
 from analysis.blinding import audit_blinding, served_fetch
 from analysis.mrmc import mrmc_from_ratings
-from analysis.report import ReportConfig
+from analysis.report import ReportConfig, compute_report
 from analysis.scores import model_scores
 from analysis.study_report import compute_study_report
 from analysis.turing import headline, turing_test
@@ -166,6 +166,17 @@ def test_planting_practice_answers_changes_no_analysis(before_after: tuple, cons
     assert set(before) == set(CONSUMERS)
     assert int(flagged["practice"].sum()) == 12  # they are stored (and exported), flagged
     same(before[consumer], after[consumer], consumer)
+
+
+def test_a_report_of_the_exported_table_leaves_practice_out(before_after: tuple) -> None:  # type: ignore[type-arg]
+    """An exported ratings table (practice rows flagged) gives the report of the analysed one."""
+    _before, after, flagged = before_after
+    config = ReportConfig(n_resamples=40)
+    exported = compute_report(flagged, title="t", stamp={}, config=config)
+    analysed = compute_report(after["ratings"], title="t", stamp={}, config=config)  # type: ignore[arg-type]
+    assert flagged["practice"].any() and exported.stamp["n_ratings"] == analysed.stamp["n_ratings"]
+    same([(s.title, s.tables) for s in exported.sections], [(s.title, s.tables) for s in analysed.sections], "report")
+    assert exported.summary == analysed.summary
 
 
 def test_the_check_has_teeth(before_after: tuple) -> None:  # type: ignore[type-arg]
