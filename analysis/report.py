@@ -507,6 +507,8 @@ def compute_report(
     missing = sorted(set(_COLUMNS) - set(ratings.columns))
     if missing:
         raise InputError(f"ratings table lacks columns {missing}; see docs/ratings-table.md")
+    if "practice" in ratings:  # an exported table: practice ratings (flagged) are never analysed
+        ratings = ratings[~ratings["practice"].astype("boolean").fillna(False).to_numpy(dtype=bool)]
     if ratings.empty:
         raise InputError("ratings table is empty; nothing to report")
     frame = _analysis_frame(ratings)

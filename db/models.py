@@ -56,6 +56,9 @@ class ItemKind(enum.StrEnum):
     NORMAL = "normal"
     ATTENTION = "attention"
     REPEAT = "repeat"
+    #: a practice pair (``practice_pairs`` in the study config): from outside the study's items, shown before
+    #: the first real pair with feedback; its ratings are flagged and never analysed (db.practice)
+    PRACTICE = "practice"
 
 
 class Side(enum.StrEnum):

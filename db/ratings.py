@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.errors import AccessDenied, InputError
-from db.models import Assignment, Rater, Rating, RatingConflict, Side, StudyItem, utcnow
+from db.models import Assignment, ItemKind, Rater, Rating, RatingConflict, Side, StudyItem, utcnow
 from db.questions import DEFAULT_QUESTIONS, QuestionSet
 from db.session import Database
 
@@ -46,6 +46,15 @@ class PairView:
     left_sha256: str
     right_sha256: str
     domain: str = ""
+    #: a practice pair (db.practice): its number and the rater's practice total; ``done``/``total`` never
+    #: count practice pairs
+    practice_number: int = 0
+    practice_total: int = 0
+    rated_any: bool = False  #: the rater has submitted anything (practice included): no start screen then
+
+    @property
+    def practice(self) -> bool:
+        return self.practice_number > 0
 
 
 @dataclass(frozen=True)
@@ -57,9 +66,19 @@ class SubmitResult:
 
 
 def progress(session: Session, rater_id: int) -> tuple[int, int]:
-    """(rated, total) for a rater."""
-    total = session.scalar(select(func.count()).select_from(Assignment).where(Assignment.rater_id == rater_id))
-    done = session.scalar(select(func.count()).select_from(Rating).where(Rating.rater_id == rater_id))
+    """(rated, total) real pairs for a rater (practice pairs, db.practice, are not study progress)."""
+    total = session.scalar(
+        select(func.count())
+        .select_from(Assignment)
+        .join(StudyItem, Assignment.item_id == StudyItem.id)
+        .where(Assignment.rater_id == rater_id, StudyItem.kind != ItemKind.PRACTICE)
+    )
+    done = session.scalar(
+        select(func.count())
+        .select_from(Rating)
+        .join(StudyItem, Rating.item_id == StudyItem.id)
+        .where(Rating.rater_id == rater_id, StudyItem.kind != ItemKind.PRACTICE)
+    )
     return int(done or 0), int(total or 0)
 
 
@@ -79,6 +98,15 @@ def next_pair(session: Session, rater: Rater) -> PairView | None:
     if assignment.first_shown_at is None:
         assignment.first_shown_at = utcnow()
     done, total = progress(session, rater.id)
+    practice_number = practice_total = 0
+    rated_any = done > 0
+    if item.kind == ItemKind.PRACTICE or done == 0:
+        from db.practice import practice_progress
+
+        practice_done, practice_total = practice_progress(session, rater.id)
+        rated_any = rated_any or practice_done > 0
+        if item.kind == ItemKind.PRACTICE:  # practice positions are -practice_total .. -1
+            practice_number = assignment.position + practice_total + 1
     return PairView(
         item_public_id=item.public_id,
         prompt=item.case.prompt,
@@ -88,6 +116,9 @@ def next_pair(session: Session, rater: Rater) -> PairView | None:
         left_sha256=item.sha256_on(Side.LEFT),
         right_sha256=item.sha256_on(Side.RIGHT),
         domain=item.domain.value,
+        practice_number=practice_number,
+        practice_total=practice_total,
+        rated_any=rated_any,
     )
 
 
