@@ -119,6 +119,12 @@ def test_adaptive_study_draws_at_request_time_within_the_house_rules(
     text = (tmp_path / "out" / "adaptive_draws.csv").read_text(encoding="utf-8-sig")
     assert text.count("\n") == 36 + 1 and "estimates" in text.splitlines()[0]
     assert '"assignment": "adaptive"' in (tmp_path / "out" / "study.json").read_text()
+    from analysis.report import ReportConfig
+    from analysis.study_report import compute_study_report
+
+    content = compute_study_report(ws, "h2h-adaptive", config=ReportConfig(n_resamples=20, include_mrmc=False))
+    h2h = [sec for sec in content.sections if sec.title.startswith("Head-to-head")]
+    assert h2h and all("assigned adaptively" in " ".join(sec.notes) for sec in h2h)
 
 
 def test_concurrent_requests_never_exceed_k_and_double_requests_get_one_item(h2h_workspace: Workspace) -> None:  # noqa: F811
