@@ -433,6 +433,10 @@ def describe_adaptive(session: Session, study: Study) -> str:
     n, last = session.execute(
         select(func.count(), func.max(AdaptiveDraw.drawn_at)).where(AdaptiveDraw.study_id == study.id)
     ).one()
+    fullest = session.scalar(
+        select(func.count()).select_from(AdaptiveDraw).where(AdaptiveDraw.study_id == study.id)
+        .group_by(AdaptiveDraw.item_id).order_by(func.count().desc()).limit(1)
+    )  # fmt: skip
     per_pair = dict(session.execute(
         select(AdaptiveDraw.pair, func.count()).where(AdaptiveDraw.study_id == study.id)
         .group_by(AdaptiveDraw.pair).order_by(AdaptiveDraw.pair)
@@ -442,6 +446,7 @@ def describe_adaptive(session: Session, study: Study) -> str:
         f"each rater reads {planned_quota(config, n_items)} pairs, model pairs within {PAIR_SPREAD} of each other "
         f"per rater; at most K = {k} raters per item; {n_items} items pre-rendered)",
         f"  draws so far: {n}" + (f", last at {last.isoformat()}Z" if last else "")
+        + f"; most raters on one item: {fullest or 0} (K = {k})"
         + (": " + ", ".join(f"{p} {c}" for p, c in per_pair.items()) if per_pair else ""),
     ]  # fmt: skip
     return "\n".join(lines)

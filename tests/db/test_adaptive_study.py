@@ -8,7 +8,9 @@ import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from db.adaptive import PAIR_SPREAD, draws_frame
 from db.export import export_study
@@ -170,3 +172,15 @@ def test_concurrent_requests_never_exceed_k_and_double_requests_get_one_item(h2h
             drawn = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.rater_id == rater_id))
             done, _ = progress(s, rater_id)
             assert int(drawn or 0) - done <= 1
+    with ws.database.session() as s:  # the guard itself: a second draw of a taken seat cannot be stored
+        taken = s.scalars(select(AdaptiveDraw).limit(1)).one()
+        readers = set(s.scalars(select(Assignment.rater_id).where(Assignment.item_id == taken.item_id)))
+        other = next(r for r in ids if r not in readers)
+        extra = Assignment(rater_id=other, item_id=taken.item_id, position=10_000)
+        with pytest.raises(IntegrityError), s.begin_nested():
+            s.add(extra)
+            s.flush()
+            s.add(AdaptiveDraw(study_id=taken.study_id, rater_id=other, item_id=taken.item_id,
+                               assignment_id=extra.id, step=10_000, seat=taken.seat, position=10_000, pair=taken.pair,
+                               score=0.0, n_comparisons=0, estimates={}))  # fmt: skip
+            s.flush()
