@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from db.adaptive import PAIR_SPREAD, draws_frame
 from db.export import export_study
 from db.head_to_head import HEAD_TO_HEAD_QUESTIONS
-from db.models import AdaptiveDraw, Assignment, Model, Rater, StudyItem
+from db.models import AdaptiveDraw, Assignment, Model, Rater, Side, StudyItem
 from db.raters import add_rater
 from db.ratings import next_pair, progress, submit_rating
 from db.session import Database
@@ -67,6 +67,9 @@ def _check_invariants(database: Database, study: str) -> dict[int, list[StudyIte
             images = [sha for it in items for sha in (it.generated_sha256, it.second_sha256, it.real_sha256)]
             assert len(images) == len(set(images))  # no image (and no case) twice for one rater
             pairs = Counter(frozenset((names[it.model_id], names[it.second_model_id or 0])) for it in items)
+            sides = Counter((frozenset((it.model_id, it.second_model_id)), it.generated_side) for it in items)
+            for pair in {p for p, _ in sides}:  # sides balanced per rater and pair, as far as free seats allow
+                assert abs(sides[(pair, Side.LEFT)] - sides[(pair, Side.RIGHT)]) <= 2
             if len(items) >= 3:  # every rater reads every pair roughly evenly
                 assert max(pairs.values()) - min(pairs.get(p, 0) for p in _all_pairs(names)) <= PAIR_SPREAD + 1
         draws = s.scalar(select(func.count()).select_from(AdaptiveDraw).where(AdaptiveDraw.study_id == study_id))
