@@ -445,8 +445,9 @@ def describe_adaptive(session: Session, study: Study) -> str:
         f"assignment: adaptive (pairs drawn at request time where the Bradley-Terry order is least certain; "
         f"each rater reads {planned_quota(config, n_items)} pairs, model pairs within {PAIR_SPREAD} of each other "
         f"per rater; at most K = {k} raters per item; {n_items} items pre-rendered)",
-        f"  draws so far: {n}" + (f", last at {last.isoformat()}Z" if last else "")
-        + f"; most raters on one item: {fullest or 0} (K = {k})"
-        + (": " + ", ".join(f"{p} {c}" for p, c in per_pair.items()) if per_pair else ""),
+        f"  draws so far: {n}"
+        + (" (" + ", ".join(f"{p} {c}" for p, c in per_pair.items()) + ")" if per_pair else "")
+        + (f", last at {last.isoformat()}Z" if last else "")
+        + f"; most raters on one item: {fullest or 0} (K = {k})",
     ]  # fmt: skip
     return "\n".join(lines)

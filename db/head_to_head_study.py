@@ -66,6 +66,10 @@ def create_head_to_head(
                          path=source)  # fmt: skip
     if cfg.design != "balanced":
         raise InputError("head-to-head studies have their own design; leave 'design' at \"balanced\"", path=source)
+    n_items = len(model_pairs(cfg.models)) * cfg.cases_per_model
+    if cfg.items_per_rater > n_items:
+        raise InputError(f"'items_per_rater' = {cfg.items_per_rater} is more than the study's {n_items} items (a "
+                         "rater reads each case once)", path=source)  # fmt: skip
     datasets, found = study_inputs(session, cfg)
     domains = {d.id: d.domain for d in datasets}
     models: dict[str, Model] = {m.name: m for m in found}

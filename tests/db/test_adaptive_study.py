@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from db.adaptive import PAIR_SPREAD, draws_frame
+from db.errors import InputError
 from db.export import export_study
 from db.head_to_head import HEAD_TO_HEAD_QUESTIONS
 from db.models import AdaptiveDraw, Assignment, Model, Rater, Side, StudyItem
@@ -92,6 +93,8 @@ def test_adaptive_study_draws_at_request_time_within_the_house_rules(
     with ws.database.session() as s:
         summary = create_study(s, ws.store, ADAPTIVE_TOML)
     assert summary.items == 18 and summary.rendered > 0  # every served copy rendered at create
+    with ws.database.session() as s, pytest.raises(InputError, match="'items_per_rater'"):
+        create_study(s, ws.store, ADAPTIVE_TOML.replace("h2h-adaptive", "too-many") + "items_per_rater = 19\n")
     with ws.database.session() as s:
         raters = [add_rater(s, "h2h-adaptive", f"Dr {i}", "gastroenterology", 5) for i in range(5)]
         assert {r.assignments for r in raters} == {9}  # 18 items x K 2 / 4 slots
@@ -115,7 +118,8 @@ def test_adaptive_study_draws_at_request_time_within_the_house_rules(
     with ws.database.session() as s:
         report = check_study(s, "h2h-adaptive")
         log = draws_frame(s, get_study(s, "h2h-adaptive"))
-    assert "assignment: adaptive" in report and "draws so far: 36" in report
+    print(report)
+    assert "assignment: adaptive" in report and "draws so far: 36" in report and "NOT BALANCED" not in report
     assert list(log["step"]) == list(range(36)) and log["score"].between(0, 0.5).all()
     assert log["n_comparisons"].is_monotonic_increasing and log["n_comparisons"].iloc[-1] > 0
     with ws.database.session() as s:  # the export carries the draw log and says how pairs were assigned
