@@ -20,7 +20,7 @@ from db.models import AdaptiveDraw, Assignment, Model, Rater, Side, StudyItem
 from db.raters import add_rater
 from db.ratings import next_pair, progress, submit_rating
 from db.session import Database
-from db.studies import check_study, create_study, get_study
+from db.studies import check_study, create_study, get_study, prerender_study
 from db.workspace import Workspace
 
 from .test_head_to_head_study import H2H_TOML, h2h_workspace  # noqa: F401 (the fixture)
@@ -93,6 +93,8 @@ def test_adaptive_study_draws_at_request_time_within_the_house_rules(
     with ws.database.session() as s:
         summary = create_study(s, ws.store, ADAPTIVE_TOML)
     assert summary.items == 18 and summary.rendered > 0  # every served copy rendered at create
+    with ws.database.session() as s:  # ... all of them: nothing is left to render when raters arrive
+        assert prerender_study(s, ws.store, get_study(s, "h2h-adaptive")) == 0
     with ws.database.session() as s, pytest.raises(InputError, match="'items_per_rater'"):
         create_study(s, ws.store, ADAPTIVE_TOML.replace("h2h-adaptive", "too-many") + "items_per_rater = 19\n")
     with ws.database.session() as s:
