@@ -107,7 +107,7 @@ def test_adaptive_study_draws_at_request_time_within_the_house_rules(
     with ws.database.session() as s:
         assert s.scalar(select(func.count()).select_from(AdaptiveDraw)) == 1
         assert progress(s, ids[0]) == (0, 9)
-    answered = Counter()
+    answered: Counter[int] = Counter()
     for n in range(60):  # the raters take turns until none has a pair left (5 raters x 9 > 18 x K: some run dry)
         rater_id = ids[n % len(ids)]
         item = _ask(ws.database, rater_id)
