@@ -501,8 +501,10 @@ def compute_report(
     extra_sections: Sequence[ReportSection] = (),
     config: ReportConfig | None = None,
     step: Callable[[str], None] = lambda name: None,
+    adaptive_draws: pd.DataFrame | None = None,
 ) -> ReportContent:
-    """Run every analysis and return the report's content; writes nothing (see :func:`render_report`)."""
+    """Run every analysis and return the report's content; writes nothing (see :func:`render_report`).
+    ``adaptive_draws``: the draw log of an adaptive head-to-head study (noted in its preference sections)."""
     config = config or ReportConfig()
     missing = sorted(set(_COLUMNS) - set(ratings.columns))
     if missing:
@@ -518,7 +520,8 @@ def compute_report(
         sections.append(_mrmc_section(ratings, config.confidence_level))
     from analysis.preference import head_to_head_report_parts  # head-to-head studies (issue 18)
 
-    for title, parts in head_to_head_report_parts(ratings, config.n_resamples, config.seed, config.confidence_level):
+    for title, parts in head_to_head_report_parts(ratings, config.n_resamples, config.seed, config.confidence_level,
+                                                  adaptive_draws):  # fmt: skip
         sections.append(ReportSection(title, parts["tables"], parts["figures"], parts["notes"]))
     sections.extend(extra_sections)
     labels = rater_label_map(ratings, config.rater_labels)

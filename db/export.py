@@ -310,6 +310,10 @@ def export_study(
         "raters": raters_frame(session, study),
         "models": models_frame(session, study),
     }
+    from db.adaptive import draws_frame, is_adaptive  # adaptive head-to-head: the draw log (issue 18)
+
+    if is_adaptive(study):
+        tables["adaptive_draws"] = draws_frame(session, study)
     files = [write_table(frame, out_dir / name, fmt, bom=bom) for name, frame in tables.items()]  # type: ignore[arg-type]
     config_path = out_dir / "study_config.toml"
     config_path.write_text(study.config_text, encoding="utf-8")
@@ -327,6 +331,8 @@ def export_study(
                 "exported_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
                 # submissions turned away because the pair was already rated in another tab or window
                 "rating_conflicts": conflict_count(session, study.id),
+                # how pairs reached raters: "balanced" (a fixed plan) or "adaptive" (drawn; see adaptive_draws)
+                "assignment": (study.config or {}).get("assignment", "balanced"),
             },
             indent=1,
             ensure_ascii=False,

@@ -130,6 +130,9 @@ class StudyConfig:
     kind: str = "real-vs-generated"  #: or "head-to-head" (db.head_to_head: two models' images of one case)
     reference: bool = False  #: head-to-head: show the real image above the pair
     practice_pairs: int = 0  #: practice pairs (from outside the study, with feedback) before the first real pair
+    #: head-to-head: "balanced" (the fixed plan, default) or "adaptive" (db.adaptive: drawn at request time)
+    assignment: str = "balanced"
+    items_per_rater: int = 0  #: adaptive: each rater's number of pairs (0: as many as a balanced slot reads)
 
     @property
     def slots(self) -> int:
@@ -236,6 +239,9 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
             "set practice_pairs = 0",
             path=source,
         )
+    from db.adaptive import check_assignment_keys  # the adaptive head-to-head keys (issue 18)
+
+    assignment, items_per_rater = check_assignment_keys(raw, kind, source)
     return StudyConfig(
         name=name,
         seed=seed,
@@ -257,6 +263,8 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
         kind=kind,
         reference=reference,
         practice_pairs=practice,
+        assignment=assignment,
+        items_per_rater=items_per_rater,
     )
 
 
@@ -940,8 +948,11 @@ def assign_rater(session: Session, study: Study, rater: Rater) -> int:
     )
     slot = peers % cfg.slots
     if cfg.kind == "head-to-head":
+        from db.adaptive import ADAPTIVE, planned_quota
         from db.head_to_head_study import h2h_items_for_slot
 
+        if cfg.assignment == ADAPTIVE:  # pairs are drawn when the rater asks (db.adaptive.draw_if_adaptive)
+            return planned_quota(study.config, len(items))
         ordered = h2h_items_for_slot(session, study, items, slot, cfg)
     else:
         ordered = items_for_slot(study, items, slot, cfg, routing_key)
