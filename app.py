@@ -62,11 +62,13 @@ def build_worker(ws: Workspace) -> Worker:
     """The app's background worker on the database, with every job kind registered before anything is served:
     ``generate``, ``compare`` and ``report`` on the batch lane, ``demo`` on the live lane."""
     from analysis.jobs import register_analysis_jobs
+    from compare.jobs import register_compare_jobs
     from db.jobs import DbJobStore, Worker
     from generation.worker import register_generation_jobs
 
     worker = Worker(DbJobStore(ws.database), workspace=ws)
     register_generation_jobs(worker)
+    register_compare_jobs(worker)
     register_analysis_jobs(worker)
     return worker
 
@@ -386,7 +388,7 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run a comparison: train, generate, measure quality and cost, report side by side (resumable)."""
-    from generation.compare import run_comparison
+    from compare import run_comparison
 
     ws = _workspace(args)
     result = run_comparison(ws, Path(args.config), progress=print)
@@ -680,6 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         args = parser.parse_args([*(argv or sys.argv[1:]), "serve"])
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_library_notices(args.log_level)
     try:
         return int(args.handler(args) or 0)
     except MedSynthError as exc:  # a problem the user can fix: one line, no traceback
@@ -695,6 +698,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         log.exception("bug: %s failed with %s", getattr(args, "command", "serve"), type(exc).__name__)
         raise  # a bug: the traceback is the report
+
+
+def _quiet_library_notices(level: str) -> None:
+    """Show the ML libraries' own notices (e.g. transformers' "requires torchvision ... falling back") only from
+    ``--log-level info`` on, so at the default level a user's error stays the one line on stderr.
+
+    Set before they are imported (they read these variables once); a value the user exported wins.
+    """
+    library_level = "error" if level in ("warning", "error") else level
+    for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(variable, library_level)
 
 
 def _first_line(exc: BaseException) -> str:

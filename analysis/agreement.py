@@ -8,8 +8,9 @@ tidy ratings table).
 Every coefficient except the pairwise ones is a function of per-item sums ("item terms"): the
 coefficient is ``finish(terms.sum(axis=0))``. That makes the item bootstrap a matrix product
 (resample multiplicities x item terms), so 1,000 resamples cost about as much as one pass.
-:func:`bootstrap_ci` uses that path for the statistics of this module (directly or wrapped in
-:func:`functools.partial`) and falls back to one call per resample for any other callable.
+:func:`agreement_bootstrap_ci` hands those terms to the item bootstrap of :mod:`analysis.bootstrap` for
+the statistics of this module (directly or wrapped in :func:`functools.partial`); any other callable
+is evaluated once per resample.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
@@ -26,25 +27,31 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import special, stats
 
-Level = Literal["nominal", "ordinal", "interval", "ratio"]
+from analysis.bootstrap import (
+    BootstrapCI,
+    BootstrapMethod,
+    FloatArray,
+    ItemResampler,
+    ItemTerms,
+    item_bootstrap_cis,
+    value_or_nan,
+)
+from db.questions import ANALYSED_QUESTIONS, CORRECT, Level, Question, QuestionKind
+
+LevelName = Literal["nominal", "ordinal", "interval", "ratio"]
 WeightsKind = Literal["linear", "quadratic"]
-BootstrapMethod = Literal["percentile", "bca"]
 IccForm = Literal["ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k"]
 AgreementResample = Literal["items", "raters+items"]
 
-FloatArray = NDArray[np.float64]
-
 __all__ = [
     "QUESTIONS",
-    "BootstrapCI",
-    "ItemResampler",
-    "ItemTerms",
+    "Level",
     "Question",
     "RatingsMatrix",
+    "agreement_bootstrap_ci",
+    "agreement_bootstrap_cis",
     "agreement_table",
     "as_ratings",
-    "bootstrap_ci",
-    "bootstrap_cis",
     "cohen_kappa",
     "fleiss_kappa",
     "gwet_ac1",
@@ -55,6 +62,7 @@ __all__ = [
     "item_terms",
     "krippendorff_alpha",
     "pairwise_cohen_kappa",
+    "question_level",
     "ratings_matrix",
 ]
 
@@ -168,39 +176,8 @@ def _value_counts(codes: NDArray[np.intp], n_categories: int) -> FloatArray:
 
 
 # --------------------------------------------------------------------------------------------
-# Item terms: statistic = finish(sum over items of terms)
+# Item terms (:class:`analysis.bootstrap.ItemTerms`): statistic = finish(sum over items of terms)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ItemTerms:
-    """Per-item additive terms of a statistic.
-
-    Attributes
-    ----------
-    terms : numpy.ndarray, shape (n_items, k)
-        One row per item; the statistic depends on the data only through their column sums.
-    finish : callable
-        Maps sums of shape ``(..., k)`` to the statistic, shape ``(...)``; vectorised.
-    """
-
-    terms: FloatArray
-    finish: Callable[[FloatArray], FloatArray]
-
-    def value(self) -> float:
-        """The statistic on the full data."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return float(self.finish(self.terms.sum(axis=0)))
-
-    def resampled(self, multiplicities: FloatArray) -> FloatArray:
-        """The statistic for resamples given as item multiplicities, shape (n_resamples, n_items)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.asarray(self.finish(multiplicities @ self.terms), dtype=np.float64)
-
-    def jackknife(self) -> FloatArray:
-        """The statistic with each item left out in turn, shape (n_items,)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.asarray(self.finish(self.terms.sum(axis=0) - self.terms), dtype=np.float64)
 
 
 def _check_pairable(counts: FloatArray, statistic: str) -> None:
@@ -208,7 +185,7 @@ def _check_pairable(counts: FloatArray, statistic: str) -> None:
         raise ValueError(f"{statistic} needs at least one item rated by two or more raters")
 
 
-def _alpha_distances(level: Level, values: FloatArray, n_v: FloatArray) -> FloatArray:
+def _alpha_distances(level: Level | LevelName, values: FloatArray, n_v: FloatArray) -> FloatArray:
     """Distance matrices delta^2(c, k), shape (..., V, V); ordinal depends on the marginals n_v."""
     n_values = len(values)
     if level == "nominal":
@@ -227,9 +204,9 @@ def _alpha_distances(level: Level, values: FloatArray, n_v: FloatArray) -> Float
     return (between - (n_v[..., :, None] + n_v[..., None, :]) / 2.0) ** 2
 
 
-def _alpha_terms(ratings: ArrayLike, level: Level, *, value_domain: ArrayLike | None = None) -> ItemTerms:
-    if level not in get_args(Level):
-        raise ValueError(f"level must be one of {get_args(Level)}, got {level!r}")
+def _alpha_terms(ratings: ArrayLike, level: Level | LevelName, *, value_domain: ArrayLike | None = None) -> ItemTerms:
+    if level not in get_args(LevelName):
+        raise ValueError(f"level must be one of {get_args(LevelName)}, got {level!r}")
     data = as_ratings(ratings)
     counts, values = _category_counts(data, value_domain)
     if len(values) < 2:
@@ -259,7 +236,7 @@ def _alpha_terms(ratings: ArrayLike, level: Level, *, value_domain: ArrayLike | 
     return ItemTerms(coincidences, finish)
 
 
-def krippendorff_alpha(ratings: ArrayLike, level: Level, *, value_domain: ArrayLike | None = None) -> float:
+def krippendorff_alpha(ratings: ArrayLike, level: Level | LevelName, *, value_domain: ArrayLike | None = None) -> float:
     """Krippendorff's alpha for raters x items with missing data.
 
     Coincidence-matrix formulation: value counts per item by ``numpy.bincount``, one
@@ -269,8 +246,8 @@ def krippendorff_alpha(ratings: ArrayLike, level: Level, *, value_domain: ArrayL
     ----------
     ratings : array_like, shape (n_raters, n_items)
         Numeric ratings, ``NaN`` where missing.
-    level : {"nominal", "ordinal", "interval", "ratio"}
-        Level of measurement; no default, because it is a choice about the data.
+    level : Level or {"nominal", "ordinal", "interval", "ratio"}
+        Level of measurement (:class:`db.questions.Level`); no default, because it is a choice about the data.
     value_domain : array_like, optional
         All possible values (sorted unless nominal). Defaults to the values that occur; only the
         ordinal level depends on it through values nobody used (they have zero marginals).
@@ -797,136 +774,7 @@ def item_terms(statistic: Callable[..., float], ratings: ArrayLike) -> ItemTerms
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BootstrapCI:
-    """A point estimate with a bootstrap confidence interval (items resampled, raters fixed)."""
-
-    estimate: float
-    low: float
-    high: float
-    standard_error: float
-    confidence_level: float
-    method: BootstrapMethod
-    n_resamples: int
-    seed: int
-    n_items: int
-    distribution: FloatArray = field(repr=False, compare=False)
-    note: str = ""
-
-
-class ItemResampler:
-    """Seeded bootstrap resamples of item (column) indices, drawn once and shared by many statistics.
-
-    The indices are ``numpy.random.default_rng(seed).integers(0, n_items, (n_resamples, n_items))``,
-    the same draw as ``scipy.stats.bootstrap`` makes with that generator, so results are
-    reproducible and comparable.
-    """
-
-    def __init__(self, n_items: int, n_resamples: int, seed: int, chunk: int = 256) -> None:
-        if n_items < 2:
-            raise ValueError(f"bootstrap needs at least 2 items, got {n_items}")
-        if n_resamples < 2:
-            raise ValueError(f"n_resamples must be at least 2, got {n_resamples}")
-        self.n_items = n_items
-        self.n_resamples = n_resamples
-        self.seed = seed
-        self.indices = np.random.default_rng(seed).integers(0, n_items, (n_resamples, n_items))
-        self._chunk = chunk
-        self._multiplicities: FloatArray | None = None
-
-    def multiplicity_chunks(self) -> Iterator[FloatArray]:
-        """How often each item occurs in each resample, in row chunks of shape (chunk, n_items)."""
-        if self._multiplicities is not None and self._multiplicities.size <= 8_000_000:
-            yield self._multiplicities
-            return
-        for start in range(0, self.n_resamples, self._chunk):
-            rows = self.indices[start : start + self._chunk]
-            offsets = np.arange(len(rows))[:, None] * self.n_items
-            counts = np.bincount((rows + offsets).ravel(), minlength=len(rows) * self.n_items)
-            yield counts.reshape(len(rows), self.n_items).astype(np.float64)
-
-    def cache(self) -> None:
-        """Keep all multiplicities in memory (up to 8 million cells) for reuse across statistics."""
-        if self._multiplicities is None and self.n_resamples * self.n_items <= 8_000_000:
-            self._multiplicities = np.concatenate(list(self.multiplicity_chunks()))
-
-    def distribution(self, statistic: Callable[..., float], ratings: ArrayLike) -> tuple[float, FloatArray]:
-        """Point estimate and bootstrap distribution of ``statistic`` over item resamples."""
-        data = as_ratings(ratings)
-        if data.shape[1] != self.n_items:
-            raise ValueError(f"ratings have {data.shape[1]} items, the resampler {self.n_items}")
-        terms = item_terms(statistic, data)
-        if terms is not None:
-            estimate = terms.value()
-            values = np.concatenate([terms.resampled(chunk) for chunk in self.multiplicity_chunks()])
-            return estimate, values
-        estimate = float(statistic(data))
-        values = np.array([_safe(statistic, data[:, rows]) for rows in self.indices])
-        return estimate, values
-
-
-def _safe(statistic: Callable[..., float], data: FloatArray) -> float:
-    """A resample where the statistic is undefined (e.g. one category left) counts as NaN."""
-    try:
-        return float(statistic(data))
-    except (ValueError, ZeroDivisionError):
-        return float("nan")
-
-
-def _jackknife(statistic: Callable[..., float], data: FloatArray) -> FloatArray:
-    terms = item_terms(statistic, data)
-    if terms is not None:
-        return terms.jackknife()
-    keep = ~np.eye(data.shape[1], dtype=bool)
-    return np.array([_safe(statistic, data[:, row]) for row in keep])
-
-
-def _interval(
-    estimate: float,
-    values: FloatArray,
-    jackknife: Callable[[], FloatArray],
-    method: BootstrapMethod,
-    confidence_level: float,
-) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    if len(finite) < 2 or not np.isfinite(estimate):
-        return float("nan"), float("nan")
-    alpha = (1 - confidence_level) / 2
-    if method == "percentile":
-        quantiles = np.array([alpha, 1 - alpha])
-    else:
-        # Efron & Tibshirani (1993) 14.3, with scipy.stats.bootstrap's conventions.
-        below = np.count_nonzero(finite < estimate) + np.count_nonzero(finite <= estimate)
-        z0 = special.ndtri(below / (2 * len(finite)))
-        theta = jackknife()
-        theta = theta[np.isfinite(theta)]
-        u = (len(theta) - 1) * (theta.mean() - theta)
-        denominator = (u**2).sum() / len(theta) ** 2
-        a_hat = (u**3).sum() / len(theta) ** 3 / (6 * denominator**1.5) if denominator > 0 else 0.0
-        z = special.ndtri(np.array([alpha, 1 - alpha]))
-        quantiles = special.ndtr(z0 + (z0 + z) / (1 - a_hat * (z0 + z)))
-        if not np.isfinite(quantiles).all():
-            return float("nan"), float("nan")
-    low, high = np.quantile(finite, quantiles)
-    return float(low), float(high)
-
-
-def _joint_distributions(terms: Mapping[str, ItemTerms], resampler: ItemResampler) -> dict[str, FloatArray]:
-    """Bootstrap distributions of many item-term statistics from one stacked matrix product per chunk."""
-    if not terms:
-        return {}
-    stacked = np.hstack([t.terms for t in terms.values()])
-    bounds = np.cumsum([0, *(t.terms.shape[1] for t in terms.values())])
-    parts: dict[str, list[FloatArray]] = {name: [] for name in terms}
-    for chunk in resampler.multiplicity_chunks():
-        product = chunk @ stacked
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for (name, t), start, stop in zip(terms.items(), bounds[:-1], bounds[1:], strict=True):
-                parts[name].append(np.asarray(t.finish(product[:, start:stop]), dtype=np.float64))
-    return {name: np.concatenate(values) for name, values in parts.items()}
-
-
-def bootstrap_cis(
+def agreement_bootstrap_cis(
     statistics: Mapping[str, tuple[Callable[..., float], ArrayLike]],
     resampler: ItemResampler,
     method: BootstrapMethod = "percentile",
@@ -934,78 +782,19 @@ def bootstrap_cis(
     confidence_level: float = 0.95,
     on_error: Literal["raise", "record"] = "raise",
 ) -> dict[str, BootstrapCI]:
-    """Bootstrap intervals of several statistics from one set of item resamples.
+    """Item-bootstrap intervals of several agreement statistics from one set of item resamples.
 
-    The item-term statistics of this module share one matrix product (multiplicities x all their
-    terms side by side); other callables are evaluated resample by resample.
-
-    Parameters
-    ----------
-    statistics : mapping of name to (statistic, ratings)
-        Every ``ratings`` has the resampler's number of items (columns).
-    resampler : ItemResampler
-        The item resamples, drawn once.
-    method : {"percentile", "bca"}
-    confidence_level : float
-    on_error : {"raise", "record"}
-        What to do when a statistic is undefined on the full data (``ValueError``): raise, or
-        return NaNs with the message in ``BootstrapCI.note``.
-
-    Returns
-    -------
-    dict of name to BootstrapCI
+    :func:`analysis.bootstrap.item_bootstrap_cis` with this module's item terms (:func:`item_terms`):
+    the coefficients of this module share one matrix product, other callables are evaluated
+    resample by resample. Every ``ratings`` is a raters x items matrix (:func:`as_ratings`).
     """
-    if method not in get_args(BootstrapMethod):
-        raise ValueError(f"method must be one of {get_args(BootstrapMethod)}, got {method!r}")
-    if not 0 < confidence_level < 1:
-        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}")
-    resampler.cache()
-    prepared: dict[str, tuple[Callable[..., float], FloatArray, ItemTerms | None]] = {}
-    errors: dict[str, str] = {}
-    for name, (statistic, ratings) in statistics.items():
-        data = as_ratings(ratings)
-        if data.shape[1] != resampler.n_items:
-            raise ValueError(f"{name}: ratings have {data.shape[1]} items, the resampler {resampler.n_items}")
-        try:
-            prepared[name] = (statistic, data, item_terms(statistic, data))
-        except ValueError as error:
-            if on_error == "raise":
-                raise
-            errors[name] = str(error)
-    joint = _joint_distributions({n: t for n, (_, _, t) in prepared.items() if t is not None}, resampler)
-    results: dict[str, BootstrapCI] = {}
-    for name in statistics:
-        common = functools.partial(
-            BootstrapCI,
-            confidence_level=confidence_level,
-            method=method,
-            n_resamples=resampler.n_resamples,
-            seed=resampler.seed,
-            n_items=resampler.n_items,
-        )
-        if name in errors:
-            nan = float("nan")
-            results[name] = common(nan, nan, nan, nan, distribution=np.full(0, nan), note=errors[name])
-            continue
-        statistic, data, terms = prepared[name]
-        if terms is not None:
-            estimate, values = terms.value(), joint[name]
-        else:
-            estimate, values = resampler.distribution(statistic, data)
-        jackknife = functools.partial(_jackknife, statistic, data)
-        low, high = _interval(estimate, values, jackknife, method, confidence_level)
-        finite = values[np.isfinite(values)]
-        results[name] = common(
-            estimate=estimate,
-            low=low,
-            high=high,
-            standard_error=float(finite.std(ddof=1)) if len(finite) > 1 else float("nan"),
-            distribution=values,
-        )
-    return results
+    checked = {name: (statistic, as_ratings(ratings)) for name, (statistic, ratings) in statistics.items()}
+    return item_bootstrap_cis(
+        checked, resampler, method, terms=item_terms, confidence_level=confidence_level, on_error=on_error
+    )
 
 
-def bootstrap_ci(
+def agreement_bootstrap_ci(
     statistic: Callable[..., float],
     ratings: ArrayLike,
     n_resamples: int,
@@ -1041,15 +830,14 @@ def bootstrap_ci(
     >>> rng = np.random.default_rng(0)
     >>> truth = rng.integers(1, 6, 200)
     >>> data = np.clip(truth + rng.integers(-1, 2, (3, 200)), 1, 5).astype(float)
-    >>> result = bootstrap_ci(functools.partial(krippendorff_alpha, level="ordinal"), data, 1000, seed=1)
+    >>> result = agreement_bootstrap_ci(functools.partial(krippendorff_alpha, level="ordinal"), data, 1000, seed=1)
     >>> result.low < result.estimate < result.high
     True
     """
     data = as_ratings(ratings)
     resampler = ItemResampler(data.shape[1], n_resamples, seed)
-    return bootstrap_cis({"statistic": (statistic, data)}, resampler, method, confidence_level=confidence_level)[
-        "statistic"
-    ]
+    one = {"statistic": (statistic, data)}
+    return agreement_bootstrap_cis(one, resampler, method, confidence_level=confidence_level)["statistic"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1057,24 +845,15 @@ def bootstrap_ci(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Question:
-    """A rated question of the tidy table and how agreement on it is measured."""
-
-    column: str
-    level: Level
-    categories: tuple[float, ...]
-    codes: Mapping[str, float] | None = None  # string answers -> numeric codes
+#: The rated questions of the tidy table and their levels of measurement: :data:`db.questions.ANALYSED_QUESTIONS`.
+QUESTIONS: dict[str, Question] = ANALYSED_QUESTIONS
 
 
-_SCORE = (1.0, 2.0, 3.0, 4.0, 5.0)
-QUESTIONS: dict[str, Question] = {
-    "realism_generated": Question("realism_generated", "ordinal", _SCORE),
-    "realism_real": Question("realism_real", "ordinal", _SCORE),
-    "accuracy_generated": Question("accuracy_generated", "ordinal", _SCORE),
-    "accuracy_real": Question("accuracy_real", "ordinal", _SCORE),
-    "which_generated": Question("which_generated", "nominal", (0.0, 1.0), {"left": 0.0, "right": 1.0}),
-}
+def question_level(question: Question) -> Level:
+    """The question's level of measurement (free text has none and cannot be analysed for agreement)."""
+    if question.level is None:
+        raise ValueError(f"question {question.key!r} ({question.kind}) has no level of measurement")
+    return question.level
 
 
 @dataclass(frozen=True)
@@ -1088,9 +867,10 @@ class RatingsMatrix:
 
 def question_values(frame: pd.DataFrame, question: Question) -> FloatArray:
     """The numeric answers of one question, ``NaN`` where missing or not in the question's codes."""
-    column = frame[question.column]
-    if question.codes is not None:
-        return column.map(question.codes).to_numpy(dtype=float, na_value=np.nan)
+    column = frame[question.key]
+    codes = question.codes
+    if codes is not None:
+        return column.map(codes).to_numpy(dtype=float, na_value=np.nan)
     return column.to_numpy(dtype=float, na_value=np.nan)
 
 
@@ -1108,11 +888,13 @@ def ratings_matrix(frame: pd.DataFrame, question: str | Question) -> RatingsMatr
 
 
 def _agreement_statistics(question: Question) -> dict[str, Callable[..., float]]:
+    """The statistics its level of measurement calls for (the report's prose names the same choice)."""
+    level = question_level(question)
     statistics: dict[str, Callable[..., float]] = {
-        f"krippendorff_alpha_{question.level}": functools.partial(krippendorff_alpha, level=question.level),
+        f"krippendorff_alpha_{level}": functools.partial(krippendorff_alpha, level=level),
         "fleiss_kappa": fleiss_kappa,
     }
-    if question.level == "nominal":
+    if level == Level.NOMINAL:
         statistics["gwet_ac1"] = functools.partial(gwet_ac1, categories=question.categories)
     else:
         statistics["gwet_ac2_quadratic"] = functools.partial(
@@ -1150,7 +932,7 @@ def _rows_for_group(
         for statistic_name, statistic in _agreement_statistics(question).items():
             statistics[(name, statistic_name)] = (statistic, values)
     keyed = {f"{q}/{s}": value for (q, s), value in statistics.items()}
-    results = bootstrap_cis(
+    results = agreement_bootstrap_cis(
         keyed, resampler_for(len(items)), method, confidence_level=confidence_level, on_error="record"
     )
     if resample == "raters+items":
@@ -1179,7 +961,7 @@ def _rater_jackknife_variance(statistic: Callable[..., float], values: FloatArra
     if n_raters < 3:
         return float("nan")
     keep = ~np.eye(n_raters, dtype=bool)
-    theta = np.array([_safe(statistic, values[row]) for row in keep])
+    theta = np.array([value_or_nan(statistic, values[row]) for row in keep])
     theta = theta[np.isfinite(theta)]
     if len(theta) < 2:
         return float("nan")
@@ -1247,12 +1029,9 @@ def agreement_table(
 
 
 _INTRA_QUESTIONS: dict[str, Question] = {
-    "realism_generated": QUESTIONS["realism_generated"],
-    "realism_real": QUESTIONS["realism_real"],
-    "accuracy_generated": QUESTIONS["accuracy_generated"],
-    "accuracy_real": QUESTIONS["accuracy_real"],
+    **{key: q for key, q in QUESTIONS.items() if q.kind == QuestionKind.SCALE},
     # Repeats may swap sides, so the Turing answer is compared as right / wrong, not left / right.
-    "correct": Question("correct", "nominal", (0.0, 1.0)),
+    CORRECT.key: CORRECT,
 }
 
 
@@ -1286,13 +1065,14 @@ def intra_rater_reliability(frame: pd.DataFrame) -> pd.DataFrame:
             first = part[f"{name}_first"].to_numpy(dtype=float, na_value=np.nan)
             again = part[f"{name}_repeat"].to_numpy(dtype=float, na_value=np.nan)
             both = ~np.isnan(first) & ~np.isnan(again)
-            weights: WeightsKind | None = None if question.level == "nominal" else "quadratic"
+            level = question_level(question)
+            weights: WeightsKind | None = None if level == Level.NOMINAL else "quadratic"
             matrix = np.vstack([first[both], again[both]])
             kappa = alpha = np.nan
             if both.sum() >= 2 and rater != "all":
                 kappa = _value_or_nan(cohen_kappa, first[both], again[both], weights, question.categories)
             if both.sum() >= 2:
-                alpha = _value_or_nan(krippendorff_alpha, matrix, question.level, value_domain=question.categories)
+                alpha = _value_or_nan(krippendorff_alpha, matrix, level, value_domain=question.categories)
             rows.append(
                 {
                     "rater": rater,

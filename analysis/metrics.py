@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.spatial.distance import pdist
 
+from analysis.bootstrap import percentile_interval, two_sample_bootstrap, two_sample_bootstrap_ci
 from analysis.features.base import COLOUR_HANDLING, FeatureExtractor, load_images
 from db.errors import InputError
 
@@ -38,7 +39,6 @@ __all__ = [
     "MetricResult",
     "MetricStamp",
     "alignment_metric",
-    "bootstrap_ci",
     "cmmd",
     "cmmd_bootstrap_ci",
     "cmmd_metric",
@@ -47,6 +47,7 @@ __all__ = [
     "equalize_n",
     "fd_metric",
     "fd_score",
+    "feature_bootstrap_ci",
     "feature_stats",
     "frechet_distance",
     "human_metric_comparison",
@@ -467,15 +468,10 @@ def cmmd_bootstrap_ci(
     if not 0 < level < 1 or n_boot < 2:
         raise InputError(f"need 0 < level < 1 and n_boot >= 2, got {level}, {n_boot}")
     gamma = 1.0 / (2.0 * sigma**2)
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_boot)
-    for b in range(n_boot):
-        ix = np.asarray(rng.integers(0, x.shape[0], size=x.shape[0]), dtype=np.intp)
-        iy = np.asarray(rng.integers(0, y.shape[0], size=y.shape[0]), dtype=np.intp)
-        values[b] = scale * _cmmd_indexed(x, y, ix, iy, gamma, estimator)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    values = two_sample_bootstrap(
+        lambda ix, iy: scale * _cmmd_indexed(x, y, ix, iy, gamma, estimator), x.shape[0], y.shape[0], n_boot, seed
+    )
+    return percentile_interval(values, level)
 
 
 # ------------------------------------------------------------------------------------ feature diversity
@@ -871,7 +867,7 @@ def equalize_n(
     }
 
 
-def bootstrap_ci(
+def feature_bootstrap_ci(
     statistic: Callable[[np.ndarray, np.ndarray], float],
     feats_a: Any,
     feats_b: Any,
@@ -879,21 +875,16 @@ def bootstrap_ci(
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``statistic(a, b)``, resampling the rows of each set with replacement."""
+    """Percentile bootstrap CI of ``statistic(a, b)`` over two feature sets, resampling the rows (images) of each.
+
+    :func:`analysis.bootstrap.two_sample_bootstrap_ci` on validated feature arrays.
+    """
     a, b = _as_features(feats_a, "feats_a"), _as_features(feats_b, "feats_b")
     if not 0 < level < 1 or n_boot < 2:
         raise InputError(f"need 0 < level < 1 and n_boot >= 2, got {level}, {n_boot}")
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_boot)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the N < dim warning was already raised for the point estimate
-        for i in range(n_boot):
-            values[i] = statistic(
-                a[rng.integers(0, a.shape[0], a.shape[0])], b[rng.integers(0, b.shape[0], b.shape[0])]
-            )
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+        return two_sample_bootstrap_ci(statistic, a, b, n_boot, level, seed)
 
 
 def fd_metric(
@@ -904,7 +895,7 @@ def fd_metric(
     Each bootstrap replicate is one more FD: about 1-5 s at 2048-d on one CPU core.
     """
     value = frechet_distance(feats_gen, feats_real)
-    ci = bootstrap_ci(frechet_distance, feats_gen, feats_real, n_boot, seed=seed) if n_boot else (None, None)
+    ci = feature_bootstrap_ci(frechet_distance, feats_gen, feats_real, n_boot, seed=seed) if n_boot else (None, None)
     stamp = MetricStamp.for_extractor(extractor, len(feats_gen), len(feats_real), seed)
     return MetricResult("FD", value, stamp, ci_low=ci[0], ci_high=ci[1])
 
@@ -927,7 +918,7 @@ def kid_metric(
     def stat(a: np.ndarray, b: np.ndarray) -> float:
         return kid(a, b, max(1, n_subsets // 10), result.subset_size, seed=seed).mean
 
-    ci = bootstrap_ci(stat, feats_gen, feats_real, n_boot, seed=seed) if n_boot else (None, None)
+    ci = feature_bootstrap_ci(stat, feats_gen, feats_real, n_boot, seed=seed) if n_boot else (None, None)
     stamp = MetricStamp.for_extractor(extractor, len(feats_gen), len(feats_real), seed)
     extra = {"subset_size": result.subset_size, "n_subsets": result.n_subsets}
     return MetricResult("KID", result.mean, stamp, ci_low=ci[0], ci_high=ci[1], std=result.std, extra=extra)

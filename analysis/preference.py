@@ -456,14 +456,63 @@ def preference_report_section(
     }
 
 
+DRAW_COLUMNS = ("step", "rater", "pair", "score")
+
+
+def adaptive_draw_summary(draws: pd.DataFrame) -> pd.DataFrame:
+    """Per model pair, how the adaptive draws (the ``adaptive_draws`` export, :func:`db.adaptive.draws_frame`)
+    were spent: draws, share, raters, the mean and maximum order uncertainty the pair was drawn at, and the
+    first and last step."""
+    missing = [c for c in DRAW_COLUMNS if c not in draws.columns]
+    if missing:
+        raise InputError(f"adaptive draw log: missing column(s) {', '.join(missing)}")
+    if draws.empty:
+        return pd.DataFrame(columns=["pair", "draws", "share", "raters", "mean_uncertainty", "max_uncertainty",
+                                     "first_step", "last_step"])  # fmt: skip
+    grouped = draws.groupby("pair", sort=True)
+    table = pd.DataFrame(
+        {
+            "draws": grouped.size(),
+            "share": grouped.size() / len(draws),
+            "raters": grouped["rater"].nunique(),
+            "mean_uncertainty": grouped["score"].mean(),
+            "max_uncertainty": grouped["score"].max(),
+            "first_step": grouped["step"].min(),
+            "last_step": grouped["step"].max(),
+        }
+    )
+    return table.reset_index()
+
+
+def adaptive_notes(draws: pd.DataFrame) -> list[str]:
+    """The report's sentences on an adaptive assignment (see :mod:`db.adaptive`)."""
+    summary = adaptive_draw_summary(draws)
+    spread = f"{int(summary['draws'].min())}-{int(summary['draws'].max())}" if len(summary) else "0"
+    return [
+        f"Pairs were assigned adaptively: each of {len(draws)} draws (to {draws['rater'].nunique()} raters) went "
+        "to the model pair whose Bradley-Terry order was then least certain, within each rater's balance over "
+        f"model pairs, K raters per item and no image seen twice; model pairs got {spread} draws (table "
+        "adaptive_draws). The Bradley-Terry maximum-likelihood estimates remain valid under this "
+        "outcome-dependent sampling (the likelihood principle: the rule depends only on earlier answers, so "
+        "it factors out of the likelihood), but the bootstrap CIs resample raters and cases as if the design "
+        "were fixed and are therefore approximate.",
+    ]
+
+
 def head_to_head_report_parts(
-    ratings: pd.DataFrame, n_resamples: int = 500, seed: int = 0, confidence_level: float = 0.95
+    ratings: pd.DataFrame,
+    n_resamples: int = 500,
+    seed: int = 0,
+    confidence_level: float = 0.95,
+    draws: pd.DataFrame | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """(title, ``{"tables", "figures", "notes"}``) per preference question answered in the exported ratings
     table of a head-to-head study; empty when it has no head-to-head rows. Table and figure names are
-    prefixed with the question so both questions fit in one report."""
+    prefixed with the question so both questions fit in one report. ``draws``: the study's adaptive draw
+    log (``assignment = "adaptive"``), noted and summarised in every part."""
     if "model_left" not in ratings.columns or not ratings["model_left"].notna().any():
         return []
+    adaptive = draws is not None and not draws.empty
     parts: list[tuple[str, dict[str, Any]]] = []
     for question, title in (("prefer_realism", "more realistic"), ("prefer_prompt", "a better match to the prompt")):
         if question not in ratings.columns:
@@ -475,6 +524,9 @@ def head_to_head_report_parts(
             section = preference_report_section(records, n_resamples, seed, confidence_level)
         except InputError as error:  # e.g. a model that never loses: reported, not fatal
             section = {"tables": {}, "figures": {}, "notes": [f"Bradley-Terry fit not possible: {error}"]}
+        if adaptive and draws is not None:
+            section["tables"]["adaptive_draws"] = adaptive_draw_summary(draws)
+            section["notes"] = [*section["notes"], *adaptive_notes(draws)]
         section = {
             "tables": {f"{question}/{name}": table for name, table in section["tables"].items()},
             "figures": {f"{question}/{name}": figure for name, figure in section["figures"].items()},

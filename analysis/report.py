@@ -40,6 +40,7 @@ from analysis.mrmc import mrmc_report_section
 from analysis.scores import SCORE_QUESTIONS, friedman_table, model_comparisons, model_differences, model_scores
 from analysis.turing import DEFAULT_MAX_FAILURE_RATE, headline, turing_test
 from db.errors import InputError
+from db.questions import ANALYSED_QUESTIONS, Question, QuestionKind
 
 __all__ = [
     "FigureSpec",
@@ -76,6 +77,19 @@ class FigureSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ImageGrid:
+    """Images shown in a table (e.g. one sample per prompt and model): a label and PNG bytes per row.
+
+    ``columns`` are the headings of the image columns; each row is ``(label, cells)`` with one cell per column,
+    ``None`` where there is no image. Shown in the HTML only (thumbnails), never written as a table.
+    """
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, tuple[bytes | None, ...]], ...]
+    label: str = ""
+
+
 @dataclass
 class ReportSection:
     """One section: tables, figures (specs, or ready matplotlib figures / PNG bytes), notes, methods.
@@ -92,7 +106,9 @@ class ReportSection:
     methods : list of str
         Sentences for the report's Methods paragraph (how this section's numbers were made).
     captions : dict of name to str
-        Table / figure captions (default: a heading made from the name).
+        Table / figure / image grid captions (default: a heading made from the name).
+    images : dict of name to ImageGrid
+        Thumbnails in a table, after the figures (HTML only).
     """
 
     title: str
@@ -101,6 +117,7 @@ class ReportSection:
     notes: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
     captions: dict[str, str] = field(default_factory=dict)
+    images: dict[str, ImageGrid] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -217,10 +234,23 @@ def _likert_data(frame: pd.DataFrame) -> pd.DataFrame:
         series["Real images"] = normal[f"{question}_real"]
         for group, values in series.items():
             answered = pd.to_numeric(values, errors="coerce").dropna()
-            for score in range(1, 6):
+            for score in range(1, ANALYSED_QUESTIONS[f"{question}_generated"].scale_max + 1):
                 share = float((answered == score).mean()) if len(answered) else 0.0
                 rows.append({"question": question, "group": group, "score": score, "share": share})
     return pd.DataFrame(rows)
+
+
+def _answer_values(question: Question) -> str:
+    """The answers a question takes, for prose: ``1-5`` or ``left / right``."""
+    if question.kind == QuestionKind.SCALE:
+        return f"1-{question.scale_max}"
+    return " / ".join(question.choices) if question.choices else "yes / no"
+
+
+def _level_prose(key: str) -> str:
+    """``ordinal (1-5)``: the question's level of measurement and answers, from the schema."""
+    question = ANALYSED_QUESTIONS.get(key)
+    return "" if question is None else f"{question.level} ({_answer_values(question)}), "
 
 
 def _statistic_list(table: pd.DataFrame, question: str) -> str:
@@ -328,7 +358,7 @@ def _agreement_section(frame: pd.DataFrame, config: ReportConfig, step: Callable
     questions = list(dict.fromkeys(overall["question"].astype(str)))
     by_stats: dict[str, list[str]] = {}
     for question in questions:  # questions measured with the same statistics are named together
-        by_stats.setdefault(_statistic_list(overall, question), []).append(
+        by_stats.setdefault(_level_prose(question) + _statistic_list(overall, question), []).append(
             report_render.VALUE_LABELS.get(question, question).lower()
         )
     by_question = "; ".join(f"{', '.join(qs)}: {stats}" for stats, qs in by_stats.items())
@@ -339,7 +369,8 @@ def _agreement_section(frame: pd.DataFrame, config: ReportConfig, step: Callable
         captions={"agreement": f"Inter-rater agreement, all raters ({_pct(config.confidence_level)} bootstrap CIs)"},
         notes=[icc_note],
         methods=[
-            f"Inter-rater agreement on normal items was estimated per question ({by_question}), overall, by model "
+            "Inter-rater agreement on normal items was estimated per question with the statistics of its level of "
+            f"measurement ({by_question}), overall, by model "
             f"and by rater specialty, with {_pct(config.confidence_level)} {config.method} bootstrap confidence "
             f"intervals from {config.n_resamples} resamples of items (raters fixed; seed {config.seed})."
         ],
@@ -397,6 +428,7 @@ def _scores_section(frame: pd.DataFrame, config: ReportConfig) -> ReportSection:
         report_render.VALUE_LABELS.get(str(e), str(e)) for e in comparisons["effect_size_kind"].dropna().unique()
     ]
     friedman = friedman_table(frame)
+    scales = ", ".join(dict.fromkeys(_answer_values(ANALYSED_QUESTIONS[f"{q}_generated"]) for q in SCORE_QUESTIONS))
     return ReportSection(
         "Realism and accuracy by model",
         tables={
@@ -407,12 +439,14 @@ def _scores_section(frame: pd.DataFrame, config: ReportConfig) -> ReportSection:
         },
         figures={"score_distributions": FigureSpec("likert", _likert_data(frame), 7.0, 2.6)},
         captions={
-            "score_distributions": "Distribution of 1-5 ratings of realism and accuracy, by model and for real images"
+            "score_distributions": f"Distribution of {scales} ratings of {' and '.join(SCORE_QUESTIONS)}, by model and "
+            "for real images"
         },
         notes=["The real images are the ceiling each model is compared with."],
         methods=[
-            f"Mean realism and accuracy (1-5) per model have item-bootstrap percentile CIs ({config.n_resamples} "
-            f"resamples, seed {config.seed}). Models were compared pairwise with {', '.join(tests) or 'no test'} "
+            f"Mean {' and '.join(SCORE_QUESTIONS)} ({scales}) per model have item-bootstrap percentile CIs "
+            f"({config.n_resamples} resamples, seed {config.seed}). Models were compared pairwise with "
+            f"{', '.join(tests) or 'no test'} "
             f"tests on per-item or per-case means (effect sizes: {', '.join(effects) or 'none'}), Holm-corrected "
             "within each question and family; model differences in Turing accuracy (MRMC Obuchowski-Rockette on the "
             "2AFC answers) and in mean scores (raters x cases bootstrap) treat raters and cases as random"
@@ -467,12 +501,16 @@ def compute_report(
     extra_sections: Sequence[ReportSection] = (),
     config: ReportConfig | None = None,
     step: Callable[[str], None] = lambda name: None,
+    adaptive_draws: pd.DataFrame | None = None,
 ) -> ReportContent:
-    """Run every analysis and return the report's content; writes nothing (see :func:`render_report`)."""
+    """Run every analysis and return the report's content; writes nothing (see :func:`render_report`).
+    ``adaptive_draws``: the draw log of an adaptive head-to-head study (noted in its preference sections)."""
     config = config or ReportConfig()
     missing = sorted(set(_COLUMNS) - set(ratings.columns))
     if missing:
         raise InputError(f"ratings table lacks columns {missing}; see docs/ratings-table.md")
+    if "practice" in ratings:  # an exported table: practice ratings (flagged) are never analysed
+        ratings = ratings[~ratings["practice"].astype("boolean").fillna(False).to_numpy(dtype=bool)]
     if ratings.empty:
         raise InputError("ratings table is empty; nothing to report")
     frame = _analysis_frame(ratings)
@@ -482,7 +520,8 @@ def compute_report(
         sections.append(_mrmc_section(ratings, config.confidence_level))
     from analysis.preference import head_to_head_report_parts  # head-to-head studies (issue 18)
 
-    for title, parts in head_to_head_report_parts(ratings, config.n_resamples, config.seed, config.confidence_level):
+    for title, parts in head_to_head_report_parts(ratings, config.n_resamples, config.seed, config.confidence_level,
+                                                  adaptive_draws):  # fmt: skip
         sections.append(ReportSection(title, parts["tables"], parts["figures"], parts["notes"]))
     sections.extend(extra_sections)
     labels = rater_label_map(ratings, config.rater_labels)

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.typing import RcKeyType
 
 if TYPE_CHECKING:
-    from analysis.report import FigureSpec, ReportContent, ReportSection
+    from analysis.report import FigureSpec, ImageGrid, ReportContent, ReportSection
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ COLUMN_LABELS = {
     "by": "By", "group": "Group", "statistic": "Statistic", "estimate": "Estimate", "question": "Question",
     "model": "Model", "rater": "Rater", "specialty": "Specialty", "metric": "Metric", "value": "Value",
     "kendalls_w": "Kendall's W", "effect_size": "Effect size", "effect_size_kind": "Effect size kind",
+    "peak_memory_mib": "Peak memory (MiB)", "flops_per_image": "FLOPs per image", "train_flops": "Training FLOPs",
+    "n_generated": "N (generated)", "n_real": "N (real)",
 }  # fmt: skip
 VALUE_LABELS = {
     "krippendorff_alpha_ordinal": "Krippendorff's α (ordinal)",
@@ -435,7 +437,25 @@ border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}th{border-top:2px 
 border-bottom:1px solid #333;font-weight:600}td:first-child,th:first-child,td.t,th.t{text-align:left}
 .note{font-size:12px;color:#555}.files{font-size:11px;color:#777}figure{margin:.6em 0 1.2em}
 figure img{max-width:100%}figcaption{font-size:13px;color:#333}table.stamp{font-size:11px}
+img.thumb{image-rendering:pixelated;width:96px;display:block}
 """
+
+
+def html_image_grid(grid: ImageGrid) -> str:
+    """An image grid as a table of inline PNG thumbnails (``data:`` URIs, allowed by the page's policy)."""
+    head = f"<th class='t'>{_text(grid.label)}</th>" + "".join(f"<th>{_text(c)}</th>" for c in grid.columns)
+
+    def cell_html(cell: bytes | None) -> str:
+        if cell is None:
+            return "<td>–</td>"
+        encoded = base64.b64encode(cell).decode("ascii")
+        return f"<td><img class='thumb' alt='' src='data:image/png;base64,{encoded}'></td>"
+
+    body = "".join(
+        f"<tr><td class='t'>{_text(label)}</td>{''.join(cell_html(cell) for cell in cells)}</tr>"
+        for label, cells in grid.rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def render_html(content: ReportContent, files: Mapping[str, Mapping[str, Path]], figures: Mapping[str, bytes]) -> str:
@@ -474,6 +494,9 @@ def render_html(content: ReportContent, files: Mapping[str, Mapping[str, Path]],
                 f"<figure><img alt='{_text(caption)}' src='data:image/png;base64,{encoded}'>"
                 f"<figcaption>Figure {figure_number}. {_text(caption)}</figcaption></figure>"
             )
+        for name, grid in section.images.items():
+            parts.append(f"<h3>{_text(section.captions.get(name) or human_heading(name))}</h3>")
+            parts.append(html_image_grid(grid))
         parts.append("</section>")
     shown = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in content.stamp.items()}
     rows = "".join(f"<tr><th>{_text(k)}</th><td>{_text(v)}</td></tr>" for k, v in shown.items())
@@ -510,6 +533,8 @@ def render_markdown(content: ReportContent, figure_files: Mapping[str, Path], le
                 f"![Figure {figure_number}. {caption}]({path})" if path else f"Figure {figure_number}. {caption}",
                 "",
             ]
+        for name in section.images:
+            lines += [f"_{section.captions.get(name) or human_heading(name)}: see report.html._", ""]
     return "\n".join(lines)
 
 

@@ -28,7 +28,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from analysis.agreement import ItemResampler
+from analysis.bootstrap import ItemResampler
+from db.questions import IMAGE_KINDS, IMAGE_SCORES
 
 __all__ = [
     "SCORE_QUESTIONS",
@@ -42,7 +43,8 @@ __all__ = [
     "rank_biserial_paired",
 ]
 
-SCORE_QUESTIONS: tuple[str, ...] = ("realism", "accuracy")
+#: The scores asked of each image (``realism``, ``accuracy``), from the study's question schema.
+SCORE_QUESTIONS: tuple[str, ...] = IMAGE_SCORES
 REAL = "real (ceiling)"
 Design = Literal["auto", "paired", "unpaired"]
 
@@ -103,7 +105,7 @@ def rank_biserial_paired(a: ArrayLike, b: ArrayLike) -> float:
 
 def _score_rows(frame: pd.DataFrame, item_kinds: Sequence[str]) -> pd.DataFrame:
     """The rows of ``item_kinds`` and only the columns scores need (filtering all columns is slow)."""
-    columns = ["item", "model", "case", *(f"{q}_{kind}" for q in SCORE_QUESTIONS for kind in ("generated", "real"))]
+    columns = ["item", "model", "case", *(f"{q}_{kind}" for q in SCORE_QUESTIONS for kind in IMAGE_KINDS)]
     keep = frame["item_kind"].isin(item_kinds).to_numpy(dtype=bool)
     return frame.loc[keep, columns]
 

@@ -319,6 +319,9 @@ def compute_study_report(
         ratings: pd.DataFrame = ratings_frame(session, study_name)
         study = get_study(session, study_name)
         stamp = {"study": study.name, "study_config_sha256": study.config_sha256, "study_seed": study.seed}
+        from db.adaptive import draws_frame, is_adaptive  # adaptive head-to-head: its draw log (issue 18)
+
+        draws = draws_frame(session, study) if is_adaptive(study) else None
     if ratings.empty:
         raise InputError(f"study {study_name!r} has no ratings yet; nothing to analyse")
     sections: list[ReportSection] = []
@@ -332,7 +335,7 @@ def compute_study_report(
 
     sections.extend(study_memorization_section(workspace, study_name))
     return compute_report(ratings, title=f"MedSynth study report: {study.name}", stamp=stamp,
-                          extra_sections=sections, config=config, step=step)  # fmt: skip
+                          extra_sections=sections, config=config, step=step, adaptive_draws=draws)  # fmt: skip
 
 
 def write_study_report(

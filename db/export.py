@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.errors import InputError
-from db.models import Assignment, Case, Dataset, Model, Rater, Rating, Study, StudyItem
+from db.models import Assignment, Case, Dataset, ItemKind, Model, Rater, Rating, Study, StudyItem
 from db.questions import DEFAULT_QUESTIONS
 from db.ratings import conflict_count
 from db.studies import get_study
@@ -28,7 +28,7 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 SCALE_KEYS = ("realism_left", "realism_right", "accuracy_left", "accuracy_right", "confidence")
 
 RATING_COLUMNS = [
-    "study", "study_config_sha256", "item", "item_kind", "repeat_of", "case", "domain", "prompt", "rater",
+    "study", "study_config_sha256", "item", "item_kind", "practice", "repeat_of", "case", "domain", "prompt", "rater",
     "rater_name", "specialty", "years", "model", "generated_side", "real_image", "generated_image", "position",
     "realism_left", "realism_right", "accuracy_left", "accuracy_right", "realism_generated", "realism_real",
     "accuracy_generated", "accuracy_real", "which_generated", "confidence", "correct", "cannot_assess",
@@ -43,10 +43,14 @@ def _iso(value: object) -> str | None:
     return value.isoformat() + "Z" if value is not None and hasattr(value, "isoformat") else None
 
 
-def ratings_frame(session: Session, study_name: str) -> pd.DataFrame:
-    """One row per rating of the study, in the column order of ``docs/ratings-table.md``."""
+def ratings_frame(session: Session, study_name: str, *, practice: bool = False) -> pd.DataFrame:
+    """One row per rating of the study, in the column order of ``docs/ratings-table.md``.
+
+    This is what every analysis reads: practice ratings (db.practice) are left out unless ``practice`` is
+    true (exports), and then flagged in the ``practice`` column.
+    """
     study = get_study(session, study_name)
-    rows = session.execute(
+    query = (
         select(Rating, Assignment, StudyItem, Rater, Case, Model)
         .join(Assignment, Rating.assignment_id == Assignment.id)
         .join(StudyItem, Rating.item_id == StudyItem.id)
@@ -55,7 +59,10 @@ def ratings_frame(session: Session, study_name: str) -> pd.DataFrame:
         .join(Model, StudyItem.model_id == Model.id)
         .where(StudyItem.study_id == study.id)
         .order_by(Rating.id)
-    ).all()
+    )
+    if not practice:
+        query = query.where(StudyItem.kind != ItemKind.PRACTICE)
+    rows = session.execute(query).all()
     repeat_ids = {
         i.id: i.public_id
         for i in session.scalars(select(StudyItem).where(StudyItem.study_id == study.id, StudyItem.kind == "normal"))
@@ -73,6 +80,7 @@ def ratings_frame(session: Session, study_name: str) -> pd.DataFrame:
                 "study_config_sha256": study.config_sha256,
                 "item": item.public_id,
                 "item_kind": item.kind.value,
+                "practice": item.kind == ItemKind.PRACTICE,
                 "repeat_of": repeat_ids.get(item.repeat_of_id) if item.repeat_of_id else None,
                 "case": case.key,
                 "domain": item.domain.value,
@@ -113,6 +121,7 @@ def ratings_frame(session: Session, study_name: str) -> pd.DataFrame:
     frame["position"] = frame["position"].astype("int64")
     frame["correct"] = frame["correct"].astype("boolean")
     frame["cannot_assess"] = frame["cannot_assess"].astype(bool)
+    frame["practice"] = frame["practice"].astype(bool)
     for col in ("years", "response_ms_server", "response_ms_client"):
         frame[col] = frame[col].astype("float64")
     return frame
@@ -176,11 +185,12 @@ def items_frame(session: Session, study: Study) -> pd.DataFrame:
 
 
 def raters_frame(session: Session, study: Study) -> pd.DataFrame:
-    """One row per rater with progress (never the token)."""
+    """One row per rater with progress (never the token; practice pairs are not progress)."""
     records = []
     for rater in session.scalars(select(Rater).where(Rater.study_id == study.id).order_by(Rater.id)):
-        total = len(rater.assignments)
-        done = sum(1 for a in rater.assignments if a.rating is not None)
+        real = [a for a in rater.assignments if a.item.kind != ItemKind.PRACTICE]
+        total = len(real)
+        done = sum(1 for a in real if a.rating is not None)
         records.append({
             "study": study.name, "rater": rater.public_id, "rater_name": rater.name,
             "specialty": rater.specialty.value, "years": rater.years, "assigned": total, "rated": done,
@@ -293,13 +303,17 @@ def export_study(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the export folder: {exc.strerror}", path=out_dir) from None
-    ratings = ratings_frame(session, study_name)
+    ratings = ratings_frame(session, study_name, practice=True)  # practice rows flagged (``practice``)
     tables = {
         "ratings": ratings,
         "items": items_frame(session, study),
         "raters": raters_frame(session, study),
         "models": models_frame(session, study),
     }
+    from db.adaptive import draws_frame, is_adaptive  # adaptive head-to-head: the draw log (issue 18)
+
+    if is_adaptive(study):
+        tables["adaptive_draws"] = draws_frame(session, study)
     files = [write_table(frame, out_dir / name, fmt, bom=bom) for name, frame in tables.items()]  # type: ignore[arg-type]
     config_path = out_dir / "study_config.toml"
     config_path.write_text(study.config_text, encoding="utf-8")
@@ -311,15 +325,18 @@ def export_study(
                 "config_sha256": study.config_sha256,
                 "seed": study.seed,
                 "questions": DEFAULT_QUESTIONS.keys(),
-                "ratings": len(ratings),
+                "ratings": int((~ratings["practice"]).sum()),
+                "practice_ratings": int(ratings["practice"].sum()),
                 "medsynth": medsynth_version(),
                 "exported_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
                 # submissions turned away because the pair was already rated in another tab or window
                 "rating_conflicts": conflict_count(session, study.id),
+                # how pairs reached raters: "balanced" (a fixed plan) or "adaptive" (drawn; see adaptive_draws)
+                "assignment": (study.config or {}).get("assignment", "balanced"),
             },
             indent=1,
             ensure_ascii=False,
         ),
         encoding="utf-8",
     )
-    return ExportResult(files=[*files, config_path, meta], ratings=len(ratings))
+    return ExportResult(files=[*files, config_path, meta], ratings=int((~ratings["practice"]).sum()))

@@ -188,8 +188,9 @@ def side_balance(plan: HeadToHeadPlan) -> dict[tuple[int, str], tuple[int, int]]
     return {key: (v[0], v[1]) for key, v in out.items()}
 
 
-def describe_lists(lists: Sequence[Sequence[PairItem]], *, k: int, label: str) -> str:
-    """A plain-text audit of head-to-head item lists (planned slots or stored raters), one fact a line."""
+def describe_lists(lists: Sequence[Sequence[PairItem]], *, k: int, label: str, spread: int = 1) -> str:
+    """A plain-text audit of head-to-head item lists (planned slots or stored raters), one fact a line; a list
+    whose pair counts differ by more than ``spread`` reads the pairs unevenly."""
     pairs = sorted({it.pair for items in lists for it in items})
     lines = [f"head-to-head design ({label}): {len(lists)} list(s), K = {k}, model pairs: {', '.join(pairs)}"]
     problems: list[str] = []
@@ -201,7 +202,7 @@ def describe_lists(lists: Sequence[Sequence[PairItem]], *, k: int, label: str) -
         repeats = sum(c - 1 for c in Counter(it.case for it in items).values() if c > 1)
         if repeats:
             problems.append(f"list {n + 1} sees {repeats} case(s) twice")
-        if counts and max(counts.get(p, 0) for p in pairs) - min(counts.get(p, 0) for p in pairs) > 1:
+        if counts and max(counts.get(p, 0) for p in pairs) - min(counts.get(p, 0) for p in pairs) > spread:
             problems.append(f"list {n + 1} reads the pairs unevenly")
     lines.append("  balanced: yes" if not problems else "  NOT BALANCED: " + "; ".join(problems))
     return "\n".join(lines)

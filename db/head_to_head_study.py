@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.adaptive import ADAPTIVE, PAIR_SPREAD, describe_adaptive
 from db.designs import DESIGN_VERSION, seeded_rng
 from db.errors import InputError
 from db.head_to_head import HeadToHeadPlan, PairItem, allot_cases, model_pairs, plan_head_to_head
@@ -65,6 +66,10 @@ def create_head_to_head(
                          path=source)  # fmt: skip
     if cfg.design != "balanced":
         raise InputError("head-to-head studies have their own design; leave 'design' at \"balanced\"", path=source)
+    n_items = len(model_pairs(cfg.models)) * cfg.cases_per_model
+    if cfg.items_per_rater > n_items:
+        raise InputError(f"'items_per_rater' = {cfg.items_per_rater} is more than the study's {n_items} items (a "
+                         "rater reads each case once)", path=source)  # fmt: skip
     datasets, found = study_inputs(session, cfg)
     domains = {d.id: d.domain for d in datasets}
     models: dict[str, Model] = {m.name: m for m in found}
@@ -159,7 +164,12 @@ def check_head_to_head(session: Session, study: Study, cfg: StudyConfig) -> str:
     plan = stored_plan(study, items, cfg, names)
     by_key = {it.key: it for it in plan.items}
     parts = [f"study {study.name!r}: kind head-to-head, reference image {'shown' if cfg.reference else 'hidden'}"]
-    parts.append(describe_lists([[by_key[key] for key in keys] for keys in plan.order], k=plan.k, label="planned"))
+    adaptive = cfg.assignment == ADAPTIVE
+    if adaptive:
+        parts.append(describe_adaptive(session, study))
+    else:
+        parts.append(describe_lists([[by_key[key] for key in keys] for keys in plan.order], k=plan.k,
+                                    label="planned"))  # fmt: skip
     stored = []
     for rater_id in session.scalars(select(Rater.id).where(Rater.study_id == study.id).order_by(Rater.id)):
         rows = session.scalars(
@@ -170,5 +180,6 @@ def check_head_to_head(session: Session, study: Study, cfg: StudyConfig) -> str:
         )
         stored.append([_pair_item(it, names) for it in rows if it.second_model_id is not None])
     if stored:
-        parts.append(describe_lists(stored, k=plan.k, label=f"as stored, {len(stored)} rater(s)"))
+        label = f"{'drawn' if adaptive else 'as stored'}, {len(stored)} rater(s)"
+        parts.append(describe_lists(stored, k=plan.k, label=label, spread=PAIR_SPREAD if adaptive else 1))
     return "\n".join(parts)

@@ -56,6 +56,9 @@ class ItemKind(enum.StrEnum):
     NORMAL = "normal"
     ATTENTION = "attention"
     REPEAT = "repeat"
+    #: a practice pair (``practice_pairs`` in the study config): from outside the study's items, shown before
+    #: the first real pair with feedback; its ratings are flagged and never analysed (db.practice)
+    PRACTICE = "practice"
 
 
 class Side(enum.StrEnum):
@@ -330,7 +333,7 @@ class Job(Base):
 
 
 class CompareStage(Base):
-    """A finished stage of a comparison run (``generation.compare``): its fingerprint and outputs, so a rerun
+    """A finished stage of a comparison run (``compare``): its fingerprint and outputs, so a rerun
     skips it. Kept apart from ``jobs`` so the console's job list shows only real jobs."""
 
     __tablename__ = "compare_stages"
@@ -392,3 +395,30 @@ class MemorizationMatch(Base):
     pixel_score: Mapped[float]
     is_copy: Mapped[bool]
     alignment: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class AdaptiveDraw(Base):
+    """One adaptive draw of a head-to-head study (db.adaptive): which item went to which rater, when, at which
+    step, and the Bradley-Terry estimates and uncertainty it was chosen on.
+
+    ``seat`` (0 .. K-1, unique per item) is the database-level guard of the K-raters-per-item cap: two
+    requests racing for an item's last seat cannot both commit. ``step`` is unique per study.
+    """
+
+    __tablename__ = "adaptive_draws"
+    __table_args__ = (UniqueConstraint("study_id", "step"), UniqueConstraint("item_id", "seat"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("study_items.id", ondelete="CASCADE"), index=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"), unique=True)
+    step: Mapped[int]
+    seat: Mapped[int]
+    position: Mapped[int]
+    pair: Mapped[str] = mapped_column(String(420))
+    score: Mapped[float]
+    n_comparisons: Mapped[int]
+    #: the estimates the draw was chosen on: theta per model, per-pair sd and order uncertainty, allowed pairs
+    estimates: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    drawn_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,5 +1,8 @@
 """Progress of a study, per rater and per model (and, through :func:`db.jobs.list_jobs`, background jobs).
 
+Practice pairs (``practice_pairs``, db.practice) are not study progress: every count here leaves them out;
+the assignment list shows them, as kind ``practice`` at negative positions.
+
 These functions know nothing of Gradio; the coordinator console turns their rows into tables. Counts are
 aggregated in SQL so a refresh stays cheap while raters are submitting.
 """
@@ -14,8 +17,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.jobs import list_jobs  # noqa: F401 - the console reads jobs and progress from one module
-from db.models import Assignment, Model, Rater, Rating, Study, StudyItem
+from db.models import Assignment, ItemKind, Model, Rater, Rating, Study, StudyItem
 from db.studies import get_study
+
+#: the study's own items: practice pairs (db.practice) are not study progress
+REAL = StudyItem.kind != ItemKind.PRACTICE
 
 
 @dataclass(frozen=True)
@@ -72,14 +78,14 @@ def list_studies(session: Session) -> list[StudyRow]:
     """Every study, newest first, with its item, rater and rating counts."""
     rows = []
     for study in session.scalars(select(Study).order_by(Study.created_at.desc(), Study.id.desc())):
-        items = _count(session, select(func.count()).select_from(StudyItem).where(StudyItem.study_id == study.id))
+        items = _count(session, select(func.count()).select_from(StudyItem).where(StudyItem.study_id == study.id, REAL))
         raters = _count(session, select(func.count()).select_from(Rater).where(Rater.study_id == study.id))
         ratings = _count(
             session,
             select(func.count())
             .select_from(Rating)
             .join(StudyItem, Rating.item_id == StudyItem.id)
-            .where(StudyItem.study_id == study.id),
+            .where(StudyItem.study_id == study.id, REAL),
         )
         rows.append(
             StudyRow(study.name, study.status.value, items, raters, ratings, study.created_at, study.config_sha256)
@@ -90,9 +96,17 @@ def list_studies(session: Session) -> list[StudyRow]:
 def rater_progress(session: Session, study_name: str) -> list[RaterProgress]:
     """Per rater of ``study_name``: assigned, rated, revoked and the time of the last rating (in id order)."""
     study = get_study(session, study_name)
-    assigned = select(Assignment.rater_id, func.count().label("n")).group_by(Assignment.rater_id).subquery("assigned")
+    assigned = (
+        select(Assignment.rater_id, func.count().label("n"))
+        .join(StudyItem, Assignment.item_id == StudyItem.id)
+        .where(REAL)
+        .group_by(Assignment.rater_id)
+        .subquery("assigned")
+    )
     rated = (
         select(Rating.rater_id, func.count().label("n"), func.max(Rating.server_received_at).label("last"))
+        .join(StudyItem, Rating.item_id == StudyItem.id)
+        .where(REAL)
         .group_by(Rating.rater_id)
         .subquery("rated")
     )
@@ -124,7 +138,7 @@ def model_progress(session: Session, study_name: str) -> list[ModelProgress]:
     item_counts = session.execute(
         select(Model.name, func.count(StudyItem.id))
         .join(StudyItem, StudyItem.model_id == Model.id)
-        .where(StudyItem.study_id == study.id)
+        .where(StudyItem.study_id == study.id, REAL)
         .group_by(Model.name)
     ).all()
     assigned_counts = session.execute(
@@ -132,7 +146,7 @@ def model_progress(session: Session, study_name: str) -> list[ModelProgress]:
         .join(StudyItem, StudyItem.model_id == Model.id)
         .join(Assignment, Assignment.item_id == StudyItem.id)
         .outerjoin(Rating, Rating.assignment_id == Assignment.id)
-        .where(StudyItem.study_id == study.id)
+        .where(StudyItem.study_id == study.id, REAL)
         .group_by(Model.name)
     ).all()
     for name, n in item_counts:

@@ -3,10 +3,15 @@
 The default set (shown with the prompt): for each of the two images realism 1-5 and accuracy to the prompt
 1-5; then "Which image is generated?" (left/right) with confidence 1-5; an optional comment; "cannot
 assess" with a reason. When "cannot assess" is ticked only the reason is required.
+
+This module is the one schema of the study's questions: the rater form reads :data:`DEFAULT_QUESTIONS`, and
+the analysis reads :data:`ANALYSED_QUESTIONS` (the same questions after unblinding: per image kind instead
+of per side) with each question's level of measurement (:class:`Level`), which chooses its statistics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +30,24 @@ class QuestionKind(enum.StrEnum):
     FLAG = "flag"
 
 
+class Level(enum.StrEnum):
+    """Level of measurement of an answer (Stevens 1946); it chooses the agreement statistics."""
+
+    NOMINAL = "nominal"
+    ORDINAL = "ordinal"
+    INTERVAL = "interval"
+    RATIO = "ratio"
+
+
+#: The level a question has when its definition does not name one (free text has none).
+DEFAULT_LEVELS: dict[QuestionKind, Level | None] = {
+    QuestionKind.SCALE: Level.ORDINAL,
+    QuestionKind.CHOICE: Level.NOMINAL,
+    QuestionKind.FLAG: Level.NOMINAL,
+    QuestionKind.TEXT: None,
+}
+
+
 REALISM_ANCHORS = (
     "Clearly artificial",
     "Probably artificial",
@@ -38,7 +61,10 @@ CONFIDENCE_ANCHORS = ("Guessing", "Slightly sure", "Fairly sure", "Very sure", "
 
 @dataclass(frozen=True)
 class Question:
-    """One question; ``key`` is the answer's column in exports."""
+    """One question; ``key`` is the answer's column in exports (and in the analysis' tidy table).
+
+    ``level`` is its level of measurement (``None``: the kind's default in :data:`DEFAULT_LEVELS`).
+    """
 
     key: str
     label: str
@@ -47,10 +73,31 @@ class Question:
     anchors: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
     side: str | None = None
+    level: Level | None = None
+
+    def __post_init__(self) -> None:
+        if self.level is None:
+            object.__setattr__(self, "level", DEFAULT_LEVELS[self.kind])
 
     @property
     def scale_max(self) -> int:
         return len(self.anchors)
+
+    @property
+    def codes(self) -> dict[str, float] | None:
+        """Numeric codes of a choice's answers in the order offered (``left`` 0, ``right`` 1); else ``None``."""
+        return {choice: float(k) for k, choice in enumerate(self.choices)} if self.kind == QuestionKind.CHOICE else None
+
+    @property
+    def categories(self) -> tuple[float, ...]:
+        """The numeric values an answer can take: 1..scale_max, the choices' codes, 0/1 for a flag."""
+        if self.kind == QuestionKind.SCALE:
+            return tuple(float(v) for v in range(1, self.scale_max + 1))
+        if self.kind == QuestionKind.CHOICE:
+            return tuple(float(k) for k in range(len(self.choices)))
+        if self.kind == QuestionKind.FLAG:
+            return (0.0, 1.0)
+        return ()
 
 
 @dataclass(frozen=True)
@@ -117,7 +164,7 @@ class QuestionSet:
 
 
 def _scale(key: str, label: str, anchors: tuple[str, ...], side: str | None = None) -> Question:
-    return Question(key=key, label=label, kind=QuestionKind.SCALE, anchors=anchors, side=side)
+    return Question(key=key, label=label, kind=QuestionKind.SCALE, anchors=anchors, side=side, level=Level.ORDINAL)
 
 
 DEFAULT_QUESTIONS = QuestionSet(
@@ -126,10 +173,52 @@ DEFAULT_QUESTIONS = QuestionSet(
         _scale("accuracy_left", "Accuracy of the left image to the prompt", ACCURACY_ANCHORS, "left"),
         _scale("realism_right", "Realism of the right image", REALISM_ANCHORS, "right"),
         _scale("accuracy_right", "Accuracy of the right image to the prompt", ACCURACY_ANCHORS, "right"),
-        Question("which_generated", "Which image is generated?", QuestionKind.CHOICE, choices=("left", "right")),
+        Question(
+            "which_generated",
+            "Which image is generated?",
+            QuestionKind.CHOICE,
+            choices=("left", "right"),
+            level=Level.NOMINAL,
+        ),
         _scale("confidence", "How sure are you?", CONFIDENCE_ANCHORS),
         Question("comment", "Comment (optional)", QuestionKind.TEXT, required=False),
         Question("cannot_assess", "Cannot assess this pair", QuestionKind.FLAG, required=False),
         Question("cannot_assess_reason", "Why can this pair not be assessed?", QuestionKind.TEXT, required=False),
     )
 )
+
+#: The kinds of image a pair shows, named in the analysis' columns (``realism_generated``, ``realism_real``).
+IMAGE_KINDS = ("generated", "real")
+
+
+def _per_image(question: Question, image: str) -> Question:
+    """A per-side question as the analysis sees it after unblinding: about the ``image`` kind, not a side."""
+    side = f"_{question.side}"
+    return dataclasses.replace(
+        question,
+        key=question.key.removesuffix(side) + f"_{image}",
+        label=question.label.replace(f"the {question.side} image", f"the {image} image"),
+        side=None,
+    )
+
+
+#: Scores asked of each image of a pair ("realism", "accuracy"), in form order.
+IMAGE_SCORES: tuple[str, ...] = tuple(
+    q.key.removesuffix("_left") for q in DEFAULT_QUESTIONS.questions if q.side == "left" and q.required
+)
+
+#: The rated questions of the tidy ratings table, keyed by column: each per-side score once per image kind,
+#: and the Turing answer (left / right coded 0 / 1).
+ANALYSED_QUESTIONS: dict[str, Question] = {
+    **{
+        f"{score}_{image}": _per_image(q, image)
+        for q in DEFAULT_QUESTIONS.questions
+        if q.side == "left" and q.required
+        for score in [q.key.removesuffix("_left")]
+        for image in IMAGE_KINDS
+    },
+    "which_generated": next(q for q in DEFAULT_QUESTIONS.questions if q.key == "which_generated"),
+}
+
+#: Whether the generated image was identified (repeats may swap sides, so test-retest compares this).
+CORRECT = Question("correct", "Was the generated image identified?", QuestionKind.FLAG, level=Level.NOMINAL)

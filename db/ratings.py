@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.errors import AccessDenied, InputError
-from db.models import Assignment, Rater, Rating, RatingConflict, Side, Study, StudyItem, utcnow
+from db.models import Assignment, ItemKind, Rater, Rating, RatingConflict, Side, Study, StudyItem, utcnow
 from db.questions import DEFAULT_QUESTIONS, QuestionSet
 from db.session import Database
 
@@ -48,6 +48,15 @@ class PairView:
     domain: str = ""
     kind: str = "real-vs-generated"  #: the study's kind ("head-to-head": both images generated, by two models)
     reference: bool = False  #: head-to-head with ``reference = true``: the real image is shown above the pair
+    #: a practice pair (db.practice): its number and the rater's practice total; ``done``/``total`` never
+    #: count practice pairs
+    practice_number: int = 0
+    practice_total: int = 0
+    rated_any: bool = False  #: the rater has submitted anything (practice included): no start screen then
+
+    @property
+    def practice(self) -> bool:
+        return self.practice_number > 0
 
 
 @dataclass(frozen=True)
@@ -59,14 +68,31 @@ class SubmitResult:
 
 
 def progress(session: Session, rater_id: int) -> tuple[int, int]:
-    """(rated, total) for a rater."""
-    total = session.scalar(select(func.count()).select_from(Assignment).where(Assignment.rater_id == rater_id))
-    done = session.scalar(select(func.count()).select_from(Rating).where(Rating.rater_id == rater_id))
-    return int(done or 0), int(total or 0)
+    """(rated, total) real pairs for a rater (practice pairs, db.practice, are not study progress)."""
+    total = session.scalar(
+        select(func.count())
+        .select_from(Assignment)
+        .join(StudyItem, Assignment.item_id == StudyItem.id)
+        .where(Assignment.rater_id == rater_id, StudyItem.kind != ItemKind.PRACTICE)
+    )
+    done = session.scalar(
+        select(func.count())
+        .select_from(Rating)
+        .join(StudyItem, Rating.item_id == StudyItem.id)
+        .where(Rating.rater_id == rater_id, StudyItem.kind != ItemKind.PRACTICE)
+    )
+    from db.adaptive import adaptive_total  # adaptive head-to-head: the planned number, not the drawn one
+
+    rater = session.get(Rater, rater_id)
+    planned = adaptive_total(session, rater) if rater is not None else None
+    return int(done or 0), int(total or 0) if planned is None else max(planned, int(total or 0))
 
 
 def next_pair(session: Session, rater: Rater) -> PairView | None:
     """The rater's next unrated pair (marking when it was first shown), or None when all are rated."""
+    from db.adaptive import draw_if_adaptive  # adaptive head-to-head studies draw the next pair now
+
+    draw_if_adaptive(session, rater)
     row = session.execute(
         select(Assignment, StudyItem)
         .join(StudyItem, Assignment.item_id == StudyItem.id)
@@ -83,6 +109,15 @@ def next_pair(session: Session, rater: Rater) -> PairView | None:
     done, total = progress(session, rater.id)
     config = rater.study.config or {}
     head_to_head = item.second_model_id is not None
+    practice_number = practice_total = 0
+    rated_any = done > 0
+    if item.kind == ItemKind.PRACTICE or done == 0:
+        from db.practice import practice_progress
+
+        practice_done, practice_total = practice_progress(session, rater.id)
+        rated_any = rated_any or practice_done > 0
+        if item.kind == ItemKind.PRACTICE:  # practice positions are -practice_total .. -1
+            practice_number = assignment.position + practice_total + 1
     return PairView(
         item_public_id=item.public_id,
         prompt=item.case.prompt,
@@ -94,6 +129,9 @@ def next_pair(session: Session, rater: Rater) -> PairView | None:
         domain=item.domain.value,
         kind=str(config.get("kind") or "real-vs-generated"),
         reference=head_to_head and bool(config.get("reference")),
+        practice_number=practice_number,
+        practice_total=practice_total,
+        rated_any=rated_any,
     )
 
 

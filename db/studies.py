@@ -25,6 +25,7 @@ Example config::
     split = "test"             # optional: only cases of this split
     cases = ["a.jpg", "b.jpg"] # optional: only these case keys (e.g. a comparison's held-out prompts)
     copies = "exclude"         # generated images a memorization audit flagged: "exclude" or "keep" (marked)
+    practice_pairs = 0         # practice pairs from outside the study, first, with feedback (db.practice)
 
     [display]
     size = 512
@@ -87,10 +88,12 @@ from db.models import (
     StudyItem,
     StudyStatus,
 )
+from db.practice import draw_practice, practice_assignments, practice_items_for
 
 logger = logging.getLogger(__name__)
 
 MAX_CASES_PER_MODEL = 100_000
+MAX_PRACTICE_PAIRS = 50
 ROUTING = {Specialty.GASTROENTEROLOGY: "gi", Specialty.RADIOLOGY: "radiology"}
 
 
@@ -126,6 +129,10 @@ class StudyConfig:
     copies: str = "exclude"
     kind: str = "real-vs-generated"  #: or "head-to-head" (db.head_to_head: two models' images of one case)
     reference: bool = False  #: head-to-head: show the real image above the pair
+    practice_pairs: int = 0  #: practice pairs (from outside the study, with feedback) before the first real pair
+    #: head-to-head: "balanced" (the fixed plan, default) or "adaptive" (db.adaptive: drawn at request time)
+    assignment: str = "balanced"
+    items_per_rater: int = 0  #: adaptive: each rater's number of pairs (0: as many as a balanced slot reads)
 
     @property
     def slots(self) -> int:
@@ -220,6 +227,21 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
     reference = raw.get("reference", False)
     if not isinstance(reference, bool):
         raise InputError("'reference' must be true or false", path=source)
+    practice = raw.get("practice_pairs", 0)
+    if not isinstance(practice, int) or isinstance(practice, bool) or not 0 <= practice <= MAX_PRACTICE_PAIRS:
+        raise InputError(
+            f"'practice_pairs' must be a whole number 0-{MAX_PRACTICE_PAIRS} (0: no practice), got {practice!r}",
+            path=source,
+        )
+    if practice and kind == "head-to-head":
+        raise InputError(
+            f"'practice_pairs' = {practice}: practice pairs are not available for head-to-head studies yet; "
+            "set practice_pairs = 0",
+            path=source,
+        )
+    from db.adaptive import check_assignment_keys  # the adaptive head-to-head keys (issue 18)
+
+    assignment, items_per_rater = check_assignment_keys(raw, kind, source)
     return StudyConfig(
         name=name,
         seed=seed,
@@ -240,6 +262,9 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
         copies=copies,
         kind=kind,
         reference=reference,
+        practice_pairs=practice,
+        assignment=assignment,
+        items_per_rater=items_per_rater,
     )
 
 
@@ -271,6 +296,7 @@ class StudySummary:
     own_cases: bool = False
     rendered: int = 0
     copies: str = ""
+    practice: int = 0  #: practice pairs (outside the study's items; not counted in ``items``)
 
     def describe(self) -> str:
         models = ", ".join(f"{m}: {n}" for m, n in self.per_model.items())
@@ -283,6 +309,11 @@ class StudySummary:
         ]  # fmt: skip
         if self.copies:
             lines.append(self.copies)
+        if self.practice:
+            lines.append(
+                f"practice: {self.practice} pairs from cases outside the study, shown to every rater first, "
+                "with feedback; their answers are flagged and never analysed"
+            )
         lines.extend(a.describe() for a in self.audits)
         return "\n".join(lines)
 
@@ -491,6 +522,10 @@ def create_study(
     ]
     session.add_all(repeats)
     session.flush()
+    practice = draw_practice(
+        session, study, n=cfg.practice_pairs, seed=cfg.seed, models=models, dataset_ids=dataset_ids,
+        domains=domains, flagged=copies.flagged, public_id=lambda: _public_id(id_rng), source=source,
+    )  # fmt: skip
     audits = plan_audits(session, study)
     problems = [f"{a.label}: {p}" for a in audits for p in a.problems]
     if problems:
@@ -513,6 +548,7 @@ def create_study(
         own_cases=own,
         rendered=rendered,
         copies=copies.describe(),
+        practice=len(practice),
     )
 
 
@@ -620,8 +656,19 @@ def _legacy_items_for_slot(
     return ordered
 
 
+def _study_items(session: Session, study: Study) -> list[StudyItem]:
+    """The study's own items in id order: every kind but practice (db.practice)."""
+    return list(
+        session.scalars(
+            select(StudyItem)
+            .where(StudyItem.study_id == study.id, StudyItem.kind != ItemKind.PRACTICE)
+            .order_by(StudyItem.id)
+        )
+    )
+
+
 def _routing_items(session: Session, study: Study, cfg: StudyConfig) -> dict[str, list[StudyItem]]:
-    items = list(session.scalars(select(StudyItem).where(StudyItem.study_id == study.id).order_by(StudyItem.id)))
+    items = _study_items(session, study)
     groups = {"all": items}
     if cfg.specialty_routing:
         for key in ROUTING.values():
@@ -700,7 +747,7 @@ def stored_audits(session: Session, study: Study) -> list[DesignAudit]:
                 session.scalars(
                     select(StudyItem)
                     .join(Assignment, Assignment.item_id == StudyItem.id)
-                    .where(Assignment.rater_id == r.id)
+                    .where(Assignment.rater_id == r.id, StudyItem.kind != ItemKind.PRACTICE)
                     .order_by(Assignment.position)
                 )
             )
@@ -864,7 +911,8 @@ class ServedPair:
 
 
 def served_pairs(session: Session, name: str) -> tuple[list[ServedPair], DisplayConfig]:
-    """Every pair of the study as its raters are served it, in rater and position order."""
+    """Every pair of the study as its raters are served it, in rater and position order (practice pairs,
+    from outside the study, are left out)."""
     study = get_study(session, name)
     rows = session.execute(
         select(
@@ -880,7 +928,7 @@ def served_pairs(session: Session, name: str) -> tuple[list[ServedPair], Display
         .join(StudyItem, Assignment.item_id == StudyItem.id)
         .join(ImageBlob, ImageBlob.sha256 == StudyItem.real_sha256)
         .join(Rater, Assignment.rater_id == Rater.id)
-        .where(Rater.study_id == study.id)
+        .where(Rater.study_id == study.id, StudyItem.kind != ItemKind.PRACTICE)  # practice: outside the study
         .order_by(Assignment.rater_id, Assignment.position)
     ).all()
     pairs = []
@@ -895,7 +943,7 @@ def served_pairs(session: Session, name: str) -> tuple[list[ServedPair], Display
 def assign_rater(session: Session, study: Study, rater: Rater) -> int:
     """Create the rater's assignments; returns how many."""
     cfg = study_config(study)
-    items = list(session.scalars(select(StudyItem).where(StudyItem.study_id == study.id).order_by(StudyItem.id)))
+    items = _study_items(session, study)
     routing_key = "all"
     if cfg.specialty_routing and rater.specialty in ROUTING:
         routing_key = ROUTING[rater.specialty]
@@ -914,12 +962,17 @@ def assign_rater(session: Session, study: Study, rater: Rater) -> int:
     )
     slot = peers % cfg.slots
     if cfg.kind == "head-to-head":
+        from db.adaptive import ADAPTIVE, planned_quota
         from db.head_to_head_study import h2h_items_for_slot
 
+        if cfg.assignment == ADAPTIVE:  # pairs are drawn when the rater asks (db.adaptive.draw_if_adaptive)
+            return planned_quota(study.config, len(items))
         ordered = h2h_items_for_slot(session, study, items, slot, cfg)
     else:
         ordered = items_for_slot(study, items, slot, cfg, routing_key)
     session.add_all(Assignment(rater_id=rater.id, item_id=it.id, position=n) for n, it in enumerate(ordered))
+    if cfg.practice_pairs:  # before the first real pair, at negative positions (not counted here)
+        session.add_all(practice_assignments(rater.id, practice_items_for(session, study, routing_key)))
     return len(ordered)
 
 

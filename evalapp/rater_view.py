@@ -1,5 +1,8 @@
 """The blinded rater view: one pair at a time, keyboard-first, no feedback, resumable on any device.
 
+The one exception to "no feedback": a study's optional practice pairs (``practice_pairs``, db.practice),
+from outside the study, come first; after each, :func:`practice_screen` names the generated side.
+
 The functional core works on plain values and is tested directly:
 
 * :func:`show_next` finds the rater's next unrated pair and makes a :class:`Screen` for it, with a signed
@@ -34,6 +37,7 @@ from db.errors import AccessDenied, InputError
 from db.head_to_head import DEFAULT_KIND, HEAD_TO_HEAD_QUESTIONS, questions_for
 from db.head_to_head import KIND as HEAD_TO_HEAD
 from db.models import Domain, Side, Study
+from db.practice import practice_feedback
 from db.questions import DEFAULT_QUESTIONS, Question, QuestionKind, QuestionSet
 from db.raters import rater_by_id
 from db.ratings import (
@@ -90,6 +94,7 @@ class ScreenKind(enum.StrEnum):
     PAIR = "pair"
     DONE = "done"
     PAUSED = "paused"
+    FEEDBACK = "feedback"  #: after a practice pair only (db.practice): which side was generated
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,10 @@ class Screen:
     next_srcs: str = ""
     study_kind: str = DEFAULT_KIND  #: "head-to-head": both images generated; the preference questions
     reference_src: str = ""  #: head-to-head with a reference: the real image shown above the pair
+    practice_number: int = 0  #: a practice pair (1-based), 0 for a real one
+    practice_total: int = 0
+    rated_any: bool = False  #: the rater has answered a pair before (practice included): no start screen
+    feedback_generated: str = ""  #: FEEDBACK screens only: the side that was generated ("left" / "right")
 
     @property
     def display_id(self) -> str:
@@ -235,6 +244,9 @@ def pair_screen(
         next_srcs=upcoming,
         study_kind=pair.kind,
         reference_src=reference,
+        practice_number=pair.practice_number,
+        practice_total=pair.practice_total,
+        rated_any=pair.rated_any,
     )
 
 
@@ -279,6 +291,41 @@ def paused_screen(database: Database, rater_id: int) -> Screen:
             f"Paused after {done} of {total} pairs. Every submitted answer is saved. You can close this window: "
             "your personal link brings you back to your next pair, on this or any other device."
         ),
+    )
+
+
+def practice_screen(database: Database, rater_id: int, position: int) -> Screen | None:
+    """The feedback after the practice pair at ``position`` (which side was generated, with both images
+    named), or None when that pair is not a practice pair: real pairs never get feedback."""
+    with database.session() as session:
+        feedback = practice_feedback(session, rater_id, position)
+        rater = rater_by_id(session, rater_id)
+        title = _study_title(rater.study) if rater is not None else ""
+    if feedback is None:
+        return None
+    nonce = secrets.token_urlsafe(9)
+    generated = CHOICE_LABELS[feedback.generated_side].lower()
+    if feedback.correct is None:
+        verdict = "You did not say which image is generated."
+    else:
+        said = CHOICE_LABELS[feedback.answered or ""].lower()
+        verdict = f"You said the {said}: {'correct' if feedback.correct else 'not correct'}."
+    message = f"The generated image was the {generated}. {verdict}"
+    if feedback.last:
+        message += (
+            " That was the last practice pair. The study starts now: from here on there is no feedback, "
+            "and every answer counts."
+        )
+    return Screen(
+        ScreenKind.FEEDBACK,
+        title=title,
+        message=message,
+        practice_number=feedback.number,
+        practice_total=feedback.total,
+        rated_any=True,
+        feedback_generated=feedback.generated_side,
+        left_src=image_url(image_token(rater_id, position, Side.LEFT, nonce=nonce + "a")),
+        right_src=image_url(image_token(rater_id, position, Side.RIGHT, nonce=nonce + "b")),
     )
 
 
@@ -381,6 +428,10 @@ def submit(
         )
     except InputError as exc:
         return SubmitOutcome(None, message=f"Please check your answers: {exc}")
+    if result.status != SubmitStatus.ALREADY_RATED:
+        feedback = practice_screen(database, who.rater_id, display.position)
+        if feedback is not None:  # practice pairs only; a real pair never gets feedback
+            return SubmitOutcome(feedback, status=result.status)
     screen = show_next(database, who.rater_id, display.nonce)
     if result.status == SubmitStatus.ALREADY_RATED:
         record_conflict(database, result.rating_id, who.rater_id, display.submission_id, questions.validate(answers))
@@ -404,11 +455,15 @@ def header_html(screen: Screen) -> str:
         return ""
     pct = 100 * screen.done / screen.total if screen.total else 0
     grey = "1" if screen.domain == Domain.RADIOLOGY.value else "0"
+    where = f"Pair {screen.number} of {screen.total}"
+    if screen.practice_number:  # practice is not study progress: its own count, the bar stays at the study's
+        where = f"Practice pair {screen.practice_number} of {screen.practice_total}"
     return (
         f'<div class="ms-head" data-display="{_e(screen.display_id)}" data-grey="{grey}" '
-        f'data-kind="{_e(screen.study_kind)}" data-next="{_e(screen.next_srcs)}">'
+        f'data-kind="{_e(screen.study_kind)}" data-next="{_e(screen.next_srcs)}" '
+        f'data-practice="{1 if screen.practice_number else 0}">'
         f'<div class="ms-top"><span class="ms-title">{_e(screen.title)}</span>'
-        f'<span class="ms-progress" id="ms-progress">Pair {screen.number} of {screen.total}</span></div>'
+        f'<span class="ms-progress" id="ms-progress">{where}</span></div>'
         f'<div class="ms-bar"><div class="ms-bar-fill" style="width:{pct:.1f}%"></div></div>'
         f'<div class="ms-prompt"><span class="ms-prompt-label">Prompt</span>{_e(screen.prompt)}</div>'
         "</div>"
@@ -447,6 +502,8 @@ def status_html(screen: Screen) -> str:
     """The refusal, pause or thank-you message; on a pair, the instructions (shown by the page script)."""
     if screen.kind == ScreenKind.PAIR:
         return intro_html(screen, questions_for(screen.study_kind))
+    if screen.kind == ScreenKind.FEEDBACK:
+        return feedback_html(screen)
     heading = {
         ScreenKind.REFUSED: "Access restricted",
         ScreenKind.DONE: "Thank you!",
@@ -455,8 +512,26 @@ def status_html(screen: Screen) -> str:
     return f'<div class="ms-status ms-status-{screen.kind.value}"><h2>{heading}</h2><p>{_e(screen.message)}</p></div>'
 
 
-def _task_text(screen: Screen) -> str:
-    """What a screen shows and asks, in words, for the start screen."""
+def feedback_html(screen: Screen) -> str:
+    """The feedback after a practice pair: both images again, each named real or generated, and the verdict."""
+    figures = []
+    for side, src in (("left", screen.left_src), ("right", screen.right_src)):
+        truth = "generated" if side == screen.feedback_generated else "real"
+        figures.append(
+            f'<figure class="ms-feedback-figure ms-feedback-{truth}"><img src="{_e(src)}" alt="{CHOICE_LABELS[side]}" '
+            f'draggable="false"><figcaption>{CHOICE_LABELS[side]}: <b>{truth}</b></figcaption></figure>'
+        )
+    return (
+        f'<div class="ms-status ms-status-feedback" id="ms-feedback" data-generated="{_e(screen.feedback_generated)}">'
+        f"<h2>Practice pair {screen.practice_number} of {screen.practice_total}: feedback</h2>"
+        f'<p role="status">{_e(screen.message)}</p><div class="ms-feedback-pair">{"".join(figures)}</div>'
+        "<p>Practice answers are kept apart and do not count in the study.</p></div>"
+    )
+
+
+def _task_text(screen: Screen, feedback: str = "There is no feedback") -> str:
+    """What a screen shows and asks, in words, for the start screen (``feedback``: what the rater is told
+    about feedback, e.g. after practice pairs)."""
     if screen.study_kind == HEAD_TO_HEAD:
         above = (
             f" The real image for the prompt is shown above them as a reference (“{REFERENCE_LABEL}”)."
@@ -473,7 +548,7 @@ def _task_text(screen: Screen) -> str:
     return (
         "<p>Each screen shows two images for one prompt. <b>Exactly one of the two images is real</b>; the other "
         "was generated by a computer. Rate each image, then say which one you think is generated and how "
-        "sure you are. There is no feedback and no time limit; your answers are saved when you submit.</p>"
+        f"sure you are. {feedback} and no time limit; your answers are saved when you submit.</p>"
     )
 
 
@@ -493,11 +568,17 @@ def intro_html(screen: Screen, questions: QuestionSet = QUESTIONS) -> str:
         name = q.label.replace(" of the left image", "").replace(" of the right image", "")
         scales.append(f'<div class="ms-scale"><h4>{_e(name)}</h4><ol>{anchors}</ol></div>')
     own = f'<p class="ms-own">{_e(screen.instructions)}</p>' if screen.instructions else ""
-    first = "1" if screen.done == 0 else "0"
+    first = "1" if screen.done == 0 and not screen.rated_any else "0"
+    feedback = "There is no feedback"
+    if screen.practice_total:
+        feedback = (
+            f"The first {screen.practice_total} pairs are practice: after each one you are told which image was "
+            "generated, and practice answers do not count. After the practice there is no feedback"
+        )
     return (
         f'<div id="ms-intro" class="ms-intro" role="dialog" aria-label="Instructions" data-first="{first}" hidden>'
         '<div class="ms-intro-card">'
-        f"<h2>{_e(screen.title)}: how to rate</h2>{own}{_task_text(screen)}"
+        f"<h2>{_e(screen.title)}: how to rate</h2>{own}{_task_text(screen, feedback)}"
         f'<div class="ms-scales">{"".join(scales)}</div>'
         f'<div class="ms-intro-keys">{keys_html(legend=False, kind=screen.study_kind)}</div>'
         '<p class="ms-intro-hint">Press <kbd>?</kbd> to see this again.</p>'
@@ -678,8 +759,16 @@ def screen_updates(screen: Screen, *, keep_status: bool = False) -> list[Any]:
         reference_html(screen),
         keys_html(kind=screen.study_kind),
         message_html(screen.notice, "notice") if screen.notice else message_html(),
-        gr.update(visible=screen.kind == ScreenKind.PAUSED),
+        resume_update(screen),
     ]
+
+
+def resume_update(screen: Screen) -> Any:
+    """The Resume button: shown on the pause screen, and as "Continue" after practice feedback."""
+    if screen.kind == ScreenKind.FEEDBACK:
+        last = screen.practice_number >= screen.practice_total
+        return gr.update(visible=True, value="Start the study (Enter)" if last else "Continue (Enter)")
+    return gr.update(visible=screen.kind == ScreenKind.PAUSED, value="Resume")
 
 
 def missing_updates(outcome: SubmitOutcome) -> list[Any]:

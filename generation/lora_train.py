@@ -1,6 +1,7 @@
 """LoRA fine-tuning (peft) of FLUX, Stable Diffusion (1/2/XL, MSDM) and Kandinsky 2.2/3 pipelines.
 
-``python app.py train lora --dataset NAME --base HUB_ID_OR_FOLDER --out DIR`` calls :func:`train_lora`.
+``python app.py train lora --dataset NAME --base HUB_ID_OR_FOLDER --out DIR`` calls :func:`train_lora`, which
+runs a :class:`LoraTrainer` (``setup`` / ``step`` / ``checkpoint`` / ``resume`` / ``save``).
 The adapter goes on the denoiser (the UNet or the FLUX transformer) and optionally on the CLIP/T5 text
 encoders; the base weights stay frozen. The objective is the one the family was trained with:
 
@@ -831,6 +832,527 @@ def _grid(images: Sequence[Image.Image]) -> Image.Image:
 # ---------------------------------------------------------------------------------------------- training
 
 
+@dataclass
+class _Setup:
+    """Everything :meth:`LoraTrainer.setup` builds (present only after it ran)."""
+
+    examples: Sequence[Example]
+    out: Path
+    accelerator: Any
+    device: torch.device
+    weight_dtype: torch.dtype
+    pipe: Any
+    kind: TrainerKind
+    family: Family
+    preset: Any
+    resolution: int
+    lora_config: Any
+    adapted: dict[str, torch.nn.Module]
+    models: dict[str, torch.nn.Module]
+    params: list[torch.nn.Parameter]
+    n_trainable: int
+    n_base: int
+    unique: list[str]
+    caption_index: torch.Tensor
+    embed: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    text_table: dict[str, MappedArray] | None
+    latent_table: MappedArray | None
+    optimizer: Any
+    lr_schedule: Any
+    ema: Any
+    fingerprint: str
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The (prepared) denoiser."""
+        return self.models[self.family.denoiser_name]
+
+
+class LoraTrainer:
+    """LoRA fine-tuning as a trainer object, in the manner of diffusers' training scripts and utilities.
+
+    ``setup()`` loads the base pipeline, puts LoRA adapters on it, builds the latent and embedding caches,
+    the optimizer, schedule and EMA; ``step()`` runs one optimizer step and returns its loss;
+    ``checkpoint(path)`` / ``resume(path)`` write and read the resumable state (LoRA weights, optimizer,
+    schedule, EMA, losses); ``save(path)`` writes the adapter where ``models add --lora`` finds it;
+    ``train()`` runs the whole loop (checkpoints, validation images, the adapter card). Every draw of step
+    ``s`` comes from a generator seeded by ``(seed, s, process)``, so a resumed trainer continues exactly as
+    an uninterrupted one.
+
+    Examples
+    --------
+    ``trainer = LoraTrainer(config, examples); trainer.setup(); loss = trainer.step()``;
+    ``trainer.checkpoint(path)``; later ``other.setup(); other.resume(path); other.step()``.
+    """
+
+    def __init__(
+        self,
+        config: LoraTrainConfig,
+        examples: Sequence[Example] | None = None,
+        *,
+        workspace: Workspace | None = None,
+        progress: bool = True,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._examples = examples
+        self._workspace = workspace
+        self.progress = progress
+        self.on_step = on_step
+        #: Optimizer steps done (resumed runs count the earlier ones).
+        self.global_step = 0
+        #: Training loss of every step done.
+        self.losses: list[float] = []
+        self.start_step = 0
+        self.step_flops: int | None = None
+        self.validation_images: list[Path] = []
+        self._earlier_s = 0.0  # wall time of the runs this one resumes
+        self._started = time.perf_counter()
+        self._state: _Setup | None = None
+
+    @property
+    def state(self) -> _Setup:
+        """What :meth:`setup` built (a bug to ask before it ran)."""
+        if self._state is None:
+            raise RuntimeError("LoraTrainer.setup() has not run")
+        return self._state
+
+    # ---- setup ------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Load the base, add the LoRA adapters, build the caches, optimizer, schedule and EMA.
+
+        Raises
+        ------
+        db.errors.InputError
+            For impossible settings, an unsupported pipeline, a resolution that is not a multiple of the
+            VAE factor, or no training data.
+        db.errors.DependencyError
+            For ``adamw8bit`` without bitsandbytes.
+        """
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import EMAModel, cast_training_params
+        from peft import LoraConfig, inject_adapter_in_model
+
+        from generation.devices import resolve_device
+        from generation.presets import PRESETS, detect_family, native_resolution, vae_factor
+
+        config = self.config
+        config.validate()
+        examples = self._examples
+        if examples is None:
+            if self._workspace is None or not config.dataset:
+                raise InputError(
+                    "train lora needs training examples, or a dataset name and a workspace to read it from"
+                )
+            examples = dataset_examples(self._workspace, config.dataset, split=config.split)
+        if not examples:
+            raise InputError("no training examples given")
+        self._started = time.perf_counter()
+        out = Path(config.out_dir).expanduser()
+        on_cuda = resolve_device(config.device).type == "cuda"
+        mixed: MixedPrecision = config.mixed_precision if on_cuda else "no"
+        accelerator = _accelerator(mixed, config.gradient_accumulation_steps)
+        device = accelerator.device if on_cuda else torch.device("cpu")
+        weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[mixed]
+
+        pipe = _load_base(config, device, weight_dtype)
+        kind = trainer_kind(pipe)
+        family = FAMILIES[kind](pipe, config)
+        factor = vae_factor(pipe)
+        preset = PRESETS[detect_family(type(pipe).__name__, config.base)]
+        # the preset's size where the pipeline does not say (Kandinsky 2.2's combined pipeline: 768 px)
+        resolution = config.resolution or native_resolution(pipe) or preset.resolution or 512
+        if resolution % factor:
+            raise InputError(
+                f"resolution {resolution} px is not a multiple of {type(pipe).__name__}'s VAE factor {factor}: "
+                f"use {resolution - resolution % factor or factor} or {resolution - resolution % factor + factor}"
+            )
+
+        # ---- frozen base, LoRA adapters -----------------------------------------------------
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.requires_grad_(False)
+        torch.manual_seed(config.seed)  # LoRA A matrices (B starts at zero)
+        alpha = config.alpha if config.alpha is not None else config.rank
+        denoiser = family.denoiser
+        targets = list(config.target_modules or DENOISER_TARGETS[kind])
+        lora_config = LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets)
+        if family.peft_inject:  # no adapter mixin on the model class: peft wraps the modules by name
+            inject_adapter_in_model(lora_config, denoiser, adapter_name="default")
+        else:
+            denoiser.add_adapter(lora_config)
+        adapted: dict[str, torch.nn.Module] = {family.denoiser_name: denoiser}
+        if config.train_text_encoder and not TEXT_ENCODERS[kind]:
+            raise InputError(
+                f"{type(pipe).__name__}: no text-encoder LoRA for {kind} (train_text_encoder must be off)"
+            )
+        if config.train_text_encoder:
+            for name in TEXT_ENCODERS[kind]:
+                encoder = getattr(pipe, name, None)
+                if encoder is None:
+                    continue
+                # peft directly: transformers' own add_adapter wants a newer peft than the pinned one
+                text_lora = LoraConfig(r=config.rank, lora_alpha=alpha, target_modules=list(CLIP_TEXT_TARGETS))
+                inject_adapter_in_model(text_lora, encoder, adapter_name="default")
+                adapted[name] = encoder
+        for module in adapted.values():
+            module.train()
+            cast_training_params(module, dtype=torch.float32)
+            if config.gradient_checkpointing:
+                _enable_gradient_checkpointing(module)
+        params = list(_trainable(adapted).values())
+        n_trainable = sum(p.numel() for p in params)
+        n_base = sum(_count(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module)) - n_trainable
+
+        # ---- data: captions and latents (cached once, or per step) --------------------------
+        captions = [caption for _, caption in examples]
+        unique = sorted(set(captions))
+        caption_index = torch.tensor([unique.index(c) for c in captions])
+        cache_text = config.cache_text_embeddings and not config.train_text_encoder
+
+        def embed(indices: torch.Tensor) -> dict[str, torch.Tensor]:
+            return family.encode_text([unique[i] for i in indices.tolist()], device)
+
+        if family.image_conditioned:  # one condition per example (its image), not per caption
+
+            def embed(indices: torch.Tensor) -> dict[str, torch.Tensor]:
+                return family.encode_condition_images([examples[i][0] for i in indices.tolist()], device)
+
+            caption_index = torch.arange(len(examples))
+            n_conditions = len(examples)
+        else:
+            n_conditions = len(unique)
+
+        # Caches live on disk as memory-mapped .npy files under out/cache (reused by a resumed run), so a
+        # large dataset's T5 embeddings or latents never have to fit in RAM.
+        cache_root = out / CACHE_DIR
+        identity = _data_identity(examples, captions)
+        text_table: dict[str, MappedArray] | None = None
+        if cache_text:
+            text_key = _cache_key(config.base, kind, "cond", resolution, identity)
+
+            def embed_chunk(start: int, stop: int) -> dict[str, torch.Tensor]:
+                with torch.no_grad():
+                    return embed(torch.arange(start, stop))
+
+            if accelerator.is_main_process:
+                build_cache(cache_root / "cond", text_key, n_conditions, embed_chunk)
+            accelerator.wait_for_everyone()
+            text_table = open_cache(cache_root / "cond")
+        latent_table: MappedArray | None = None
+        if config.cache_latents:
+            latent_key = _cache_key(config.base, kind, "latents", resolution, identity)
+
+            def latent_chunk(start: int, stop: int) -> dict[str, torch.Tensor]:
+                pixels = load_pixels([img for img, _ in examples[start:stop]], resolution)
+                return {"latents": family.encode_images(pixels, device)}
+
+            if accelerator.is_main_process:
+                build_cache(cache_root / "latents", latent_key, len(examples), latent_chunk)
+            accelerator.wait_for_everyone()
+            latent_table = open_cache(cache_root / "latents")["latents"]
+
+        # ---- optimizer, schedule, EMA -------------------------------------------------------
+        optimizer = _make_optimizer(config.optimizer, params, config.lr)
+        lr_schedule = get_scheduler(
+            config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.steps
+        )
+        ema = EMAModel(params, decay=config.ema_decay) if config.ema_decay is not None else None
+        prepared = accelerator.prepare(*adapted.values(), optimizer)
+        models, optimizer = dict(zip(adapted, prepared[:-1], strict=True)), prepared[-1]
+        if ema is not None:
+            ema.to(device)
+        self._state = _Setup(
+            examples=examples, out=out, accelerator=accelerator, device=device, weight_dtype=weight_dtype,
+            pipe=pipe, kind=kind, family=family, preset=preset, resolution=resolution, lora_config=lora_config,
+            adapted=adapted, models=models, params=params, n_trainable=n_trainable, n_base=n_base, unique=unique,
+            caption_index=caption_index, embed=embed, text_table=text_table, latent_table=latent_table,
+            optimizer=optimizer, lr_schedule=lr_schedule, ema=ema,
+            fingerprint=_fingerprint(config, kind, resolution, len(examples)),
+        )  # fmt: skip
+
+    # ---- batches ----------------------------------------------------------------------------
+
+    def _batch_latents(self, indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        s = self.state
+        stats = s.latent_table.rows(indices) if s.latent_table is not None else None
+        if stats is None:
+            pixels = load_pixels([s.examples[i][0] for i in indices.tolist()], s.resolution)
+            stats = s.family.encode_images(pixels, s.device)
+        sample = stats[:, 0] + stats[:, 1] * torch.randn(stats[:, 0].shape, generator=gen)
+        return s.family.scale_latents(sample).to(s.device, s.weight_dtype)
+
+    def _batch_cond(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.state
+        rows = s.caption_index[indices]
+        if s.text_table is not None:
+            return {key: value.rows(rows).to(s.device, s.weight_dtype) for key, value in s.text_table.items()}
+        return {key: value.to(s.weight_dtype) for key, value in s.embed(rows).items()}
+
+    def _loss(self, indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        s = self.state
+        return s.family.loss(s.model, self._batch_latents(indices, gen), self._batch_cond(indices), gen)
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def step(self, batch: Sequence[torch.Tensor] | None = None) -> float:
+        """One optimizer step (``gradient_accumulation_steps`` micro-batches); returns its mean loss.
+
+        ``batch`` gives the example indices of each micro-batch; ``None`` (what :meth:`train` does) draws
+        them from the step's seeded generator, which also draws the step's noise and times.
+        """
+        s, config = self.state, self.config
+        accelerator = s.accelerator
+        if batch is not None and len(batch) != config.gradient_accumulation_steps:
+            raise InputError(
+                f"a step takes {config.gradient_accumulation_steps} micro-batch(es) of example indices, "
+                f"got {len(batch)}"
+            )
+        gen = step_generator(config.seed, self.global_step, accelerator.process_index)
+        total = 0.0
+        for micro in range(config.gradient_accumulation_steps):
+            if batch is None:
+                indices = torch.randint(len(s.examples), (config.batch_size,), generator=gen)
+            else:
+                indices = torch.as_tensor(batch[micro], dtype=torch.long)
+            with accelerator.accumulate(s.model):
+                with accelerator.autocast():
+                    loss = self._loss(indices, gen)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(s.params, config.max_grad_norm)
+                s.optimizer.step()
+                s.lr_schedule.step()
+                s.optimizer.zero_grad(set_to_none=True)
+            total += float(loss.detach()) / config.gradient_accumulation_steps
+        if s.ema is not None:
+            s.ema.step(s.params)
+        self.global_step += 1
+        self.losses.append(total)
+        return total
+
+    def eval_loss(self) -> float:
+        """Mean loss over ``EVAL_SAMPLES`` fixed draws (examples in order, fixed noise and times)."""
+        s, config = self.state, self.config
+        gen = step_generator(config.seed, 0, 0, "eval")
+        total, n_eval = 0.0, max(EVAL_SAMPLES, config.batch_size)
+        with torch.no_grad(), s.accelerator.autocast():
+            for start in range(0, n_eval, config.batch_size):
+                indices = torch.arange(start, min(start + config.batch_size, n_eval)) % len(s.examples)
+                total += float(self._loss(indices, gen)) * len(indices)
+        return total / n_eval
+
+    def elapsed_s(self) -> float:
+        """Training wall time so far, the runs this one resumes included."""
+        return self._earlier_s + time.perf_counter() - self._started
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def checkpoint(self, path: str | Path | None = None) -> Path | None:
+        """Write the resumable state; ``None`` = ``out/checkpoints/step_N.pt``, keeping the last K there.
+
+        Only the main process writes; the others return ``None``.
+        """
+        s = self.state
+        if not s.accelerator.is_main_process:
+            return None
+        folder = s.out / CHECKPOINT_DIR
+        target = Path(path) if path is not None else folder / f"step_{self.global_step:07d}.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": self.global_step,
+            "fingerprint": s.fingerprint,
+            "trainable": {k: v.detach().cpu().clone() for k, v in _trainable(s.adapted).items()},
+            "optimizer": s.optimizer.state_dict(),
+            "lr_scheduler": s.lr_schedule.state_dict(),
+            "ema": s.ema.state_dict() if s.ema is not None else None,
+            "losses": self.losses,
+            "elapsed_s": self.elapsed_s(),
+        }
+        tmp = target.with_name(target.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(target)
+        if path is None:
+            saved = sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+            for old in saved[: -self.config.keep_checkpoints]:
+                old.unlink()
+        return target
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Continue from a checkpoint (``None`` = the latest in ``out/checkpoints``, if any); returns its step.
+
+        Raises
+        ------
+        db.errors.InputError
+            When the checkpoint was made with other settings or data.
+        """
+        s = self.state
+        checkpoint = Path(path) if path is not None else latest_checkpoint(s.out)
+        if checkpoint is None:
+            return self.global_step
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != s.fingerprint:
+            raise InputError(
+                f"checkpoint {checkpoint} was made with other settings or data; train into another --out "
+                "or start over without --resume"
+            )
+        named = _trainable(s.adapted)
+        with torch.no_grad():
+            for key, value in state["trainable"].items():
+                named[key].copy_(value)
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.lr_schedule.load_state_dict(state["lr_scheduler"])
+        if s.ema is not None:
+            s.ema.load_state_dict(state["ema"])
+            s.ema.to(s.device)
+        self.global_step = self.start_step = int(state["step"])
+        self.losses = list(state["losses"])
+        self._earlier_s = float(state.get("elapsed_s", 0.0))
+        return self.global_step
+
+    # ---- output -----------------------------------------------------------------------------
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the LoRA adapter (the EMA weights where kept) into ``path`` (``None`` = ``out``); its file."""
+        from peft.utils import get_peft_model_state_dict
+
+        s = self.state
+        out = Path(path).expanduser() if path is not None else s.out
+        if s.ema is not None:
+            s.ema.store(s.params)
+            s.ema.copy_to(s.params)
+        try:
+            if s.accelerator.is_main_process:
+                out.mkdir(parents=True, exist_ok=True)
+                if s.family.peft_inject:
+                    unwrapped = s.accelerator.unwrap_model(s.model)
+                    save_peft_lora(out, {s.family.denoiser_name: unwrapped}, {s.family.denoiser_name: s.lora_config})
+                else:
+                    layers = {
+                        f"{name}_lora_layers": get_peft_model_state_dict(s.accelerator.unwrap_model(module))
+                        for name, module in s.models.items()
+                    }
+                    type(s.pipe).save_lora_weights(out, **layers)
+        finally:
+            if s.ema is not None:
+                s.ema.restore(s.params)
+        return out / LORA_WEIGHT_NAME
+
+    def validate(self) -> Path | None:
+        """Sample the validation prompts with the current weights into ``out/validation/step_N.png``."""
+        from generation.batch import SamplingParams, generate_images
+        from generation.presets import resolve_sampling
+
+        s, config = self.state, self.config
+        if not s.accelerator.is_main_process:
+            return None
+        prompts = list(config.validation_prompts) or s.unique[:2]
+        steps, guidance = resolve_sampling(s.pipe, s.preset, config.validation_steps, config.validation_guidance)
+        scheduler = type(s.pipe.scheduler).__name__
+        sampling = SamplingParams(
+            steps, guidance, s.resolution, s.resolution, scheduler, len(prompts), None, s.family.call_kwargs()
+        )
+        for module in s.adapted.values():
+            module.eval()
+        try:
+            seeds = [config.seed + k for k in range(len(prompts))]
+            images = generate_images(s.pipe, prompts, seeds, sampling, s.device)
+        finally:
+            for module in s.adapted.values():
+                module.train()
+        path = s.out / VALIDATION_DIR / f"step_{self.global_step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _grid(images).save(path)
+        self.validation_images.append(path)
+        return path
+
+    def train(self) -> LoraTrainResult:
+        """Set up, resume where asked, run the remaining steps, save the adapter, card and ``lora_train.json``."""
+        from tqdm.auto import tqdm
+
+        from generation.devices import device_label
+
+        config = self.config
+        self.setup()
+        s = self.state
+        if config.resume:
+            self.resume()
+        eval_before = self.eval_loss()
+        bar = tqdm(
+            range(self.global_step, config.steps),
+            initial=self.global_step,
+            total=config.steps,
+            desc=f"lora {s.kind}",
+            disable=not (self.progress and s.accelerator.is_main_process),
+        )
+        for _ in bar:
+            if config.count_flops and self.step_flops is None:
+                from torch.utils.flop_counter import FlopCounterMode
+
+                with FlopCounterMode(display=False) as counter:
+                    value = self.step()
+                self.step_flops = int(counter.get_total_flops())
+            else:
+                value = self.step()
+            bar.set_postfix(loss=f"{value:.4f}")
+            done = self.global_step
+            if done % config.checkpoint_every == 0 and done < config.steps:
+                self.checkpoint()
+            if self.on_step is not None:
+                self.on_step(done, value)
+            if config.validate_every and done % config.validate_every == 0 and done < config.steps:
+                self.validate()
+        bar.close()
+
+        s.accelerator.wait_for_everyone()
+        if s.ema is not None:
+            s.ema.copy_to(s.params)  # the adapter, the after-loss and the last images use the EMA weights
+        eval_after = self.eval_loss()
+        adapter = self.save()
+        self.validate()
+        wall = self.elapsed_s()
+        result = LoraTrainResult(
+            out_dir=s.out,
+            adapter_path=adapter,
+            family=s.kind,
+            pipeline=type(s.pipe).__name__,
+            losses=self.losses,
+            eval_loss_before=eval_before,
+            eval_loss_after=eval_after,
+            trainable_parameters=s.n_trainable,
+            base_parameters=s.n_base,
+            wall_time_s=wall,
+            device_hours=wall * s.accelerator.num_processes / 3600.0,
+            num_processes=s.accelerator.num_processes,
+            device=device_label(s.device),
+            start_step=self.start_step,
+            step_flops=self.step_flops,
+            validation_images=self.validation_images,
+        )
+        log.info("LoRA on %s: %d steps in %.0f s, eval loss %.4f -> %.4f", config.base, config.steps, wall,
+                 eval_before, eval_after)  # fmt: skip
+        if s.accelerator.is_main_process:
+            n = len(s.examples)
+            meta = {"config": config.to_dict(), "resolution": s.resolution, "n_examples": n, **result.to_dict()}
+            (s.out / TRAIN_META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            (s.out / "README.md").write_text(adapter_card(config, result, s.resolution, n), encoding="utf-8")
+        return result
+
+
+def _enable_gradient_checkpointing(module: torch.nn.Module) -> None:
+    """Turn on activation recomputation (diffusers' or transformers' switch), or refuse with a message."""
+    if hasattr(module, "enable_gradient_checkpointing"):
+        if not getattr(module, "_supports_gradient_checkpointing", True):
+            raise InputError(
+                f"{type(module).__name__} (diffusers {_diffusers_version()}) has no gradient checkpointing: "
+                "train without --gradient-checkpointing (use a smaller batch or bf16 instead)"
+            )
+        module.enable_gradient_checkpointing()
+    else:
+        module.gradient_checkpointing_enable()
+
+
 def train_lora(
     config: LoraTrainConfig,
     examples: Sequence[Example] | None = None,
@@ -840,6 +1362,8 @@ def train_lora(
     on_step: Callable[[int, float], None] | None = None,
 ) -> LoraTrainResult:
     """Train a LoRA adapter on ``(image, caption)`` pairs and save it where ``models add --lora`` finds it.
+
+    ``LoraTrainer(config, examples, ...).train()``; see :class:`LoraTrainer` for the steps.
 
     Parameters
     ----------
@@ -866,329 +1390,7 @@ def train_lora(
     ImportError
         For ``adamw8bit`` without bitsandbytes.
     """
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel, cast_training_params
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-    from tqdm.auto import tqdm
-
-    from generation.batch import SamplingParams, generate_images
-    from generation.devices import device_label, resolve_device
-    from generation.presets import PRESETS, detect_family, native_resolution, resolve_sampling, vae_factor
-
-    config.validate()
-    if examples is None:
-        if workspace is None or not config.dataset:
-            raise InputError("train lora needs training examples, or a dataset name and a workspace to read it from")
-        examples = dataset_examples(workspace, config.dataset, split=config.split)
-    if not examples:
-        raise InputError("no training examples given")
-    started = time.perf_counter()
-    out = Path(config.out_dir).expanduser()
-    on_cuda = resolve_device(config.device).type == "cuda"
-    mixed: MixedPrecision = config.mixed_precision if on_cuda else "no"
-    accelerator = _accelerator(mixed, config.gradient_accumulation_steps)
-    device = accelerator.device if on_cuda else torch.device("cpu")
-    weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[mixed]
-
-    pipe = _load_base(config, device, weight_dtype)
-    kind = trainer_kind(pipe)
-    family = FAMILIES[kind](pipe, config)
-    factor = vae_factor(pipe)
-    preset = PRESETS[detect_family(type(pipe).__name__, config.base)]
-    # the preset's size where the pipeline does not say (Kandinsky 2.2's combined pipeline: 768 px)
-    resolution = config.resolution or native_resolution(pipe) or preset.resolution or 512
-    if resolution % factor:
-        raise InputError(
-            f"resolution {resolution} px is not a multiple of {type(pipe).__name__}'s VAE factor {factor}: "
-            f"use {resolution - resolution % factor or factor} or {resolution - resolution % factor + factor}"
-        )
-
-    # ---- frozen base, LoRA adapters ---------------------------------------------------------
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.requires_grad_(False)
-    torch.manual_seed(config.seed)  # LoRA A matrices (B starts at zero)
-    alpha = config.alpha if config.alpha is not None else config.rank
-    denoiser = family.denoiser
-    targets = list(config.target_modules or DENOISER_TARGETS[kind])
-    lora_config = LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets)
-    if family.peft_inject:  # no adapter mixin on the model class: peft wraps the modules by name
-        inject_adapter_in_model(lora_config, denoiser, adapter_name="default")
-    else:
-        denoiser.add_adapter(lora_config)
-    adapted: dict[str, torch.nn.Module] = {family.denoiser_name: denoiser}
-    if config.train_text_encoder and not TEXT_ENCODERS[kind]:
-        raise InputError(f"{type(pipe).__name__}: no text-encoder LoRA for {kind} (train_text_encoder must be off)")
-    if config.train_text_encoder:
-        for name in TEXT_ENCODERS[kind]:
-            encoder = getattr(pipe, name, None)
-            if encoder is None:
-                continue
-            # peft directly: transformers' own add_adapter wants a newer peft than the pinned one
-            text_lora = LoraConfig(r=config.rank, lora_alpha=alpha, target_modules=list(CLIP_TEXT_TARGETS))
-            inject_adapter_in_model(text_lora, encoder, adapter_name="default")
-            adapted[name] = encoder
-    for module in adapted.values():
-        module.train()
-        cast_training_params(module, dtype=torch.float32)
-        if config.gradient_checkpointing:
-            if hasattr(module, "enable_gradient_checkpointing"):
-                if not getattr(module, "_supports_gradient_checkpointing", True):
-                    raise InputError(
-                        f"{type(module).__name__} (diffusers {_diffusers_version()}) has no gradient checkpointing: "
-                        "train without --gradient-checkpointing (use a smaller batch or bf16 instead)"
-                    )
-                module.enable_gradient_checkpointing()
-            else:
-                module.gradient_checkpointing_enable()
-    params = list(_trainable(adapted).values())
-    n_trainable = sum(p.numel() for p in params)
-    n_base = sum(_count(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module)) - n_trainable
-
-    # ---- data: captions and latents (cached once, or per step) ------------------------------
-    captions = [caption for _, caption in examples]
-    unique = sorted(set(captions))
-    caption_index = torch.tensor([unique.index(c) for c in captions])
-    cache_text = config.cache_text_embeddings and not config.train_text_encoder
-
-    def embed(indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        return family.encode_text([unique[i] for i in indices.tolist()], device)
-
-    if family.image_conditioned:  # one condition per example (its image), not per caption
-
-        def embed(indices: torch.Tensor) -> dict[str, torch.Tensor]:
-            return family.encode_condition_images([examples[i][0] for i in indices.tolist()], device)
-
-        caption_index = torch.arange(len(examples))
-        n_conditions = len(examples)
-    else:
-        n_conditions = len(unique)
-
-    # Caches live on disk as memory-mapped .npy files under out/cache (reused by a resumed run), so a
-    # large dataset's T5 embeddings or latents never have to fit in RAM.
-    cache_root = out / CACHE_DIR
-    identity = _data_identity(examples, captions)
-    text_table: dict[str, MappedArray] | None = None
-    if cache_text:
-        text_key = _cache_key(config.base, kind, "cond", resolution, identity)
-
-        def embed_chunk(start: int, stop: int) -> dict[str, torch.Tensor]:
-            with torch.no_grad():
-                return embed(torch.arange(start, stop))
-
-        if accelerator.is_main_process:
-            build_cache(cache_root / "cond", text_key, n_conditions, embed_chunk)
-        accelerator.wait_for_everyone()
-        text_table = open_cache(cache_root / "cond")
-    latent_table: MappedArray | None = None
-    if config.cache_latents:
-        latent_key = _cache_key(config.base, kind, "latents", resolution, identity)
-
-        def latent_chunk(start: int, stop: int) -> dict[str, torch.Tensor]:
-            pixels = load_pixels([img for img, _ in examples[start:stop]], resolution)
-            return {"latents": family.encode_images(pixels, device)}
-
-        if accelerator.is_main_process:
-            build_cache(cache_root / "latents", latent_key, len(examples), latent_chunk)
-        accelerator.wait_for_everyone()
-        latent_table = open_cache(cache_root / "latents")["latents"]
-
-    def batch_latents(indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        stats = latent_table.rows(indices) if latent_table is not None else None
-        if stats is None:
-            pixels = load_pixels([examples[i][0] for i in indices.tolist()], resolution)
-            stats = family.encode_images(pixels, device)
-        sample = stats[:, 0] + stats[:, 1] * torch.randn(stats[:, 0].shape, generator=gen)
-        return family.scale_latents(sample).to(device, weight_dtype)
-
-    def batch_cond(indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        rows = caption_index[indices]
-        if text_table is not None:
-            return {key: value.rows(rows).to(device, weight_dtype) for key, value in text_table.items()}
-        return {key: value.to(weight_dtype) for key, value in embed(rows).items()}
-
-    # ---- optimizer, schedule, EMA, resume ---------------------------------------------------
-    optimizer = _make_optimizer(config.optimizer, params, config.lr)
-    lr_schedule = get_scheduler(
-        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.steps
-    )
-    ema = EMAModel(params, decay=config.ema_decay) if config.ema_decay is not None else None
-    fingerprint = _fingerprint(config, kind, resolution, len(examples))
-    start, losses, earlier_s = 0, [], 0.0  # earlier_s: wall time of the runs this one resumes
-    checkpoint = latest_checkpoint(out) if config.resume else None
-    if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != fingerprint:
-            raise InputError(
-                f"checkpoint {checkpoint} was made with other settings or data; train into another --out "
-                "or start over without --resume"
-            )
-        named = _trainable(adapted)
-        with torch.no_grad():
-            for key, value in state["trainable"].items():
-                named[key].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state["lr_scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        start, losses = int(state["step"]), list(state["losses"])
-        earlier_s = float(state.get("elapsed_s", 0.0))
-    prepared = accelerator.prepare(*adapted.values(), optimizer)
-    models, optimizer = dict(zip(adapted, prepared[:-1], strict=True)), prepared[-1]
-    model = models[family.denoiser_name]
-    if ema is not None:
-        ema.to(device)
-
-    def eval_loss() -> float:
-        """Mean loss over ``EVAL_SAMPLES`` fixed draws (examples in order, fixed noise and times)."""
-        gen = step_generator(config.seed, 0, 0, "eval")
-        total, n_eval = 0.0, max(EVAL_SAMPLES, config.batch_size)
-        with torch.no_grad(), accelerator.autocast():
-            for start in range(0, n_eval, config.batch_size):
-                indices = torch.arange(start, min(start + config.batch_size, n_eval)) % len(examples)
-                loss = family.loss(model, batch_latents(indices, gen), batch_cond(indices), gen)
-                total += float(loss) * len(indices)
-        return total / n_eval
-
-    eval_before = eval_loss()
-
-    def one_step(step: int) -> float:
-        gen = step_generator(config.seed, step, accelerator.process_index)
-        total = 0.0
-        for _ in range(config.gradient_accumulation_steps):
-            indices = torch.randint(len(examples), (config.batch_size,), generator=gen)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss = family.loss(model, batch_latents(indices, gen), batch_cond(indices), gen)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                lr_schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-            total += float(loss.detach()) / config.gradient_accumulation_steps
-        if ema is not None:
-            ema.step(params)
-        return total
-
-    def save_checkpoint(step: int) -> None:
-        if not accelerator.is_main_process:
-            return
-        folder = out / CHECKPOINT_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {
-            "step": step,
-            "fingerprint": fingerprint,
-            "trainable": {k: v.detach().cpu().clone() for k, v in _trainable(adapted).items()},
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_schedule.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "losses": losses,
-            "elapsed_s": earlier_s + time.perf_counter() - started,
-        }
-        tmp = folder / f"step_{step:07d}.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(folder / f"step_{step:07d}.pt")
-        saved = sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        for old in saved[: -config.keep_checkpoints]:
-            old.unlink()
-
-    prompts = list(config.validation_prompts) or unique[:2]
-    validation: list[Path] = []
-
-    def validate(step: int) -> None:
-        if not accelerator.is_main_process:
-            return
-        steps, guidance = resolve_sampling(pipe, preset, config.validation_steps, config.validation_guidance)
-        scheduler = type(pipe.scheduler).__name__
-        sampling = SamplingParams(
-            steps, guidance, resolution, resolution, scheduler, len(prompts), None, family.call_kwargs()
-        )
-        for module in adapted.values():
-            module.eval()
-        try:
-            images = generate_images(pipe, prompts, [config.seed + k for k in range(len(prompts))], sampling, device)
-        finally:
-            for module in adapted.values():
-                module.train()
-        path = out / VALIDATION_DIR / f"step_{step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _grid(images).save(path)
-        validation.append(path)
-
-    step_flops: int | None = None
-    bar = tqdm(
-        range(start, config.steps),
-        initial=start,
-        total=config.steps,
-        desc=f"lora {kind}",
-        disable=not (progress and accelerator.is_main_process),
-    )
-    for step in bar:
-        if config.count_flops and step_flops is None:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            with FlopCounterMode(display=False) as counter:
-                value = one_step(step)
-            step_flops = int(counter.get_total_flops())
-        else:
-            value = one_step(step)
-        losses.append(value)
-        bar.set_postfix(loss=f"{value:.4f}")
-        done = step + 1
-        if done % config.checkpoint_every == 0 and done < config.steps:
-            save_checkpoint(done)
-        if on_step is not None:
-            on_step(done, value)
-        if config.validate_every and done % config.validate_every == 0 and done < config.steps:
-            validate(done)
-    bar.close()
-
-    # ---- save the adapter -------------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    if ema is not None:
-        ema.copy_to(params)
-    eval_after = eval_loss()
-    adapter = out / LORA_WEIGHT_NAME
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if family.peft_inject:
-            unwrapped = accelerator.unwrap_model(model)
-            save_peft_lora(out, {family.denoiser_name: unwrapped}, {family.denoiser_name: lora_config})
-        else:
-            layers = {
-                f"{name}_lora_layers": get_peft_model_state_dict(accelerator.unwrap_model(module))
-                for name, module in models.items()
-            }
-            type(pipe).save_lora_weights(out, **layers)
-    validate(config.steps)
-    wall = earlier_s + time.perf_counter() - started
-    result = LoraTrainResult(
-        out_dir=out,
-        adapter_path=adapter,
-        family=kind,
-        pipeline=type(pipe).__name__,
-        losses=losses,
-        eval_loss_before=eval_before,
-        eval_loss_after=eval_after,
-        trainable_parameters=n_trainable,
-        base_parameters=n_base,
-        wall_time_s=wall,
-        device_hours=wall * accelerator.num_processes / 3600.0,
-        num_processes=accelerator.num_processes,
-        device=device_label(device),
-        start_step=start,
-        step_flops=step_flops,
-        validation_images=validation,
-    )
-    log.info("LoRA on %s: %d steps in %.0f s, eval loss %.4f -> %.4f", config.base, config.steps, wall,
-             eval_before, eval_after)  # fmt: skip
-    if accelerator.is_main_process:
-        meta = {"config": config.to_dict(), "resolution": resolution, "n_examples": len(examples), **result.to_dict()}
-        (out / TRAIN_META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        (out / "README.md").write_text(adapter_card(config, result, resolution, len(examples)), encoding="utf-8")
-    return result
+    return LoraTrainer(config, examples, workspace=workspace, progress=progress, on_step=on_step).train()
 
 
 def _fingerprint(config: LoraTrainConfig, kind: str, resolution: int, n_examples: int) -> str:

@@ -1,5 +1,6 @@
-"""Job handlers of the generation room: ``generate`` (a dataset with a registered model, resumable),
-``demo`` (one image for one prompt, reporting each denoising step) and ``compare`` (a comparison run).
+"""Job handlers of the generation room: ``generate`` (a dataset with a registered model, resumable) and
+``demo`` (one image for one prompt, reporting each denoising step). The ``compare`` job is
+:mod:`compare.jobs`.
 
 The worker itself (queues, lanes, job state) is :class:`db.jobs.Worker`; :func:`register_generation_jobs`
 adds these handlers to it, sharing one :class:`~generation.pipelines.PipelineCache` so pipelines stay warm
@@ -9,7 +10,6 @@ between jobs. ``app.py`` calls it before the server accepts a request.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from db.generated import get_model
@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 GENERATE_JOB = "generate"
 DEMO_JOB = "demo"
-COMPARE_JOB = "compare"
 
 
 def generate_handler(cache: PipelineCache) -> Handler:
@@ -80,27 +79,9 @@ def demo_handler(cache: PipelineCache) -> Handler:
     return demo
 
 
-def compare_job(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    """The ``compare`` handler: run the comparison configured in ``params["config"]`` (resumable by stage)."""
-    from generation.compare import run_comparison
-
-    def progress(line: str) -> None:
-        ctx.store.update(ctx.job_id, message=str(line)[:500])
-
-    result = run_comparison(ctx.require_workspace(), Path(str(params["config"])), progress=progress)
-    return {
-        "report_html": str(result.report_html),
-        "report_csv": str(result.report_csv),
-        "stages_run": list(result.stages_run),
-        "stages_skipped": list(result.stages_skipped),
-        "study": result.study,
-    }
-
-
 def register_generation_jobs(worker: Worker, cache: PipelineCache | None = None) -> PipelineCache:
-    """Register ``generate`` and ``compare`` (batch lane) and ``demo`` (live lane); returns the shared cache."""
+    """Register ``generate`` (batch lane) and ``demo`` (live lane); returns the shared cache."""
     cache = cache if cache is not None else PipelineCache(capacity=2)
     worker.register(GENERATE_JOB, generate_handler(cache), Lane.BATCH)
-    worker.register(COMPARE_JOB, compare_job, Lane.BATCH)
     worker.register(DEMO_JOB, demo_handler(cache), Lane.LIVE)
     return cache

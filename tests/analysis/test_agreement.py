@@ -16,9 +16,9 @@ from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
 
 from analysis.agreement import (
     ItemResampler,
+    agreement_bootstrap_ci,
+    agreement_bootstrap_cis,
     agreement_table,
-    bootstrap_ci,
-    bootstrap_cis,
     cohen_kappa,
     fleiss_kappa,
     gwet_ac1,
@@ -187,7 +187,7 @@ def test_bootstrap_resamples_items_never_raters() -> None:
         shapes.append(ratings.shape)
         return float(np.nanmean(ratings))
 
-    bootstrap_ci(statistic, data, 20, seed=0)
+    agreement_bootstrap_ci(statistic, data, 20, seed=0)
     assert set(shapes) == {(3, 30)}
 
 
@@ -196,13 +196,13 @@ def test_bootstrap_vectorised_path_equals_loop_and_is_seeded() -> None:
     fast = functools.partial(krippendorff_alpha, level="ordinal")
     slow = lambda ratings: krippendorff_alpha(ratings, "ordinal")  # noqa: E731  (no item terms: the loop path)
     for method in ("percentile", "bca"):
-        a = bootstrap_ci(fast, data, 200, seed=3, method=method)
-        b = bootstrap_ci(slow, data, 200, seed=3, method=method)
+        a = agreement_bootstrap_ci(fast, data, 200, seed=3, method=method)
+        b = agreement_bootstrap_ci(slow, data, 200, seed=3, method=method)
         np.testing.assert_allclose(a.distribution, b.distribution, rtol=1e-10)
         assert (a.low, a.high) == pytest.approx((b.low, b.high), rel=1e-10)
-    again = bootstrap_ci(fast, data, 200, seed=3)
-    other = bootstrap_ci(fast, data, 200, seed=4)
-    np.testing.assert_array_equal(again.distribution, bootstrap_ci(fast, data, 200, seed=3).distribution)
+    again = agreement_bootstrap_ci(fast, data, 200, seed=3)
+    other = agreement_bootstrap_ci(fast, data, 200, seed=4)
+    np.testing.assert_array_equal(again.distribution, agreement_bootstrap_ci(fast, data, 200, seed=3).distribution)
     assert not np.array_equal(again.distribution, other.distribution)
 
 
@@ -210,7 +210,7 @@ def test_bootstrap_vectorised_path_equals_loop_and_is_seeded() -> None:
 def test_bootstrap_matches_scipy_with_the_same_generator(method: str) -> None:
     data = random_ratings(11, raters=4, items=40)
     statistic = functools.partial(gwet_ac1, categories=[1, 2, 3, 4, 5], weights="quadratic")
-    mine = bootstrap_ci(statistic, data, 500, seed=7, method="bca" if method == "BCa" else "percentile")
+    mine = agreement_bootstrap_ci(statistic, data, 500, seed=7, method="bca" if method == "BCa" else "percentile")
     reference = stats.bootstrap(
         (np.arange(data.shape[1]),),
         lambda index: statistic(data[:, index.astype(int)]),
@@ -224,9 +224,9 @@ def test_bootstrap_matches_scipy_with_the_same_generator(method: str) -> None:
     assert mine.high == pytest.approx(reference.confidence_interval.high, rel=1e-9)
 
 
-def test_bootstrap_cis_records_undefined_statistics() -> None:
+def test_agreement_bootstrap_cis_records_undefined_statistics() -> None:
     data = np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
-    results = bootstrap_cis(
+    results = agreement_bootstrap_cis(
         {"alpha": (functools.partial(krippendorff_alpha, level="nominal"), data)},
         ItemResampler(3, 10, seed=0),
         on_error="record",

@@ -23,7 +23,6 @@ from analysis.metrics import (
     FrechetDistance,
     _compute_fd,
     alignment_metric,
-    bootstrap_ci,
     cmmd,
     cmmd_bootstrap_ci,
     compare_models,
@@ -31,6 +30,7 @@ from analysis.metrics import (
     equalize_n,
     fd_metric,
     fd_score,
+    feature_bootstrap_ci,
     feature_stats,
     frechet_distance,
     human_metric_comparison,
@@ -451,11 +451,11 @@ def test_equalize_n_subsamples_with_seed_or_refuses() -> None:
         equalize_n(sets, seed=1, on_unequal="refuse")
 
 
-def test_bootstrap_ci_brackets_the_estimate_and_is_seeded() -> None:
+def test_feature_bootstrap_ci_brackets_the_estimate_and_is_seeded() -> None:
     a, b = two_sets(200, 4)
-    low, high = bootstrap_ci(frechet_distance, a, b, n_boot=60, seed=0)
+    low, high = feature_bootstrap_ci(frechet_distance, a, b, n_boot=60, seed=0)
     assert low < frechet_distance(a, b) < high
-    assert bootstrap_ci(frechet_distance, a, b, n_boot=60, seed=0) == (low, high)
+    assert feature_bootstrap_ci(frechet_distance, a, b, n_boot=60, seed=0) == (low, high)
 
 
 def test_metric_results_are_stamped_and_tabled_per_extractor() -> None:

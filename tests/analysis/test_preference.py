@@ -203,3 +203,27 @@ def test_ranking_next_to_metrics_uses_each_metrics_direction() -> None:
     assert table.attrs["kendall_tau"]["clip"] == pytest.approx(expected)
     with pytest.raises(InputError, match="missing column"):
         ranking_vs_metrics(bt, metrics.drop(columns="fd"), {"fd": False})
+
+
+def test_adaptive_assignment_is_noted_and_its_draw_log_summarised() -> None:
+    from analysis.preference import adaptive_draw_summary, head_to_head_report_parts
+
+    records = simulate(np.array([-0.6, -0.2, 0.2, 0.6]), raters=6, cases=40, nu=0.3, rater_sd=0.1, seed=3,
+                       per_rater_cases=12)  # fmt: skip
+    exported = records.rename(columns={"choice": "prefer_realism"})
+    low = np.minimum(records["model_left"], records["model_right"])
+    high = np.maximum(records["model_left"], records["model_right"])
+    draws = pd.DataFrame({"step": np.arange(len(records)), "rater": records["rater"], "pair": low + "|" + high,
+                          "score": np.linspace(0.5, 0.1, len(records))})  # fmt: skip
+    summary = adaptive_draw_summary(draws).set_index("pair")
+    expected = (low + "|" + high).value_counts()
+    assert summary["draws"].to_dict() == expected.to_dict() and summary["share"].sum() == pytest.approx(1)
+    assert summary.loc["flux|kandinsky", "first_step"] == draws.loc[draws["pair"] == "flux|kandinsky", "step"].min()
+    (_, part), *_ = head_to_head_report_parts(exported, n_resamples=20, draws=draws)
+    notes = " ".join(part["notes"])
+    assert "assigned adaptively" in notes and "likelihood principle" in notes and "approximate" in notes
+    assert "prefer_realism/adaptive_draws" in part["tables"]
+    (_, fixed), *_ = head_to_head_report_parts(exported, n_resamples=20)
+    assert "adaptively" not in " ".join(fixed["notes"]) and "prefer_realism/adaptive_draws" not in fixed["tables"]
+    with pytest.raises(InputError, match="score"):
+        adaptive_draw_summary(draws.drop(columns="score"))

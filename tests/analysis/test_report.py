@@ -141,3 +141,26 @@ def test_empty_groups_are_omitted_with_a_note() -> None:
 def test_missing_columns_are_named(frame: pd.DataFrame, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="which_generated"):
         write_report(frame.drop(columns="which_generated"), tmp_path, title="t", stamp={})
+
+
+def test_image_grids_render_as_escaped_thumbnail_tables(tmp_path: Path) -> None:
+    """An ImageGrid (compare's samples) is a table of inline PNGs: a dash for a missing image, labels escaped."""
+    import base64
+    import io
+
+    from analysis.report import ImageGrid, ReportContent, render_report
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    grid = ImageGrid(columns=("real", HOSTILE), rows=((HOSTILE, (png, None)), ("second", (png, png))), label="prompt")
+    section = ReportSection("Samples", images={"samples": grid}, captions={"samples": "Sample images"})
+    content = ReportContent(HOSTILE, "", ["m"], [section], {"name": HOSTILE}, 0.95)
+    result = render_report(content, tmp_path)
+    page = result.html_path.read_text(encoding="utf-8")
+    assert "<script>" not in page and "<img src=x" not in page
+    grid_html = page[page.index("<h3>Sample images</h3>") :]
+    assert grid_html.count("<img class='thumb'") == 3 and grid_html.count("<td>–</td>") == 1
+    encoded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", grid_html)
+    assert [base64.b64decode(e) for e in encoded] == [png] * 3
+    assert "Sample images: see report.html" in (tmp_path / "report.md").read_text(encoding="utf-8")

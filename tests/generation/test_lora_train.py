@@ -16,6 +16,7 @@ from generation.lora import LORA_WEIGHT_NAME
 from generation.lora_train import (
     TRAIN_META_FILE,
     LoraTrainConfig,
+    LoraTrainer,
     _make_optimizer,
     latest_checkpoint,
     train_lora,
@@ -117,6 +118,40 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(
 
     with pytest.raises(ValueError, match="other settings"):
         train_lora(config(bases["sd"], tmp_path / "b", "sd", resume=True, rank=8), examples, progress=False)
+
+
+def test_trainer_checkpoint_then_resume_gives_the_uninterrupted_loss_trajectory(
+    bases: dict[str, Path], examples: list, tmp_path: Path
+) -> None:
+    """setup / step / checkpoint(path) in one trainer, resume(path) in a fresh one: the same losses and weights."""
+    settings = config(bases["sd"], tmp_path / "run", "sd", steps=6, lr_scheduler="linear", lr_warmup_steps=2)
+    straight = LoraTrainer(settings, examples, progress=False)
+    straight.setup()
+    uninterrupted = [straight.step() for _ in range(5)]
+    assert len(set(uninterrupted)) == 5 and straight.losses == uninterrupted
+
+    first = LoraTrainer(settings, examples, progress=False)
+    first.setup()
+    head = [first.step() for _ in range(2)]
+    saved = first.checkpoint(tmp_path / "elsewhere" / "state.pt")
+    assert saved is not None and saved.is_file()
+    first.step()  # the interrupted trainer goes on; the checkpoint must not see it
+    del first
+
+    second = LoraTrainer(settings, examples, progress=False)
+    second.setup()
+    assert second.resume(saved) == 2 and second.losses == head
+    tail = [second.step() for _ in range(3)]
+    np.testing.assert_allclose(head + tail, uninterrupted, rtol=1e-6, atol=1e-7)
+    for key, value in second.state.optimizer.state_dict()["state"].items():
+        torch.testing.assert_close(value["exp_avg"], straight.state.optimizer.state_dict()["state"][key]["exp_avg"])
+
+    adapter = second.save(tmp_path / "adapter")
+    assert adapter == tmp_path / "adapter" / LORA_WEIGHT_NAME and adapter.is_file()
+    other = LoraTrainer(config(bases["sd"], tmp_path / "run", "sd", steps=6, rank=8), examples, progress=False)
+    other.setup()
+    with pytest.raises(ValueError, match="other settings"):
+        other.resume(saved)
 
 
 def test_memory_options_do_not_change_the_trajectory(bases: dict[str, Path], examples: list, tmp_path: Path) -> None:

@@ -9,13 +9,11 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
+from compare import ComparisonResult, choose_split, parse_compare_config, run_comparison, stages, study_config_text
 from db.generated import dataset_cases, register_model
 from db.importers import import_dataset
 from db.models import CompareStage, GeneratedImage, Job, Model, Study, StudyItem
 from db.workspace import Workspace
-from generation import compare
-from generation.compare import choose_split, parse_compare_config, run_comparison, study_config_text
-from generation.cost import count_flops, gpu_hours, reference_denoiser_flops
 from generation.demo_data import make_demo_dataset
 from generation.lora_train import LoraTrainConfig, dataset_examples, train_lora
 from generation.testing import save_tiny_pipeline
@@ -92,7 +90,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Path]:
 
 
 @pytest.fixture(scope="module")
-def first_run(setup: tuple[Workspace, Path]) -> compare.ComparisonResult:
+def first_run(setup: tuple[Workspace, Path]) -> ComparisonResult:
     workspace, path = setup
     lines: list[str] = []
     result = run_comparison(workspace, path, progress=lines.append)
@@ -101,7 +99,7 @@ def first_run(setup: tuple[Workspace, Path]) -> compare.ComparisonResult:
 
 
 def test_the_run_writes_quality_and_cost_side_by_side(
-    setup: tuple[Workspace, Path], first_run: compare.ComparisonResult
+    setup: tuple[Workspace, Path], first_run: ComparisonResult
 ) -> None:
     workspace, path = setup
     result = first_run
@@ -147,15 +145,15 @@ def test_the_run_writes_quality_and_cost_side_by_side(
 
 
 def test_a_rerun_skips_finished_stages_and_a_change_redoes_only_what_depends_on_it(
-    setup: tuple[Workspace, Path], first_run: compare.ComparisonResult, monkeypatch: pytest.MonkeyPatch
+    setup: tuple[Workspace, Path], first_run: ComparisonResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workspace, path = setup
 
     def must_not_run(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a finished stage ran again")
 
-    for name in ("_train", "_generate", "_cost", "_study"):
-        monkeypatch.setattr(compare, name, must_not_run)
+    for name in ("train", "generate", "cost", "study"):
+        monkeypatch.setattr(stages, name, must_not_run)
     again = run_comparison(workspace, path)
     assert again.stages_run == []
     assert set(again.stages_skipped) == set(first_run.stages_run)
@@ -211,7 +209,7 @@ def test_split_keeps_every_prompt_of_an_image_on_one_side(shared_data):
     """MEDVQA-GI writes 7-14 prompts per image: a prompt-level split put 100% of held-out images in training."""
     import csv
 
-    from generation.compare import SplitConfig
+    from compare import SplitConfig
 
     rows = list(csv.DictReader((shared_data / "gi" / "prompts_per_image.csv").open(encoding="utf-8")))
     groups = {i: row["file"] for i, row in enumerate(rows)}  # case id -> its image, as db.case_groups gives
@@ -269,18 +267,3 @@ def test_duplicate_contenders_are_refused() -> None:
     entry = '[[contenders]]\nname = "a"\nkind = "registered"\nmodel = "m"\n'
     with pytest.raises(ValueError, match="unique"):
         parse_compare_config(f'name = "x"\ndataset = "d"\n{entry}{entry}')
-
-
-def test_flop_counts_match_the_arithmetic() -> None:
-    """FlopCounterMode counts 2 FLOPs per multiply-add: a (8 x 16) @ (16 x 4) product is 2 * 8 * 16 * 4."""
-    import torch
-
-    a, b = torch.randn(8, 16), torch.randn(16, 4)
-    assert count_flops(lambda: a @ b).total == 2 * 8 * 16 * 4
-    layer = torch.nn.Linear(16, 4)
-    assert count_flops(lambda: layer(a)).by_module == {"Linear": 2 * 8 * 16 * 4}
-    sd = reference_denoiser_flops("sd15", 64)
-    assert 0.85e9 < sd.parameters < 0.87e9  # SD 1.5's UNet has 860 M parameters
-    assert gpu_hours(3600 * 989e12 * 0.5, 989.0, 0.5) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="unknown reference"):
-        reference_denoiser_flops("dalle", 64)
