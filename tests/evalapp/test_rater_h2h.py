@@ -31,6 +31,8 @@ SRC = re.compile(r'src="([^"]+)"')
 WITH_REFERENCE = "h2h-with-reference"
 WITHOUT_REFERENCE = "h2h-no-reference"
 N_ITEMS = 3
+FIXTURE_MODELS = ("Zephyrine-Diffusion-7", "Quokkanet-GAN-3")  # conftest's two models and dataset
+FIXTURE_DATASET = "gi-leakcheck-set"
 
 
 def h2h_toml(name: str, models: list[str], dataset: str, *, reference: bool, per_pair: int) -> str:
@@ -46,11 +48,7 @@ def h2h_toml(name: str, models: list[str], dataset: str, *, reference: bool, per
 @pytest.fixture(scope="module")
 def h2h_studies(app_env: Any) -> Iterator[dict[str, int]]:
     """Two head-to-head studies of the fixture's two models: with and without the reference image."""
-    from db.models import Dataset
-
-    with app_env.workspace.database.session() as session:
-        models = sorted(session.scalars(select(Model.name)))
-        dataset = session.scalars(select(Dataset.name)).first()
+    models, dataset = list(FIXTURE_MODELS), FIXTURE_DATASET  # other tests register more models
     with app_env.workspace.database.session() as session:
         create_study(
             session,
@@ -338,7 +336,8 @@ def test_head_to_head_pairs_rated_by_keyboard_store_the_chosen_sides_and_leak_no
     rows = stored_ratings(app_env, rater.rater_pk)
     assert [p for p, _, _ in rows] == [0, 1, 2]
     with app_env.workspace.database.session() as session:
-        model_ids = {name: mid for mid, name in session.execute(select(Model.id, Model.name)).tuples()}
+        found = session.execute(select(Model.id, Model.name).where(Model.name.in_(FIXTURE_MODELS))).tuples()
+        model_ids = {name: mid for mid, name in found}
         frame = ratings_frame(session, WITH_REFERENCE)
     frame = frame[frame["rater"] == rater.public_id].sort_values("position")
     for (position, item_id, answers), (_, meant), (_, row) in zip(rows, KEYBOARD_PLAN, frame.iterrows(), strict=True):
