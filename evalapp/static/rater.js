@@ -294,6 +294,7 @@
       if (img.naturalWidth) img.style.width = img.naturalWidth / (window.devicePixelRatio || 1) + "px"; // 100% = native
       else img.onload = renderZoom;
       img.style.transform = "translate(" + view.x + "px," + view.y + "px) scale(" + view.scale + ")";
+      img.style.imageRendering = view.scale > 1 ? "pixelated" : ""; // magnified: each image pixel a crisp block
       p.querySelector(".ms-zoom-label").textContent = sideName(side);
     });
     var pct = Math.round(view.scale * 100);
