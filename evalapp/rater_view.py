@@ -386,14 +386,18 @@ def header_html(screen: Screen) -> str:
 
 
 def image_html(screen: Screen, side: str) -> str:
-    """One side's image with its caption and a full-size button."""
+    """One side's image with its caption and a full-size button.
+
+    The image's URL is in ``data-src``: the page script shows the copy it prefetched for that URL, or loads
+    the URL (so a prefetched image is not fetched a second time, as a plain ``src`` would be).
+    """
     if screen.kind != ScreenKind.PAIR:
         return ""
     src, zoom = (screen.left_src, screen.left_zoom) if side == "left" else (screen.right_src, screen.right_zoom)
     name = CHOICE_LABELS[side]
     return (
         f'<figure class="ms-figure ms-{side}">'
-        f'<div class="ms-frame"><img class="ms-img" src="{_e(src)}" alt="{name}" data-zoom="{_e(zoom)}" '
+        f'<div class="ms-frame"><img class="ms-img" data-src="{_e(src)}" alt="{name}" data-zoom="{_e(zoom)}" '
         'draggable="false"></div>'
         f'<figcaption><span class="ms-side">{name}</span>'
         f'<button type="button" class="ms-zoom" data-zoom="{_e(zoom)}">Full size '
@@ -541,22 +545,28 @@ def _blank(q: Question) -> Any:
 def screen_updates(screen: Screen, questions: QuestionSet = QUESTIONS, *, keep_status: bool = False) -> list[Any]:
     """Gradio updates (in :meth:`RaterComponents.outputs` order) that show ``screen`` with a blank form.
 
-    ``keep_status``: leave the status block (the instructions) as the page has it: after a submission that
-    shows the next pair, the only change is the pair itself.
+    ``keep_status``: the page shows a pair (a submission came from it): leave what stays as it is, so the
+    page redoes no more than the pair itself. The status block (the instructions), the form's and the Resume
+    button's visibility are not sent again for a next pair, and the questions get their blank value only
+    (their highlight classes are not sent: the page script clears highlights when the next pair is shown).
+    Each property sent costs the page a state update; a visibility one walks the whole form.
     """
     pair = screen.kind == ScreenKind.PAIR
-    blank = [gr.update(value=_blank(q), elem_classes=["ms-q", f"ms-q-{q.kind.value}"]) for q in questions.questions]
-    status = gr.update() if keep_status and pair else gr.update(value=status_html(screen), visible=True)
+    same = keep_status and pair
+    if same:
+        blank = [gr.update(value=_blank(q)) for q in questions.questions]
+    else:
+        blank = [gr.update(value=_blank(q), elem_classes=["ms-q", f"ms-q-{q.kind.value}"]) for q in questions.questions]
     return [
-        status,
-        gr.update(visible=pair),
+        gr.update() if same else gr.update(value=status_html(screen), visible=True),
+        gr.update() if same else gr.update(visible=pair),
         header_html(screen),
         image_html(screen, "left"),
         image_html(screen, "right"),
         *blank,
         screen.display_token,
         message_html(screen.notice, "notice") if screen.notice else message_html(),
-        gr.update(visible=screen.kind == ScreenKind.PAUSED),
+        gr.update() if same else gr.update(visible=screen.kind == ScreenKind.PAUSED),
     ]
 
 
