@@ -137,12 +137,21 @@ def start_echo() -> tuple[uvicorn.Server, str]:
     return echo, f"http://127.0.0.1:{port}/"
 
 
-async def one_rater(browser: Any, link: str, pairs: int, dom: list[float], out: list[float]) -> None:
-    context = await browser.new_context(viewport={"width": 1440, "height": 900})
-    page = await context.new_page()
-    await page.goto(link)
-    await page.wait_for_function("window.msReadyFor", timeout=120_000)
+async def open_page(browser: Any, url: str, ready: str, opening: asyncio.Semaphore) -> Any:
+    """A fresh context and page at ``url``, opened a few at a time (32 page loads at once on two busy cores
+    time out), once ``ready`` (a JS expression) holds."""
+    async with opening:
+        context = await browser.new_context(viewport={"width": 1440, "height": 900})
+        page = await context.new_page()
+        page.set_default_timeout(180_000)
+        await page.goto(url)
+        await page.wait_for_function(ready)
+    return page
+
+
+async def one_rater(page: Any, pairs: int, start: asyncio.Event, dom: list[float], out: list[float]) -> None:
     await page.keyboard.press("Enter")  # close the start screen
+    await start.wait()
     for _ in range(pairs):
         for key in KEYS:
             await page.keyboard.press(key)
@@ -151,22 +160,20 @@ async def one_rater(browser: Any, link: str, pairs: int, dom: list[float], out: 
         to_dom, total = await page.evaluate(SUBMIT_TO_VISIBLE)
         dom.append(to_dom)
         out.append(total)
-    await context.close()
+    await page.context.close()
 
 
-async def one_echo(browser: Any, url: str, clicks: int, out: list[float]) -> None:
-    context = await browser.new_context(viewport={"width": 1440, "height": 900})
-    page = await context.new_page()
-    await page.goto(url)
-    await page.wait_for_selector("#echo-go", timeout=120_000)
+async def one_echo(page: Any, clicks: int, start: asyncio.Event, out: list[float]) -> None:
+    await start.wait()
     for _ in range(clicks):
         await page.wait_for_timeout(THINK_MS)
         out.append(await page.evaluate(ECHO_ROUND_TRIP))
-    await context.close()
+    await page.context.close()
 
 
 async def run(links: list[str], pairs: int, per_browser: int, echo_url: str) -> tuple[list[float], ...]:
-    """Every rater at once, then as many echo pages at once; returns (dom, visible, echo) milliseconds."""
+    """Every rater at once, then as many echo pages at once; returns (dom, visible, echo) milliseconds.
+    The pages are opened first; the clocks run once all are open."""
     from playwright.async_api import async_playwright
 
     sys.path.insert(0, str(ROOT / "tests" / "evalapp"))
@@ -175,16 +182,28 @@ async def run(links: list[str], pairs: int, per_browser: int, echo_url: str) -> 
     dom: list[float] = []
     visible: list[float] = []
     echo: list[float] = []
+    opening = asyncio.Semaphore(4)
     async with async_playwright() as pw:
         n_browsers = max(1, -(-len(links) // per_browser))
         browsers = [
             await pw.chromium.launch(executable_path=str(fixtures.CHROMIUM), headless=True, args=fixtures.CHROMIUM_ARGS)
             for _ in range(n_browsers)
         ]
-        await asyncio.gather(
-            *(one_rater(browsers[n % n_browsers], link, pairs, dom, visible) for n, link in enumerate(links))
+        on = [browsers[n % n_browsers] for n in range(len(links))]
+        pages = await asyncio.gather(
+            *(open_page(b, link, "window.msReadyFor", opening) for b, link in zip(on, links, strict=True))
         )
-        await asyncio.gather(*(one_echo(browsers[n % n_browsers], echo_url, pairs, echo) for n in range(len(links))))
+        start = asyncio.Event()
+        rating = asyncio.gather(*(one_rater(page, pairs, start, dom, visible) for page in pages))
+        start.set()
+        await rating
+        pages = await asyncio.gather(
+            *(open_page(b, echo_url, "!!document.querySelector('#echo-go')", opening) for b in on)
+        )
+        start = asyncio.Event()
+        echoing = asyncio.gather(*(one_echo(page, pairs, start, echo) for page in pages))
+        start.set()
+        await echoing
         for browser in browsers:
             await browser.close()
     return dom, visible, echo
