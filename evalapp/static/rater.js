@@ -153,6 +153,12 @@
     requestAnimationFrame(function () { tickQueued = false; tick(); });
   }
   function tick() {
+    // Nothing new on screen (the common case, 60 times a second): return before formVisible(), whose
+    // offsetParent forces a layout while Gradio is still changing the page.
+    var onScreen = displayOnScreen();
+    if (onScreen && waiting && onScreen === waiting.display && messageSeq() === waiting.seq &&
+        performance.now() - waiting.since <= 10000) return;
+    if (onScreen && !waiting && ready && onScreen === currentDisplay) return;
     if (!formVisible()) {
       if (ready || currentDisplay) { ready = false; currentDisplay = ""; }
       if (waiting && performance.now() - waiting.since > 10000) waiting = null;
