@@ -662,6 +662,10 @@ def build_rater_blocks(questions: QuestionSet = QUESTIONS) -> tuple[gr.Blocks, R
             client_at = gr.Textbox(visible=False)
             answered_for = gr.Textbox(visible=False)
         resume = gr.Button("Resume", elem_id="ms-resume", variant="primary", visible=False)
+        # Submit's stand-in for the form's visibility: an update naming the form Column makes Gradio's
+        # frontend walk and snapshot every component inside it (tens of ms per submit); after a submit the
+        # form only ever hides for good (the thank-you screen), which the page script does from the status.
+        form_after_submit = gr.HTML("", visible=False, elem_id="ms-form-after-submit", js_on_load=None)
         comps = RaterComponents(
             status=status,
             form=form,
@@ -687,7 +691,7 @@ def build_rater_blocks(questions: QuestionSet = QUESTIONS) -> tuple[gr.Blocks, R
         send.click(
             handle_submit,
             [token, *comps.questions, client_ms, client_at, answered_for],
-            outputs,
+            [form_after_submit if block is form else block for block in outputs],
             js=f"(...a) => (window.msBeforeSubmit || ((x) => x))(a.slice(0, {n_inputs}))",
             trigger_mode="once",
             **common,

@@ -152,7 +152,12 @@
     tickQueued = true;
     requestAnimationFrame(function () { tickQueued = false; tick(); });
   }
+  function ended() { // the thank-you (or refusal) screen came as a submission's answer: hide the form for good
+    var end = !!document.querySelector("#ms-status .ms-status-done, #ms-status .ms-status-refused");
+    if (document.body && document.body.classList.contains("ms-ended") !== end) document.body.classList.toggle("ms-ended", end);
+  }
   function tick() {
+    ended();
     // Nothing new on screen (the common case, 60 times a second): return before formVisible(), whose
     // offsetParent forces a layout while Gradio is still changing the page.
     var onScreen = displayOnScreen();
