@@ -1,12 +1,13 @@
 """Blinding audit: how well does each thing a rater's browser can observe predict which side is real?
 
 Every pair of a study is fetched as its rater is served it (the same lookup and bytes as ``GET /m/...``,
-both sides requested at once, as the page does). For each observable (byte length, pixel width and height,
-colour mode, time to first byte, which side arrived first) the score of a pair is the left side's value
-minus the right side's, and the audit reports the AUC of that score for "the real image is on the left",
-with a DeLong 95% confidence interval and the p-value of AUC = 0.5. Blinding holds when every AUC is 0.5
-up to its CI; an observable is flagged as a leak when its p-value is below 0.05 / 6 (Bonferroni over the
-six observables, so that timing noise alone flags an audit about 5% of the time, not 26%).
+both sides requested at once, as the page does), and so is each side's zoom ("full size") copy. For each
+observable (byte length, pixel width and height, colour mode, time to first byte, which side arrived first,
+and the zoom copy's byte length, width and height) the score of a pair is the left side's value minus the
+right side's, and the audit reports the AUC of that score for "the real image is on the left", with a
+DeLong 95% confidence interval and the p-value of AUC = 0.5. Blinding holds when every AUC is 0.5 up to its
+CI; an observable is flagged as a leak when its p-value is below 0.05 / 9 (Bonferroni over the nine
+observables, so that timing noise alone flags an audit about 5% of the time, not 37%).
 
 The CI treats pairs as independent; a rater's pairs and an item's K readings are not, so the interval is
 somewhat narrow: a flag is a reason to look, and a pass with AUC exactly 0.5 (identical observables) is
@@ -35,7 +36,17 @@ from db.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
-OBSERVABLES = ("bytes", "width", "height", "mode", "ttfb_ms", "arrived_first")
+OBSERVABLES = (
+    "bytes",
+    "width",
+    "height",
+    "mode",
+    "ttfb_ms",
+    "arrived_first",
+    "zoom_bytes",
+    "zoom_width",
+    "zoom_height",
+)
 #: fetch(pair, side) -> the bytes served for that side
 Fetch = Callable[[ServedPair, Side], bytes]
 
@@ -68,11 +79,11 @@ def delong_auc(scores: np.ndarray, labels: np.ndarray, conf_level: float = 0.95)
     return AUCResult(auc, max(0.0, auc - half), min(1.0, auc + half), p_value)
 
 
-def served_fetch(workspace: Workspace) -> Fetch:
-    """What the image route serves for one side (:func:`db.studies.served_bytes`)."""
+def served_fetch(workspace: Workspace, *, zoom: bool = False) -> Fetch:
+    """What the image route serves for one side (:func:`db.studies.served_bytes`), or its zoom copy."""
 
     def fetch(pair: ServedPair, side: Side) -> bytes:
-        data = served_bytes(workspace.database, workspace.store, pair.rater_id, pair.position, side)
+        data = served_bytes(workspace.database, workspace.store, pair.rater_id, pair.position, side, zoom=zoom)
         if data is None:
             raise LookupError(f"rater {pair.rater_id} has no pair at position {pair.position}")
         return data
@@ -80,8 +91,9 @@ def served_fetch(workspace: Workspace) -> Fetch:
     return fetch
 
 
-def observe(pairs: list[ServedPair], fetch: Fetch) -> pd.DataFrame:
-    """One row per pair: whether the real image is on the left and each observable of both sides."""
+def observe(pairs: list[ServedPair], fetch: Fetch, zoom_fetch: Fetch | None = None) -> pd.DataFrame:
+    """One row per pair: whether the real image is on the left and each observable of both sides (the
+    ``zoom_*`` ones from ``zoom_fetch``, fetched after the pair; 0 on both sides without it)."""
     rows = []
     with ThreadPoolExecutor(max_workers=2) as pool:
         for pair in pairs:
@@ -105,6 +117,13 @@ def observe(pairs: list[ServedPair], fetch: Fetch) -> pd.DataFrame:
                 row |= {f"bytes_{tag}": len(data), f"width_{tag}": width, f"height_{tag}": height}
                 row |= {f"mode_{tag}": mode, f"ttfb_ms_{tag}": ms}
                 row[f"arrived_first_{tag}"] = int(arrived[0] == side)
+            for side in (Side.LEFT, Side.RIGHT):
+                data, width, height = (zoom_fetch(pair, side), 0, 0) if zoom_fetch else (b"", 0, 0)
+                if data:
+                    with Image.open(io.BytesIO(data)) as img:
+                        width, height = img.width, img.height
+                row |= {f"zoom_bytes_{side.value}": len(data), f"zoom_width_{side.value}": width}
+                row[f"zoom_height_{side.value}"] = height
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -129,15 +148,20 @@ def audit_table(observed: pd.DataFrame, conf_level: float = 0.95) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def audit_blinding(workspace: Workspace, study: str, *, fetch: Fetch | None = None) -> pd.DataFrame:
-    """The blinding audit of every pair of ``study`` as served to its raters (see the module doc)."""
+def audit_blinding(
+    workspace: Workspace, study: str, *, fetch: Fetch | None = None, zoom_fetch: Fetch | None = None
+) -> pd.DataFrame:
+    """The blinding audit of every pair of ``study`` as served to its raters, display and zoom copies (see
+    the module doc); ``fetch`` / ``zoom_fetch`` replace the served bytes (e.g. to plant a leak)."""
     with workspace.database.session() as session:
         pairs, _ = served_pairs(session, study)
     if not pairs:
         return audit_table(
             pd.DataFrame({"real_left": []} | {f"{o}_{s}": [] for o in OBSERVABLES for s in ("left", "right")})
         )
-    return audit_table(observe(pairs, fetch or served_fetch(workspace)))
+    return audit_table(
+        observe(pairs, fetch or served_fetch(workspace), zoom_fetch or served_fetch(workspace, zoom=True))
+    )
 
 
 def blinding_report_section(table: pd.DataFrame) -> dict[str, Any]:
@@ -145,8 +169,8 @@ def blinding_report_section(table: pd.DataFrame) -> dict[str, Any]:
     leaks = table.loc[table["leak"], "observable"].tolist()
     notes = [
         "AUC of each observable of the served images (left minus right) for 'the real image is on the left', "
-        "DeLong 95% CI; 0.5 means the observable says nothing about which side is real. Leak: p < 0.05/6 "
-        "(Bonferroni over the observables)."
+        "DeLong 95% CI; 0.5 means the observable says nothing about which side is real. Leak: "
+        f"p < 0.05/{len(OBSERVABLES)} (Bonferroni over the observables)."
     ]
     if table.empty or table["pairs"].max() == 0:
         notes.append("No pair has been assigned yet.")

@@ -236,11 +236,19 @@ class DbJobStore:
             return [row.id for row in rows]
 
 
-def list_jobs(session: Session, *, limit: int = 20, kinds: tuple[str, ...] | None = None) -> list[JobRecord]:
-    """The most recent background jobs (optionally of some kinds only), newest first."""
+def list_jobs(
+    session: Session, *, limit: int = 20, kinds: tuple[str, ...] | None = None, study: str | None = None
+) -> list[JobRecord]:
+    """The most recent background jobs, newest first; optionally of some kinds only, or of one study only.
+
+    A job records its study in its parameters (``params["study"]``: the console's generation and report
+    jobs); with ``study`` given, jobs of other studies and jobs of no study (the live demo's) are left out.
+    """
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if kinds:
         query = query.where(Job.kind.in_(kinds))
+    if study is not None:
+        query = query.where(Job.params["study"].as_string() == study)
     return [_record(row) for row in session.scalars(query)]
 
 

@@ -27,6 +27,7 @@ import struct
 import tempfile
 import warnings
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,8 +45,9 @@ ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF"})
 Fit = Literal["square", "contain"]
 #: bumped when the served encoding changes, so stale cached copies are never sent
 SERVED_VERSION = "fixed1"
-#: the "full size" view is twice the display size, at most this, the same for both sides
-ZOOM_FACTOR = 2
+#: the zoom ("full size") copy of a pair: both sides at one common pixel size, the smaller of the two sides'
+#: native sizes (:func:`zoom_size`), at most this many pixels a side. The cap bounds what one zoom copy weighs
+#: (uncompressed, fixed length: 2048 x 2048 is 12.6 MB, 1024 x 1024 3.1 MB); a pair over it is downscaled.
 MAX_ZOOM_SIZE = 2048
 #: source modes that are grey-scale: such a real image makes its pair grey on both sides
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -140,9 +142,27 @@ def _atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
         raise
 
 
-def zoom_size(size: int) -> int:
-    """Pixel size of the zoom view for display ``size`` (the same for both sides of a pair)."""
-    return min(size * ZOOM_FACTOR, MAX_ZOOM_SIZE)
+def native_square(width: int, height: int, fit: Fit) -> int:
+    """The display-square size at which an image of ``width`` x ``height`` is shown with no resampling:
+    its short side when ``square`` centre-crops, its long side when ``contain`` letterboxes.
+
+    >>> native_square(1280, 1024, "square"), native_square(1280, 1024, "contain")
+    (1024, 1280)
+    """
+    return min(width, height) if fit == "square" else max(width, height)
+
+
+def zoom_size(native_sizes: Iterable[tuple[int, int]], fit: Fit, cap: int = MAX_ZOOM_SIZE) -> int:
+    """The common pixel size of a pair's zoom copies: the smaller of its sides' :func:`native_square` sizes,
+    at most ``cap``. Both sides get it, so the zoom copies' size says nothing about which side is which;
+    the side with that native size is shown pixel for pixel and the other is downscaled to it. Never the
+    larger size: the smaller side would be upscaled, and its blur would tell it apart (a 512 px generated
+    image beside a 1,350 px colonoscopy frame).
+
+    >>> zoom_size([(720, 576), (1024, 1024)], "square"), zoom_size([(4000, 3000), (2500, 2500)], "square")
+    (576, 2048)
+    """
+    return min(min(native_square(w, h, fit) for w, h in native_sizes), cap)
 
 
 def pair_is_grey(domain: str, real_mode: str) -> bool:
@@ -166,6 +186,9 @@ def fit_for_display(
     if grey:
         img = img.convert("L").convert("RGB")
     if fit == "square":
+        if min(img.size) == size:  # native: an exact whole-pixel crop, no resampling (the zoom copy's case)
+            left, top = (img.width - size) // 2, (img.height - size) // 2
+            return img.crop((left, top, left + size, top + size))
         return ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
     scale = size / max(img.width, img.height)
     inner = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
@@ -253,17 +276,13 @@ class MediaStore:
         """Open a stored image (fully loaded; DICOM decoded at full depth by :func:`db.imaging.open_image`)."""
         return open_image(self.path(sha256))
 
-    def served_path(
-        self, sha256: str, *, size: int, fit: Fit, grey: bool = False, window: str | None = None
-    ) -> Path:
+    def served_path(self, sha256: str, *, size: int, fit: Fit, grey: bool = False, window: str | None = None) -> Path:
         """Where the served copy of ``sha256`` with these settings is kept."""
         self._path(sha256)  # validates the digest
         variant = f"{SERVED_VERSION}-{size}-{fit}" + ("-grey" if grey else "") + (f"-{window}" if window else "")
         return self.root / "served" / variant / sha256[:2] / f"{sha256}.png"
 
-    def render_served(
-        self, sha256: str, *, size: int, fit: Fit, grey: bool = False, window: str | None = None
-    ) -> bool:
+    def render_served(self, sha256: str, *, size: int, fit: Fit, grey: bool = False, window: str | None = None) -> bool:
         """Render and keep the served copy unless it is already kept; True when it was rendered now."""
         cache = self.served_path(sha256, size=size, fit=fit, grey=grey, window=window)
         if cache.exists():

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from db.errors import ConflictError, InputError, NotFoundError
 from db.models import Rater, Specialty, Study, StudyStatus, utcnow
@@ -85,8 +85,9 @@ def rater_by_token(session: Session, token: str | None) -> Rater | None:
 
 
 def rater_by_id(session: Session, rater_id: int) -> Rater | None:
-    """The rater with primary key ``rater_id`` (None if there is none)."""
-    return session.get(Rater, rater_id)
+    """The rater with primary key ``rater_id`` (None if there is none), with its study loaded in the same
+    query (the rater page reads the study's title and instructions on every next pair)."""
+    return session.get(Rater, rater_id, options=[joinedload(Rater.study)])
 
 
 def find_rater(session: Session, study: Study, name_or_id: str) -> Rater:

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.designs import (
     DESIGN_VERSION,
@@ -778,9 +778,23 @@ def check_study(session: Session, name: str) -> str:
     return "\n".join(parts)
 
 
+def pair_zoom_sizes(session: Session, study_id: int, fit: str) -> dict[tuple[str, str], int]:
+    """The zoom copy size of every pair of a study, keyed by its two shown images (generated, other side):
+    :func:`db.media.zoom_size` of their native sizes (one query)."""
+    gen_blob, other_blob = aliased(ImageBlob), aliased(ImageBlob)
+    other = func.coalesce(StudyItem.second_sha256, StudyItem.real_sha256)
+    rows = session.execute(
+        select(StudyItem.generated_sha256, other, gen_blob.width, gen_blob.height, other_blob.width, other_blob.height)
+        .join(gen_blob, gen_blob.sha256 == StudyItem.generated_sha256)
+        .join(other_blob, other_blob.sha256 == other)
+        .where(StudyItem.study_id == study_id)
+    ).all()
+    return {(g, o): zoom_size([(gw, gh), (ow, oh)], fit) for g, o, gw, gh, ow, oh in rows}  # type: ignore[arg-type]
+
+
 def prerender_study(session: Session, store: MediaStore, study: Study) -> int:
-    """Render every copy the study will serve (both sides, display and zoom size); returns how many were
-    rendered now (copies already kept are left as they are)."""
+    """Render every copy the study will serve (both sides at the display size, and both shown sides of each
+    pair at the pair's common zoom size); returns how many were rendered now (kept copies are left as they are)."""
     cfg = study_config(study)
     rows = session.execute(
         select(
@@ -791,14 +805,18 @@ def prerender_study(session: Session, store: MediaStore, study: Study) -> int:
         .where(StudyItem.study_id == study.id)
     ).all()  # fmt: skip
     fit = cfg.display.fit
+    zooms = pair_zoom_sizes(session, study.id, fit)
     rendered = 0
     for real, generated, domain, mode, second in rows:
         grey = pair_is_grey(domain.value, mode)
-        for size in (cfg.display.size, zoom_size(cfg.display.size)):
-            for sha in (real, generated) if second is None else (real, generated, second):
-                rendered += store.render_served(
-                    sha, size=size, fit=fit, grey=grey, window=cfg.display.window  # type: ignore[arg-type]
-                )
+        shown = (generated, real if second is None else second)
+        stored = (real, generated) if second is None else (real, generated, second)
+        copies = [(sha, cfg.display.size) for sha in stored]
+        copies += [(sha, zooms[shown]) for sha in shown]
+        for sha, size in copies:
+            rendered += store.render_served(
+                sha, size=size, fit=fit, grey=grey, window=cfg.display.window  # type: ignore[arg-type]
+            )  # fmt: skip
     return rendered
 
 
@@ -833,6 +851,8 @@ class ServedSide:
     grey: bool
     study_id: int
     config_text: str
+    #: the pair's two shown images (generated, other side): their native sizes set the zoom copy's size
+    pair: tuple[str, str] = ("", "")
 
 
 def served_side(session: Session, rater_id: int, position: int, side: Side | None) -> ServedSide | None:
@@ -864,9 +884,16 @@ def served_side(session: Session, rater_id: int, position: int, side: Side | Non
     if side is None:
         if second is None or not shows_reference(config_text):
             return None
-        return ServedSide(real, pair_is_grey(domain.value, mode), study_id, config_text)
-    sha = generated if side == generated_side else (real if second is None else second)
-    return ServedSide(sha, pair_is_grey(domain.value, mode), study_id, config_text)
+        return ServedSide(real, pair_is_grey(domain.value, mode), study_id, config_text, (real, real))
+    other = real if second is None else second
+    sha = generated if side == generated_side else other
+    return ServedSide(sha, pair_is_grey(domain.value, mode), study_id, config_text, (generated, other))
+
+
+def native_sizes(session: Session, shas: tuple[str, ...]) -> list[tuple[int, int]]:
+    """(width, height) of stored images, as imported (their native pixel size)."""
+    rows = session.execute(select(ImageBlob.width, ImageBlob.height).where(ImageBlob.sha256.in_(shas))).all()
+    return [(w, h) for w, h in rows]
 
 
 @functools.lru_cache(maxsize=256)
@@ -885,17 +912,19 @@ def served_bytes(
     database: Any, store: MediaStore, rater_id: int, position: int, side: Side | None, *, zoom: bool = False
 ) -> bytes | None:
     """The bytes ``GET /m/...`` serves for one side of a rater's pair (None when there is no such pair):
-    the kept, pre-rendered copy fitted to the study's display (or zoom) square. ``side`` None: the
+    the kept, pre-rendered copy fitted to the study's display square, or for ``zoom`` to the pair's common
+    zoom size (:func:`db.media.zoom_size` of both shown sides' native sizes). ``side`` None: the
     head-to-head reference image (see :func:`served_side`)."""
     with database.session() as session:
         found = served_side(session, rater_id, position, side)
+        sizes = native_sizes(session, found.pair) if found is not None and zoom else []
     if found is None:
         return None
     display = display_of(found.config_text)
-    size = zoom_size(display.size) if zoom else display.size
+    size = zoom_size(sizes, display.fit) if zoom else display.size  # type: ignore[arg-type]
     return store.served_copy(
         found.sha256, size=size, fit=display.fit, grey=found.grey, window=display.window  # type: ignore[arg-type]
-    )
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

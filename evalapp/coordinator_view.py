@@ -150,16 +150,21 @@ def models_table(ctx: Any, study: str) -> pd.DataFrame:
     return pd.DataFrame([[r.model, r.items, r.rated, r.assigned, f"{r.fraction:.0%}"] for r in rows], columns=columns)
 
 
-def jobs_table(ctx: Any) -> pd.DataFrame:
-    """Recent background jobs."""
+JOB_COLUMNS = ["job", "kind", "status", "progress", "message", "queued", "finished"]
+
+
+def jobs_table(ctx: Any, study: str) -> pd.DataFrame:
+    """The selected study's recent background jobs (never another study's; empty without a study)."""
+    if not study:
+        return pd.DataFrame(columns=JOB_COLUMNS)
     with ctx.workspace.database.session() as session:
-        rows = prog.list_jobs(session, limit=30)
+        rows = prog.list_jobs(session, limit=30, study=study)
     return pd.DataFrame(
         [
             [j.id, j.kind, j.status, f"{j.progress:.0%}", j.message[:200], _when(j.created_at), _when(j.finished_at)]
             for j in rows
         ],
-        columns=["job", "kind", "status", "progress", "message", "queued", "finished"],
+        columns=JOB_COLUMNS,
     )
 
 
@@ -321,7 +326,7 @@ def latest_report_files(ctx: Any, study: str) -> list[str]:
     if not study:
         return []
     with ctx.workspace.database.session() as session:
-        jobs = list_jobs(session, kinds=(REPORT_JOB,), limit=500)
+        jobs = list_jobs(session, kinds=(REPORT_JOB,), limit=500, study=study)
     for job in jobs:
         if job.status == "done" and job.result.get("study") == study:
             files = [job.result.get("path"), job.result.get("tables_zip")]
@@ -459,7 +464,11 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
                     gen_seed = gr.Textbox(label="Base seed (empty: 0)", value="0", max_length=12)
                 generate_button = gr.Button("Start generation", variant="primary")
                 generate_message = gr.Markdown("")
-                jobs = gr.Dataframe(label="Background jobs", interactive=False, wrap=True)
+                jobs = gr.Dataframe(
+                    label="Background jobs of the selected study (other studies' jobs are not listed)",
+                    interactive=False,
+                    wrap=True,
+                )
             with gr.Tab("Export"):
                 gr.Markdown(
                     "The tidy tables (ratings, items, raters, models) with the study config, as one zip, "
@@ -496,7 +505,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
     def overview(chosen: str | None) -> list[Any]:
         names = study_names(ctx)
         value = chosen if chosen in names else (names[0] if names else None)
-        return [gr.update(choices=names, value=value), studies_table(ctx), jobs_table(ctx)]
+        return [gr.update(choices=names, value=value), studies_table(ctx), jobs_table(ctx, value or "")]
 
     def coordinator_page_state(request: gr.Request) -> list[Any]:
         if identify(request).role != Role.COORDINATOR:
@@ -545,7 +554,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
             f"Updated {stamp}; refreshes every {REFRESH_S:g} s while this page is open.",
             raters_table(ctx, chosen or ""),
             models_table(ctx, chosen or ""),
-            jobs_table(ctx),
+            jobs_table(ctx, chosen or ""),
         ]
 
     def coord_tick(chosen: str | None, request: gr.Request) -> list[Any]:
@@ -620,7 +629,7 @@ def build_coordinator_tab(ctx: Any) -> CoordinatorConsole:
         except MedSynthError as exc:  # shown beside the fields; the jobs table stays
             return beside("Not queued", exc, 1)
         audit(request, "generate.queue", chosen, jobs=",".join(map(str, ids)))
-        return [f"Queued job(s) {', '.join(map(str, ids))}.", jobs_table(ctx)]
+        return [f"Queued job(s) {', '.join(map(str, ids))}.", jobs_table(ctx, chosen)]
 
     def coord_export(chosen: str, fmt: str, request: gr.Request) -> list[str]:
         require_coordinator(request)

@@ -6,7 +6,9 @@ different, unguessable URL; it holds no hash, file name, model, dataset or seed.
 token's image only to the rater it was made for (their session cookie), with ``Cache-Control: no-store``,
 no file name, no ETag and no Last-Modified. The bytes come from :meth:`MediaStore.served_copy`, fitted to
 the study's display square (both sides identically, grey on both sides for radiology / grey real images,
-equal byte length); the zoom view uses a larger copy of both sides. Every copy is rendered when its study is
+equal byte length); the zoom view uses a copy of both sides at the pair's common zoom size (the smaller
+native size of the two, capped: :func:`db.media.zoom_size`), so the side of that native size is served pixel
+for pixel and both zoom copies have the same size and byte length. Every copy is rendered when its study is
 created, and at start-up for studies that miss some, so no image arrives faster for having been served
 before.
 """
@@ -21,10 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from db.media import MediaStore
-from db.media import zoom_size as _zoom_pixels
 from db.models import Side
 from db.session import Database
-from db.studies import DisplayConfig, prerender_in_background, served_bytes
+from db.studies import prerender_in_background, served_bytes
 from evalapp.auth import Role, config, identify, sign, unsign
 
 IMAGE_ROUTE = "/m"
@@ -43,11 +44,6 @@ class ImageRef:
     position: int
     side: Side | None  #: None: the real image shown as the reference above a head-to-head pair
     zoom: bool
-
-
-def zoom_size(display: DisplayConfig) -> int:
-    """Pixel size of the "full size" view: twice the display size, at most 2048, the same for both sides."""
-    return _zoom_pixels(display.size)
 
 
 def image_token(

@@ -471,14 +471,18 @@ def header_html(screen: Screen) -> str:
 
 
 def image_html(screen: Screen, side: str) -> str:
-    """One side's image with its caption and a full-size button."""
+    """One side's image with its caption and a full-size button.
+
+    The image's URL is in ``data-src``: the page script shows the copy it prefetched for that URL, or loads
+    the URL (so a prefetched image is not fetched a second time, as a plain ``src`` would be).
+    """
     if screen.kind != ScreenKind.PAIR:
         return ""
     src, zoom = (screen.left_src, screen.left_zoom) if side == "left" else (screen.right_src, screen.right_zoom)
     name = CHOICE_LABELS[side]
     return (
         f'<figure class="ms-figure ms-{side}">'
-        f'<div class="ms-frame"><img class="ms-img" src="{_e(src)}" alt="{name}" data-zoom="{_e(zoom)}" '
+        f'<div class="ms-frame"><img class="ms-img" data-src="{_e(src)}" alt="{name}" data-zoom="{_e(zoom)}" '
         'draggable="false"></div>'
         f'<figcaption><span class="ms-side">{name}</span>'
         f'<button type="button" class="ms-zoom" data-zoom="{_e(zoom)}">Full size '
@@ -493,7 +497,7 @@ def reference_html(screen: Screen) -> str:
         return ""
     return (
         '<figure class="ms-ref"><div class="ms-ref-frame">'
-        f'<img class="ms-ref-img" src="{_e(screen.reference_src)}" alt="Reference image" draggable="false"></div>'
+        f'<img class="ms-ref-img" data-src="{_e(screen.reference_src)}" alt="Reference image" draggable="false"></div>'
         f'<figcaption><span class="ms-side">{REFERENCE_LABEL}</span></figcaption></figure>'
     )
 
@@ -728,15 +732,23 @@ def screen_updates(screen: Screen, *, keep_status: bool = False) -> list[Any]:
     """Gradio updates (in :meth:`RaterComponents.outputs` order) that show ``screen`` with a blank form.
 
     Every question of the screen's study is shown (with its label) and every other one hidden.
-    ``keep_status``: leave the status block (the instructions) as the page has it: after a submission that
-    shows the next pair, the only change is the pair itself.
+    ``keep_status``: the page shows a pair of the same study (a submission came from it): leave what stays as
+    it is, so the page redoes no more than the pair itself. The status block (the instructions), the form's
+    and the Resume button's visibility, the questions' visibility, labels and highlight classes are not sent
+    again for a next pair (the page script clears highlights when the next pair is shown); the questions get
+    their blank value only. Each property sent costs the page a state update; a visibility one walks the
+    whole form.
     """
     pair = screen.kind == ScreenKind.PAIR
+    same = keep_status and pair
     asked = questions_for(screen.study_kind)
     form = []
     for key in FORM_KEYS:
         q = _form_question(key, asked)
         shown = q or _any_question(key)
+        if same:
+            form.append(gr.update(value=_blank(shown)))
+            continue
         form.append(
             gr.update(
                 value=_blank(shown),
@@ -746,10 +758,9 @@ def screen_updates(screen: Screen, *, keep_status: bool = False) -> list[Any]:
             )
         )
     default, extra = _split(form)
-    status = gr.update() if keep_status and pair else gr.update(value=status_html(screen), visible=True)
     return [
-        status,
-        gr.update(visible=pair),
+        gr.update() if same else gr.update(value=status_html(screen), visible=True),
+        gr.update() if same else gr.update(visible=pair),
         header_html(screen),
         image_html(screen, "left"),
         image_html(screen, "right"),
@@ -759,7 +770,7 @@ def screen_updates(screen: Screen, *, keep_status: bool = False) -> list[Any]:
         reference_html(screen),
         keys_html(kind=screen.study_kind),
         message_html(screen.notice, "notice") if screen.notice else message_html(),
-        resume_update(screen),
+        gr.update() if same else resume_update(screen),
     ]
 
 
@@ -890,6 +901,10 @@ def build_rater_blocks() -> tuple[gr.Blocks, RaterComponents]:
             client_at = gr.Textbox(visible=False)
             answered_for = gr.Textbox(visible=False)
         resume = gr.Button("Resume", elem_id="ms-resume", variant="primary", visible=False)
+        # Submit's stand-in for the form's visibility: an update naming the form Column makes Gradio's
+        # frontend walk and snapshot every component inside it (tens of ms per submit); after a submit the
+        # form only ever hides for good (the thank-you screen), which the page script does from the status.
+        form_after_submit = gr.HTML("", visible=False, elem_id="ms-form-after-submit", js_on_load=None)
         comps = RaterComponents(
             status=status,
             form=form,
@@ -919,7 +934,7 @@ def build_rater_blocks() -> tuple[gr.Blocks, RaterComponents]:
         send.click(
             handle_submit,
             inputs,
-            outputs,
+            [form_after_submit if block is form else block for block in outputs],
             js=(f"(...a) => (window.msBeforeSubmit || ((x) => x))(a.slice(0, {len(inputs)}), {client_at_index})"),
             trigger_mode="once",
             **common,

@@ -22,7 +22,10 @@
   var answersFor = ""; // the display the form's answers were given for
   var waiting = null; // {display, seq, since}: a submission is on its way
   var queue = []; // keys pressed while not ready
-  var prefetched = {}; // image URL -> data: URL of the next pair, fetched while the rater answers
+  var prefetched = {}; // image URL -> blob: URL of the next pair's image, fetched and decoded while the rater answers
+  var decoded = {}; // image URL -> the decoded Image holding that blob (kept so the swap shows at once)
+  var shownBlobs = []; // blob: URLs on screen now (released when the next pair replaces them)
+  var tickQueued = false;
   var QUEUE_KEYS = /^([1-9]|l|L|r|R|e|E|ArrowUp|ArrowDown)$/;
   var STORE = window.localStorage || { getItem: function () { return null; }, setItem: function () {} };
 
@@ -125,6 +128,7 @@
       window.scrollTo({ top: 0 });
       var left = $("#ms-img-left .ms-img");
       window.msReadyFor = left ? left.getAttribute("src") : "";
+      document.querySelectorAll("#ms-form .ms-missing").forEach(function (b) { b.classList.remove("ms-missing"); });
       applyWindow();
       applyThemeDefault();
       maybeIntro();
@@ -136,14 +140,37 @@
     if (waiting && keys.indexOf("Enter") >= 0) waiting.replayed = true; // see tick: resent if dropped
   }
   function usePrefetched() {
-    if (ready && !waiting) return; // only a pair not yet shown takes the prefetched bytes
+    // a new pair's images (and a head-to-head reference) come with data-src only: show the prefetched,
+    // decoded copy, else load the URL
     images().concat(references()).forEach(function (img) {
-      var src = img.getAttribute("src") || "";
-      var data = prefetched[src];
-      if (data) { delete prefetched[src]; img.setAttribute("src", data); }
+      if (img.hasAttribute("src")) return;
+      var url = img.getAttribute("data-src") || "";
+      var blob = prefetched[url];
+      if (!blob) { img.setAttribute("src", url); return; }
+      if (shownBlobs.length >= 3) shownBlobs.splice(0).forEach(function (u) { URL.revokeObjectURL(u); });
+      shownBlobs.push(blob);
+      delete prefetched[url];
+      delete decoded[url];
+      img.setAttribute("src", blob);
     });
   }
+  function tickSoon() { // many DOM changes arrive per response: one check per frame, not one per change
+    if (tickQueued) return;
+    tickQueued = true;
+    requestAnimationFrame(function () { tickQueued = false; tick(); });
+  }
+  function ended() { // the thank-you (or refusal) screen came as a submission's answer: hide the form for good
+    var end = !!document.querySelector("#ms-status .ms-status-done, #ms-status .ms-status-refused");
+    if (document.body && document.body.classList.contains("ms-ended") !== end) document.body.classList.toggle("ms-ended", end);
+  }
   function tick() {
+    ended();
+    // Nothing new on screen (the common case, 60 times a second): return before formVisible(), whose
+    // offsetParent forces a layout while Gradio is still changing the page.
+    var onScreen = displayOnScreen();
+    if (onScreen && waiting && onScreen === waiting.display && messageSeq() === waiting.seq &&
+        performance.now() - waiting.since <= 10000) return;
+    if (onScreen && !waiting && ready && onScreen === currentDisplay) return;
     if (!formVisible()) {
       if (ready || currentDisplay) { ready = false; currentDisplay = ""; }
       if (waiting && performance.now() - waiting.since > 10000) waiting = null;
@@ -174,32 +201,40 @@
   }
   setInterval(tick, 15);
   new MutationObserver(function () {
-    usePrefetched();
-    tick();
+    usePrefetched(); // at once: before the browser asks the server for the URL the prefetch already holds
+    tickSoon();
     if (document.body && document.body.classList.contains("ms-grey") !== greyStudy()) applyWindow();
   }).observe(document.documentElement, {
-    subtree: true, childList: true, attributes: true, attributeFilter: ["data-display", "data-seq", "data-grey", "src"],
+    subtree: true, childList: true, attributes: true, attributeFilter: ["data-display", "data-seq", "data-grey", "src", "data-src"],
   });
   document.addEventListener("load", function () { tick(); }, true);
 
-  /* ---- prefetch: the next pair's images, held as data: URLs (the served copies are no-store) ---- */
+  /* ---- prefetch: the next pair's images, held as decoded blob: URLs (the served copies are no-store) ---- */
   function prefetchNext() {
     var h = head();
     var next = h ? (h.getAttribute("data-next") || "").split(" ").filter(Boolean) : [];
     var keep = {};
+    var keepDecoded = {};
     next.forEach(function (url) {
-      if (prefetched[url]) { keep[url] = prefetched[url]; return; }
+      if (url in prefetched) { keep[url] = prefetched[url]; keepDecoded[url] = decoded[url]; return; }
       keep[url] = "";
       fetch(url, { cache: "no-store", credentials: "same-origin" }).then(function (r) {
         if (!r.ok) throw new Error("no image");
         return r.blob();
-      }).then(function (blob) {
-        var reader = new FileReader();
-        reader.onload = function () { if (url in prefetched) prefetched[url] = String(reader.result); };
-        reader.readAsDataURL(blob);
+      }).then(function (data) {
+        if (!(url in prefetched)) return; // no longer the next pair
+        var blob = URL.createObjectURL(data);
+        var img = new Image();
+        img.src = blob;
+        var done = function () { if (url in prefetched) { prefetched[url] = blob; decoded[url] = img; } else URL.revokeObjectURL(blob); };
+        if (img.decode) img.decode().then(done, done); else done();
       }).catch(function () { delete prefetched[url]; });
     });
+    Object.keys(prefetched).forEach(function (url) {
+      if (!(url in keep) && prefetched[url]) URL.revokeObjectURL(prefetched[url]);
+    });
     prefetched = keep;
+    decoded = keepDecoded;
   }
 
   window.msBeforeSubmit = function (args, at) { // at: index of client ms, then client time, display id
@@ -307,6 +342,7 @@
       if (img.naturalWidth) img.style.width = img.naturalWidth / (window.devicePixelRatio || 1) + "px"; // 100% = native
       else img.onload = renderZoom;
       img.style.transform = "translate(" + view.x + "px," + view.y + "px) scale(" + view.scale + ")";
+      img.style.imageRendering = view.scale > 1 ? "pixelated" : ""; // magnified: each image pixel a crisp block
       p.querySelector(".ms-zoom-label").textContent = sideName(side);
     });
     var pct = Math.round(view.scale * 100);

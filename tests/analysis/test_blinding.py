@@ -22,7 +22,7 @@ from db.studies import ServedPair, create_study
 from db.workspace import Workspace
 from tests.db.conftest import STUDY_TOML, import_gi_with_models
 
-DETERMINISTIC = ["bytes", "width", "height", "mode"]
+DETERMINISTIC = ["bytes", "width", "height", "mode", "zoom_bytes", "zoom_width", "zoom_height"]
 
 
 def test_auc_equals_sklearn_with_ties() -> None:
@@ -90,6 +90,18 @@ def test_planted_size_leak_is_flagged(served_study: Workspace) -> None:
     assert abs(table.loc["bytes", "auc"] - 0.5) > 0.3
     notes = blinding_report_section(table.reset_index())["notes"]
     assert any(n.startswith("LEAK: bytes") for n in notes)
+
+
+def test_planted_zoom_leak_is_flagged(served_study: Workspace) -> None:
+    """Positive control for the zoom copies: serving each side's original file (its bytes tell)."""
+
+    def original(pair: ServedPair, side: Side) -> bytes:
+        sha = pair.left_sha256 if side == Side.LEFT else pair.right_sha256
+        return served_study.store.path(sha).read_bytes()
+
+    table = audit_blinding(served_study, "pilot", zoom_fetch=original).set_index("observable")
+    assert table.loc["zoom_bytes", "leak"] and abs(table.loc["zoom_bytes", "auc"] - 0.5) > 0.3
+    assert not table.loc["bytes", "leak"]  # the display copies are still the honest ones
 
 
 def test_cli_audit_blinding(served_study: Workspace, served_root: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from db.errors import InputError
 from db.export import export_study, raters_frame, ratings_frame
 from db.media import zoom_size
-from db.models import Assignment, ItemKind, Rater, StudyItem
+from db.models import Assignment, ImageBlob, ItemKind, Rater, StudyItem
 from db.practice import practice_feedback, practice_progress
 from db.progress import list_studies, model_progress, rater_progress
 from db.raters import add_rater, rater_by_token
@@ -76,7 +76,10 @@ def test_practice_items_come_from_outside_the_study_and_are_prerendered(gi_works
     for p in practice:
         assert p.case_id not in seen[0] and not {p.real_sha256, p.generated_sha256} & seen[1]
         for sha in (p.real_sha256, p.generated_sha256):  # served through the same pre-rendered copies
-            for size in (512, zoom_size(512)):
+            with gi_workspace.database.session() as s:
+                natives = [(b.width, b.height) for b in s.scalars(select(ImageBlob).where(
+                    ImageBlob.sha256.in_([p.real_sha256, p.generated_sha256])))]  # fmt: skip
+            for size in (512, zoom_size(natives, "square")):
                 assert gi_workspace.store.served_path(sha, size=size, fit="square").exists()
     assert len({p.case_id for p in practice}) == 3
     assert {p.generated_side.value for p in practice} == {"left", "right"}

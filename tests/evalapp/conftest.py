@@ -280,7 +280,7 @@ class LeakScanner:
         found = self.scan_text(html_text, where)
         for tag in re.findall(r"<(?:img|figure|figcaption|button)\b[^>]*>", html_text, flags=re.IGNORECASE):
             for name, value in re.findall(r'([\w:-]+)\s*=\s*"([^"]*)"', tag):
-                if name in ("src", "data-zoom"):
+                if name in ("src", "data-src", "data-zoom"):
                     found += self.check_image_url(html.unescape(value), where)
                 elif LEAK_WORDS.search(name) or LEAK_WORDS.search(value):
                     found.append(f"{where}: attribute {name}={value!r} on {tag[:60]!r}")
@@ -292,7 +292,7 @@ class LeakScanner:
 
     @staticmethod
     def check_image_url(url: str, where: str = "") -> list[str]:
-        if url.startswith("data:") or "/gradio_api/" in url or url.startswith(("http://", "https://")):
+        if url.startswith(("data:", "blob:")) or "/gradio_api/" in url or url.startswith(("http://", "https://")):
             return []
         match = IMAGE_URL.match(url)
         if match is None:

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from db.audit import recent_actions
 from db.export import ratings_frame
+from db.jobs import JobStatus, list_jobs
 from db.models import Assignment, Model, Rating, StudyItem
 from db.progress import assignment_rows, model_progress, rater_progress
 from db.raters import rater_by_token
@@ -150,6 +151,30 @@ def test_generation_job_is_queued_and_reported(app_env: AppEnv, app: App, coordi
     assert finished.status.value == "failed" and "imported, not generated" in finished.message
     table = call(app, coordinator, "coord_tick", [STUDY])[3]
     assert any(row[0] == job_id and row[2] == "failed" for row in table["data"])
+
+
+def test_jobs_table_lists_only_the_selected_studys_jobs(app_env: AppEnv, app: App, coordinator: Browser) -> None:
+    """Two studies, a generation job each (and a job of no study): each study's console lists its own only."""
+    other = "jobs-study-2"
+    call(app, coordinator, "coord_create_study", [study_toml(other, 1), None])
+    with app_env.workspace.database.session() as session:
+        folder_model = session.scalar(select(Model.name).where(Model.kind == "folder"))
+    ids = {}
+    for name in (STUDY, other):
+        message = call(app, coordinator, "coord_generate", [name, [folder_model], "cpu", "", "", ""])[0]
+        ids[name] = {int(n) for n in re.findall(r"\d+", message)}
+        assert ids[name], message
+    worker = app_env.ctx.jobs()
+    stray = worker.store.create("generate", {"dataset": "x", "model": "y"})  # a job of no study (never run)
+    worker.store.update(stray.id, status=JobStatus.CANCELLED)
+    for name in (STUDY, other):
+        listed = {row[0] for row in call(app, coordinator, "coord_tick", [name])[3]["data"]}
+        assert ids[name] <= listed, (name, listed)
+        assert not listed & ids[other if name == STUDY else STUDY], (name, listed)
+        assert stray.id not in listed
+        with app_env.workspace.database.session() as session:
+            assert all(job.params.get("study") == name for job in list_jobs(session, study=name, limit=500))
+    assert call(app, coordinator, "coord_tick", [""])[3]["data"] in ([], [[]])  # no study chosen: no jobs
 
 
 # ----------------------------------------------------------------------------------------------- progress reads

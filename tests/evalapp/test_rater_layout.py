@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from db.models import Study
-from db.studies import create_study
+from db.media import zoom_size
+from db.models import ImageBlob, Study
+from db.studies import create_study, served_side
 from evalapp import rater_view
+from evalapp.media_routes import read_image_token
 from evalapp.rater_view import Screen, ScreenKind
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -152,6 +154,23 @@ def test_radiology_pairs_default_to_the_dark_room_with_window_level() -> None:
     assert 'data-grey="0"' in rater_view.header_html(Screen(ScreenKind.PAIR, title="GI", domain="gi"))
 
 
+# The zoom view's image drawn onto a canvas at its own size: its decoded pixels (RGB) at the given points.
+READ_PIXELS = """(points) => { const i = document.querySelector('#ms-zoom img'); const c = document.createElement('canvas');
+  c.width = i.naturalWidth; c.height = i.naturalHeight; const g = c.getContext('2d'); g.drawImage(i, 0, 0);
+  return points.map(([x, y]) => Array.from(g.getImageData(x, y, 1, 1).data.slice(0, 3))); }"""
+
+
+def _zoomed_side(app_env: Any, src: str) -> tuple[str, int, dict[str, tuple[int, int]]]:
+    """(image shown, the pair's common zoom size, native size of both sides) for a zoom URL ``/m/<token>``."""
+    ref = read_image_token(src.rsplit("/", 1)[-1])
+    assert ref is not None and ref.zoom, src
+    with app_env.workspace.database.session() as session:
+        found = served_side(session, ref.rater_id, ref.position, ref.side)
+        assert found is not None
+        sizes = {sha: (b.width, b.height) for sha in found.pair if (b := session.get(ImageBlob, sha)) is not None}
+    return found.sha256, zoom_size(list(sizes.values()), "square"), sizes
+
+
 def test_full_resolution_view_shows_native_pixels_and_names_the_side(app_env: Any, open_rater_page: Any) -> None:
     rater = app_env.add_rater("browser-study")
     view = open_rater_page(rater.link, 1920, 1080)
@@ -163,15 +182,31 @@ def test_full_resolution_view_shows_native_pixels_and_names_the_side(app_env: An
     )
     state = page.locator(".ms-zoom-state")
     assert state.inner_text().startswith("Right image · 100%")
+    sha, common, sizes = _zoomed_side(app_env, page.get_attribute("#ms-zoom img", "src") or "")
+    if min(sizes[sha]) != common:  # the right side is the larger one, downscaled: check the left side's pixels
+        page.keyboard.press("[")
+        page.wait_for_function("document.querySelector('.ms-zoom-state').innerText.startsWith('Left image')")
+        sha, common, sizes = _zoomed_side(app_env, page.get_attribute("#ms-zoom img", "src") or "")
     native = page.evaluate(
         "(() => { const i = document.querySelector('#ms-zoom img'); const b = i.getBoundingClientRect();"
         " return [i.naturalWidth, b.width * devicePixelRatio]; })()"
     )
-    assert native[0] == 768 and abs(native[1] - native[0]) < 1  # one image pixel per screen pixel
+    # the zoom copy is the pair's common native size, and at 100% one image pixel is one device pixel
+    assert native[0] == common and abs(native[1] - native[0]) < 1, (native, common)
+    width, height = sizes[sha]
+    assert min(width, height) == common  # this side is shown at its native resolution: its own pixels
+    original = app_env.workspace.store.open(sha).convert("RGB")
+    left, top = (width - common) // 2, (height - common) // 2
+    points = [(0, 0), (common - 1, common - 1), (common // 2, common // 3), (17, common - 5), (common - 9, 23)]
+    shown = page.evaluate(READ_PIXELS, points)
+    assert shown == [list(original.getpixel((x + left, y + top))) for x, y in points]  # type: ignore[arg-type]
+    assert page.eval_on_selector("#ms-zoom img", "e => e.style.imageRendering") == ""
     page.keyboard.press("+")
     assert "125%" in state.inner_text()
+    assert page.eval_on_selector("#ms-zoom img", "e => e.style.imageRendering") == "pixelated"
+    shown_side = "Left" if state.inner_text().startswith("Left") else "Right"
     page.keyboard.press(" ")  # flicker: the other side at the same zoom
-    assert state.inner_text().startswith("Left image · 125%")
+    assert state.inner_text().startswith(f"{'Right' if shown_side == 'Left' else 'Left'} image · 125%")
     page.keyboard.press("x")  # side by side, equal zoom
     assert page.locator("#ms-zoom img").count() == 2 and "Both images" in state.inner_text()
     transforms = page.eval_on_selector_all("#ms-zoom img", "els => els.map(e => e.style.transform)")
