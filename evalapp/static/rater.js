@@ -159,8 +159,9 @@
     tickQueued = true;
     requestAnimationFrame(function () { tickQueued = false; tick(); });
   }
-  function ended() { // the thank-you (or refusal) screen came as a submission's answer: hide the form for good
-    var end = !!document.querySelector("#ms-status .ms-status-done, #ms-status .ms-status-refused");
+  function ended() { // the thank-you, refusal or practice-feedback screen came as a submission's answer:
+    // hide the form (submit no longer sends the form's visibility; the next screen's load shows it again)
+    var end = !!document.querySelector("#ms-status .ms-status-done, #ms-status .ms-status-refused, #ms-status .ms-status-feedback");
     if (document.body && document.body.classList.contains("ms-ended") !== end) document.body.classList.toggle("ms-ended", end);
   }
   function tick() {
