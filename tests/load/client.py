@@ -346,7 +346,10 @@ def parse_screen(outputs: list[Any], n_questions: int) -> Screen:
     """Read the rater page's outputs (see ``evalapp.rater_view.RaterComponents.outputs``)."""
     status, form, header = outputs[0], outputs[1], outputs[2]
     token = outputs[N_FIXED_OUTPUTS + n_questions]
-    if isinstance(form, dict) and form.get("visible") and isinstance(token, str) and token:
+    # a pair: the display token is set and the form is not hidden (after a submission that shows the next
+    # pair of the same study, the form's visibility is not sent again: its slot is an empty update)
+    hidden = isinstance(form, dict) and form.get("visible") is False
+    if not hidden and isinstance(token, str) and token and PAIR_RE.search(str(header)):
         match = PAIR_RE.search(str(header))
         if match is None:
             raise AssertionError(f"a pair screen without 'Pair N of T': {str(header)[:200]!r}")
