@@ -16,4 +16,9 @@ for _ in $(seq 1 30); do
 done
 su postgres -c "psql -q -h 127.0.0.1 -c \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='medsynth') THEN CREATE ROLE medsynth LOGIN SUPERUSER PASSWORD 'medsynth'; END IF; END \\\$\\\$;\"" >/dev/null 2>&1 \
   || su postgres -c "psql -q -c \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='medsynth') THEN CREATE ROLE medsynth LOGIN SUPERUSER PASSWORD 'medsynth'; END IF; END \\\$\\\$;\"" >/dev/null
+# A throw-away test server: no fsync. The tests kill the app, never the machine, and a committed transaction
+# survives an app crash without fsync; creating and dropping a database per test gets 4-10x faster.
+PGPASSWORD=medsynth psql -q -h 127.0.0.1 -U medsynth -d postgres -c "ALTER SYSTEM SET fsync = off" \
+  -c "ALTER SYSTEM SET synchronous_commit = off" -c "ALTER SYSTEM SET full_page_writes = off" \
+  -c "SELECT pg_reload_conf()" >/dev/null
 echo "postgresql+psycopg://medsynth:medsynth@127.0.0.1:5432/postgres"

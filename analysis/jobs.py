@@ -10,8 +10,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from analysis.report import ReportConfig
-from analysis.study_report import write_study_report
 from db.jobs import JobContext, Lane, Worker
 
 log = logging.getLogger(__name__)
@@ -21,6 +19,11 @@ REPORT_JOB = "report"
 
 def report_job(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """The ``report`` handler: ``params`` are ``study``, ``out_dir`` and optionally ``resamples`` and ``seed``."""
+    # Imported when a report runs: the report's statistics and plotting stack (scipy, statsmodels, matplotlib)
+    # would otherwise load on every `serve` start, before the first page is served.
+    from analysis.report import ReportConfig
+    from analysis.study_report import write_study_report
+
     study = str(params["study"])
     ctx.report(0, 100, "reading the ratings")
 

@@ -20,9 +20,12 @@ from db.workspace import Workspace
 from tests.db.conftest import STUDY_TOML, TRANSFORMS, write_generated
 
 
-@pytest.fixture
-def rated_study(tmp_path: Path, shared_data: Path) -> Path:
-    """A study of two 'models' with 3 raters who rated everything (answers from a seeded generator)."""
+@pytest.fixture(scope="module")
+def rated_study(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A study of two 'models' with 3 raters who rated everything (answers from a seeded generator).
+
+    Built once for the module: the reports only read it and write to their own ``tmp_path``."""
+    tmp_path = tmp_path_factory.mktemp("rated-study")
     data_dir = tmp_path / "data"
     ws = Workspace.open(None, data_dir)
     import_dataset(ws.database, ws.store, "csv", shared_data / "gi", name="gi", domain="gi",

@@ -233,7 +233,7 @@ def test_demo_inputs_are_checked() -> None:
 
 
 @pytest.mark.browser
-def test_console_in_chromium(app_env: AppEnv, browser: Any) -> None:
+def test_console_in_chromium(app_env: AppEnv, browser: Any, tmp_path: Path) -> None:
     """Sign in, paste a config, create the study, add a rater (link shown), export; screenshot the console."""
     from playwright.sync_api import expect
 
@@ -271,7 +271,7 @@ def test_console_in_chromium(app_env: AppEnv, browser: Any) -> None:
         expect(download_link).to_be_visible(timeout=30_000)
         with page.expect_download() as info:
             download_link.click()
-        saved = SHOTS / "export.zip"
+        saved = tmp_path / "export.zip"  # per test: parallel workers share /tmp/medsynth-shots
         info.value.save_as(saved)
         with zipfile.ZipFile(saved) as zf:
             assert any(n.endswith("ratings.csv") for n in zf.namelist())
