@@ -137,7 +137,6 @@
     var keys = queue;
     queue = [];
     keys.forEach(function (k) { handleKey(k, null); });
-    if (waiting && keys.indexOf("Enter") >= 0) waiting.replayed = true; // see tick: resent if dropped
   }
   function usePrefetched() {
     // a new pair's images (and a head-to-head reference) come with data-src only: show the prefetched,
@@ -169,8 +168,9 @@
     // Nothing new on screen (the common case, 60 times a second): return before formVisible(), whose
     // offsetParent forces a layout while Gradio is still changing the page.
     var onScreen = displayOnScreen();
+    // (While waiting, it still looks once after 1.5 s: the one resend below.)
     if (onScreen && waiting && onScreen === waiting.display && messageSeq() === waiting.seq &&
-        performance.now() - waiting.since <= 10000) return;
+        performance.now() - waiting.since <= (waiting.retried ? 10000 : 1500)) return;
     if (onScreen && !waiting && ready && onScreen === currentDisplay) return;
     if (!formVisible()) {
       if (ready || currentDisplay) { ready = false; currentDisplay = ""; }
@@ -184,9 +184,10 @@
         if (imagesShown() && formBlank()) becomeReady(shown, true);
       } else if (messageSeq() !== waiting.seq || performance.now() - waiting.since > 10000) {
         becomeReady(shown, false); // refused (missing answers): the same pair, its answers kept
-      } else if (waiting.replayed && !waiting.retried && performance.now() - waiting.since > 1500) {
-        // nothing came back: a submit replayed from queued keys can arrive while Gradio still finishes the
-        // previous event and be dropped ("once"); send it again (same display and submission id: stored once)
+      } else if (!waiting.retried && performance.now() - waiting.since > 1500) {
+        // nothing came back: a submit (typed, or replayed from queued keys) can reach Gradio while it still
+        // finishes the previous event and be dropped ("once"); send it again once (same display and
+        // submission id: stored once; if the first is still pending, Gradio drops this one instead)
         var first = waiting;
         ready = true;
         click("ms-submit");
