@@ -27,10 +27,11 @@ from analysis.memorization import (
 from app import main
 from db.importers import import_dataset, import_generated
 from db.models import Study, StudyItem
-from db.raters import add_rater, rater_by_token
-from db.ratings import next_pair, submit_rating
+from db.raters import add_rater
+from db.ratings import submit_rating
 from db.workspace import Workspace
 from tests.db.conftest import link_images
+from tests.rating import unrated_pairs
 
 
 def test_top_k_search_equals_brute_force_across_blocks() -> None:
@@ -178,13 +179,7 @@ def test_audit_flags_copies_study_excludes_them_and_report_has_the_table(
     # the report carries the memorization table
     with ws.database.session() as s:
         token = add_rater(s, "pilot", "Dr A", "gastroenterology", 5).token
-    while True:
-        with ws.database.session() as s:
-            rater = rater_by_token(s, token)
-            pair = next_pair(s, rater)
-            rid = rater.id
-        if pair is None:
-            break
+    for rid, pair in unrated_pairs(ws.database, token):
         answers = {"realism_left": 3, "realism_right": 4, "accuracy_left": 3, "accuracy_right": 2,
                    "which_generated": "left", "confidence": 3}  # fmt: skip
         submit_rating(ws.database, rid, pair.item_public_id, uuid.uuid4().hex, answers)

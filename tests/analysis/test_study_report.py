@@ -13,11 +13,12 @@ import pytest
 
 from app import main
 from db.importers import import_dataset, import_generated
-from db.raters import add_rater, rater_by_token
-from db.ratings import next_pair, submit_rating
+from db.raters import add_rater
+from db.ratings import submit_rating
 from db.studies import create_study
 from db.workspace import Workspace
 from tests.db.conftest import STUDY_TOML, TRANSFORMS, write_generated
+from tests.rating import unrated_pairs
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +41,7 @@ def rated_study(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> 
         tokens = [add_rater(s, "pilot", f"Dr {i}", "gastroenterology", 2 + 5 * i).token for i in range(3)]
     rng = np.random.default_rng(0)
     for token in tokens:
-        while True:
-            with ws.database.session() as s:
-                rater = rater_by_token(s, token)
-                pair = next_pair(s, rater)
-                rid = rater.id
-            if pair is None:
-                break
+        for rid, pair in unrated_pairs(ws.database, token):
             r = rng.integers(1, 6, size=5)
             answers = {"realism_left": int(r[0]), "realism_right": int(r[1]), "accuracy_left": int(r[2]),
                        "accuracy_right": int(r[3]), "confidence": int(r[4]),

@@ -20,6 +20,7 @@ from db.raters import add_rater, rater_by_token
 from db.ratings import next_pair, progress, submit_rating
 from db.studies import check_study, create_study, get_study, parse_study_config, served_pairs
 from db.workspace import Workspace
+from tests.rating import unrated_pairs
 
 # 2 models x K 2 = 4 slots: both models are shown the same 6 cases, so 24 - 6 = 18 fixture cases stay outside
 PRACTICE_TOML = """
@@ -118,15 +119,10 @@ def test_practice_comes_first_resumes_and_gives_feedback_only_for_practice(gi_wo
 
 def rate_all(ws: Workspace, token: str, answers: dict[str, object] = ANSWERS) -> int:
     n = 0
-    while True:
-        with ws.database.session() as s:
-            rater = rater_by_token(s, token)
-            pair = next_pair(s, rater)
-            rid = rater.id
-        if pair is None:
-            return n
+    for rid, pair in unrated_pairs(ws.database, token):
         submit_rating(ws.database, rid, pair.item_public_id, uuid.uuid4().hex, answers)
         n += 1
+    return n
 
 
 def test_exports_flag_practice_and_progress_leaves_it_out(gi_workspace: Workspace, tmp_path: Path) -> None:
