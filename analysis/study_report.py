@@ -43,6 +43,7 @@ from analysis.report import (
     progress_steps,
     render_report,
 )
+from db.adaptive import draws_frame, is_adaptive
 from db.errors import InputError
 
 if TYPE_CHECKING:
@@ -319,8 +320,6 @@ def compute_study_report(
         ratings: pd.DataFrame = ratings_frame(session, study_name)
         study = get_study(session, study_name)
         stamp = {"study": study.name, "study_config_sha256": study.config_sha256, "study_seed": study.seed}
-        from db.adaptive import draws_frame, is_adaptive  # adaptive head-to-head: its draw log (issue 18)
-
         draws = draws_frame(session, study) if is_adaptive(study) else None
     if ratings.empty:
         raise InputError(f"study {study_name!r} has no ratings yet; nothing to analyse")

@@ -16,6 +16,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.adaptive import draws_frame, is_adaptive
 from db.errors import InputError
 from db.models import Assignment, Case, Dataset, ItemKind, Model, Rater, Rating, Study, StudyItem
 from db.questions import DEFAULT_QUESTIONS
@@ -310,8 +311,6 @@ def export_study(
         "raters": raters_frame(session, study),
         "models": models_frame(session, study),
     }
-    from db.adaptive import draws_frame, is_adaptive  # adaptive head-to-head: the draw log (issue 18)
-
     if is_adaptive(study):
         tables["adaptive_draws"] = draws_frame(session, study)
     files = [write_table(frame, out_dir / name, fmt, bom=bom) for name, frame in tables.items()]  # type: ignore[arg-type]

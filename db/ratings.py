@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db.adaptive import adaptive_total, draw_if_adaptive
 from db.errors import AccessDenied, InputError
 from db.models import Assignment, ItemKind, Rater, Rating, RatingConflict, Side, Study, StudyItem, utcnow
 from db.questions import DEFAULT_QUESTIONS, QuestionSet
@@ -81,8 +82,6 @@ def progress(session: Session, rater_id: int) -> tuple[int, int]:
         .join(StudyItem, Rating.item_id == StudyItem.id)
         .where(Rating.rater_id == rater_id, StudyItem.kind != ItemKind.PRACTICE)
     )
-    from db.adaptive import adaptive_total  # adaptive head-to-head: the planned number, not the drawn one
-
     rater = session.get(Rater, rater_id)
     planned = adaptive_total(session, rater) if rater is not None else None
     return int(done or 0), int(total or 0) if planned is None else max(planned, int(total or 0))
@@ -90,7 +89,6 @@ def progress(session: Session, rater_id: int) -> tuple[int, int]:
 
 def next_pair(session: Session, rater: Rater) -> PairView | None:
     """The rater's next unrated pair (marking when it was first shown), or None when all are rated."""
-    from db.adaptive import draw_if_adaptive  # adaptive head-to-head studies draw the next pair now
 
     draw_if_adaptive(session, rater)
     row = session.execute(

@@ -51,6 +51,7 @@ from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
+from db.adaptive import ADAPTIVE, check_assignment_keys, planned_quota
 from db.designs import (
     DESIGN_VERSION,
     DesignAudit,
@@ -239,8 +240,6 @@ def parse_study_config(text: str, *, source: str = "study config") -> StudyConfi
             "set practice_pairs = 0",
             path=source,
         )
-    from db.adaptive import check_assignment_keys  # the adaptive head-to-head keys (issue 18)
-
     assignment, items_per_rater = check_assignment_keys(raw, kind, source)
     return StudyConfig(
         name=name,
@@ -991,7 +990,6 @@ def assign_rater(session: Session, study: Study, rater: Rater) -> int:
     )
     slot = peers % cfg.slots
     if cfg.kind == "head-to-head":
-        from db.adaptive import ADAPTIVE, planned_quota
         from db.head_to_head_study import h2h_items_for_slot
 
         if cfg.assignment == ADAPTIVE:  # pairs are drawn when the rater asks (db.adaptive.draw_if_adaptive)
