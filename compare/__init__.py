@@ -26,10 +26,30 @@ imports ``generation`` (to make images), ``analysis`` (features and metrics) and
 imports it.
 """
 
-from compare.config import CompareConfig, ContenderConfig, MetricsConfig, SplitConfig, parse_compare_config
-from compare.run import ComparisonResult, resolve_out_dir, run_comparison
-from compare.stages import choose_split, study_config_text
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from compare.config import CompareConfig, ContenderConfig, MetricsConfig, SplitConfig, parse_compare_config
+    from compare.run import ComparisonResult, resolve_out_dir, run_comparison
+    from compare.stages import choose_split, study_config_text
+
+# Each public name and the module that defines it. They are imported on first use, so that importing a
+# submodule (the server's ``compare.jobs`` at start-up) does not pull in torch through compare.config.
+_EXPORTS = {
+    "CompareConfig": "compare.config",
+    "ContenderConfig": "compare.config",
+    "MetricsConfig": "compare.config",
+    "SplitConfig": "compare.config",
+    "parse_compare_config": "compare.config",
+    "ComparisonResult": "compare.run",
+    "resolve_out_dir": "compare.run",
+    "run_comparison": "compare.run",
+    "choose_split": "compare.stages",
+    "study_config_text": "compare.stages",
+}
 __all__ = [
     "CompareConfig",
     "ComparisonResult",
@@ -42,3 +62,9 @@ __all__ = [
     "run_comparison",
     "study_config_text",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'compare' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compare.run import run_comparison
 from db.jobs import JobContext, Lane, Worker
 
 COMPARE_JOB = "compare"
@@ -16,6 +15,7 @@ COMPARE_JOB = "compare"
 
 def compare_job(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """The ``compare`` handler: run the comparison configured in ``params["config"]`` (resumable by stage)."""
+    from compare.run import run_comparison  # torch and the generation stack: imported when a run starts
 
     def progress(line: str) -> None:
         ctx.store.update(ctx.job_id, message=str(line)[:500])

@@ -4,17 +4,21 @@
 
 The worker itself (queues, lanes, job state) is :class:`db.jobs.Worker`; :func:`register_generation_jobs`
 adds these handlers to it, sharing one :class:`~generation.pipelines.PipelineCache` so pipelines stay warm
-between jobs. ``app.py`` calls it before the server accepts a request.
+between jobs. ``app.py`` calls it before the server accepts a request; the cache (and torch with it) is made
+when the first generation or demo job runs, so a server start does not pay for importing torch.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 from db.generated import get_model
 from db.jobs import Handler, JobContext, Lane, Worker
-from generation.pipelines import ModelSpec, PipelineCache
+
+if TYPE_CHECKING:
+    from generation.pipelines import PipelineCache
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +26,26 @@ GENERATE_JOB = "generate"
 DEMO_JOB = "demo"
 
 
-def generate_handler(cache: PipelineCache) -> Handler:
+class SharedPipelines:
+    """The one pipeline cache the generation jobs share, made on first use (importing torch takes 2 s)."""
+
+    def __init__(self, cache: PipelineCache | None = None, capacity: int = 2) -> None:
+        self._cache = cache
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    @property
+    def cache(self) -> PipelineCache:
+        """The cache, made by the first job that asks."""
+        with self._lock:
+            if self._cache is None:
+                from generation.pipelines import PipelineCache
+
+                self._cache = PipelineCache(capacity=self._capacity)
+            return self._cache
+
+
+def generate_handler(pipelines: SharedPipelines) -> Handler:
     """The ``generate`` handler: ``params`` are ``dataset``, ``model`` and :class:`GenerationConfig` fields."""
 
     def generate(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
@@ -37,7 +60,7 @@ def generate_handler(cache: PipelineCache) -> Handler:
             progress=False,
             on_progress=ctx.report,
             should_stop=ctx.cancelled,
-            cache=cache,
+            cache=pipelines.cache,
             limit=params.get("limit"),
         )
         return report.summary()
@@ -45,7 +68,7 @@ def generate_handler(cache: PipelineCache) -> Handler:
     return generate
 
 
-def demo_handler(cache: PipelineCache) -> Handler:
+def demo_handler(pipelines: SharedPipelines) -> Handler:
     """The ``demo`` handler: one image for ``prompt`` with ``model`` (or a ``spec``), stored in the media store.
 
     Progress is reported after every denoising step (the step callback is added here, inside the worker,
@@ -54,6 +77,7 @@ def demo_handler(cache: PipelineCache) -> Handler:
 
     def demo(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         from generation.batch import GenerationConfig, generate_images, resolve_params
+        from generation.pipelines import ModelSpec
 
         workspace = ctx.require_workspace()
         if params.get("model"):
@@ -68,7 +92,7 @@ def demo_handler(cache: PipelineCache) -> Handler:
             return tensors
 
         call_kwargs = {**dict(params.get("call_kwargs") or {}), "callback_on_step_end": on_step}
-        loaded = cache.get(spec, str(params.get("device", "auto")))
+        loaded = pipelines.cache.get(spec, str(params.get("device", "auto")))
         config = GenerationConfig.from_params({**params, "call_kwargs": call_kwargs}, batch_size=1, per_case=1)
         sampling = resolve_params(loaded, config)
         total["steps"] = sampling.steps
@@ -79,9 +103,10 @@ def demo_handler(cache: PipelineCache) -> Handler:
     return demo
 
 
-def register_generation_jobs(worker: Worker, cache: PipelineCache | None = None) -> PipelineCache:
-    """Register ``generate`` (batch lane) and ``demo`` (live lane); returns the shared cache."""
-    cache = cache if cache is not None else PipelineCache(capacity=2)
-    worker.register(GENERATE_JOB, generate_handler(cache), Lane.BATCH)
-    worker.register(DEMO_JOB, demo_handler(cache), Lane.LIVE)
-    return cache
+def register_generation_jobs(worker: Worker, cache: PipelineCache | None = None) -> SharedPipelines:
+    """Register ``generate`` (batch lane) and ``demo`` (live lane) over one shared pipeline cache (``cache``,
+    or one of two pipelines made on the first job); returns what they share."""
+    pipelines = SharedPipelines(cache)
+    worker.register(GENERATE_JOB, generate_handler(pipelines), Lane.BATCH)
+    worker.register(DEMO_JOB, demo_handler(pipelines), Lane.LIVE)
+    return pipelines

@@ -321,9 +321,9 @@ def test_a_demo_request_completes_while_a_batch_generation_runs(gi_workspace) ->
 
     cache = PipelineCache(capacity=1)
     worker = Worker(DbJobStore(gi_workspace.database), workspace=gi_workspace)
-    register_generation_jobs(worker, cache)
+    shared = register_generation_jobs(worker, cache)
     release, holding = threading.Event(), threading.Event()
-    generate = generate_handler(cache)
+    generate = generate_handler(shared)
 
     def long_generation(params, ctx):  # type: ignore[no-untyped-def]
         holding.set()  # a real generation that takes as long as the test wants
