@@ -23,6 +23,7 @@ Public: :class:`AppServer`, :func:`seed_load_study`, :class:`RaterSession`, :cla
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
 import json
@@ -86,12 +87,130 @@ def app_env() -> dict[str, str]:
     return env
 
 
+def _import_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment without what pytest changes per test (``PYTEST_CURRENT_TEST``)."""
+    return {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+class LaunchedProcess:
+    """A process forked by a :class:`Launcher`: the part of ``subprocess.Popen`` that :class:`AppServer` uses."""
+
+    def __init__(self, launcher: Launcher, pid: int) -> None:
+        self._launcher = launcher
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        self.returncode = self._launcher.exit_code(self.pid)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # it ended just now
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self._launcher.wait_exit(self.pid, timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
+        self.returncode = code
+        return code
+
+
+class Launcher:
+    """``tests/load/launcher.py``: forks ``python app.py ARGS`` processes from an interpreter that has
+    imported ``modules`` once (the 5 s of imports each server start would pay). See that module."""
+
+    #: what ``python app.py serve`` imports before it opens the database
+    SERVE = ("app", "evalapp.server", "compare.jobs", "analysis.jobs", "generation.worker", "generation.demo_study")
+    #: what ``python app.py generate`` imports before its first image (torch, diffusers, a CLIP text encoder)
+    GENERATE = ("app", "db.workspace", "generation.batch", "generation.pipelines",
+                "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")  # fmt: skip
+
+    def __init__(self, modules: Sequence[str] = SERVE) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "load" / "launcher.py"), *modules],
+            cwd=REPO,
+            env=app_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self._env = app_env()
+        self._lock = threading.Condition()
+        self._pids: list[int] = []
+        self._exits: dict[int, int] = {}
+        self._ready = False
+        threading.Thread(target=self._read, daemon=True, name="launcher-reader").start()
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._ready or self._process.poll() is not None, timeout=180):
+                raise RuntimeError("the launcher did not finish its imports within 180 s")
+            if not self._ready:
+                raise RuntimeError(f"the launcher exited with {self._process.returncode} during its imports")
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            message = json.loads(line)
+            with self._lock:
+                if "ready" in message:
+                    self._ready = True
+                elif "pid" in message:
+                    self._pids.append(int(message["pid"]))
+                else:
+                    self._exits[int(message["exit"])] = int(message["code"])
+                self._lock.notify_all()
+        with self._lock:
+            self._ready = False
+            self._lock.notify_all()
+
+    def spawn(self, command: Sequence[str], log_path: Path) -> LaunchedProcess:
+        """Fork ``command`` (``[python, app.py, *args]``) with stdout and stderr appended to ``log_path``."""
+        if Path(command[1]) != REPO / "app.py":
+            raise ValueError(f"the launcher runs app.py only, not {command[1]}")
+        env = app_env()
+        if _import_env(env) != _import_env(self._env):  # the imports already ran under the launcher's
+            raise RuntimeError("the environment changed since the launcher started: start a new launcher")
+        request = {"argv": ["app.py", *command[2:]], "cwd": str(REPO), "env": env, "log": str(log_path)}
+        assert self._process.stdin is not None
+        with self._lock:
+            seen = len(self._pids)
+            self._process.stdin.write((json.dumps(request) + "\n").encode())
+            self._process.stdin.flush()
+            if not self._lock.wait_for(lambda: len(self._pids) > seen, timeout=30):
+                raise RuntimeError("the launcher did not fork within 30 s")
+            return LaunchedProcess(self, self._pids[seen])
+
+    def exit_code(self, pid: int) -> int | None:
+        with self._lock:
+            return self._exits.get(pid)
+
+    def wait_exit(self, pid: int, timeout: float | None) -> int | None:
+        with self._lock:
+            self._lock.wait_for(lambda: pid in self._exits, timeout=timeout)
+            return self._exits.get(pid)
+
+    def close(self) -> None:
+        """End the launcher (its children are stopped by their :class:`AppServer`)."""
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(10)
+
+
 @dataclass
 class AppServer:
     """``python app.py --data-dir D [--db URL] serve --port P --no-demo`` as a subprocess on 127.0.0.1.
 
     The process gets its own process group; :meth:`kill` sends a signal to that group only and
     :meth:`stop` (also the context-manager exit) always ends it, so a failing test leaves nothing behind.
+    With a ``launcher`` the same command is forked from it (:class:`Launcher`: no 5 s of imports per start);
+    without one it is a new interpreter, as a user starts it.
     """
 
     data_dir: Path
@@ -100,7 +219,8 @@ class AppServer:
     port: int = 0
     log_path: Path | None = None
     extra_args: Sequence[str] = ()
-    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    launcher: Launcher | None = None
+    process: subprocess.Popen[bytes] | LaunchedProcess | None = field(default=None, init=False)
     started_s: float = field(default=0.0, init=False)
     _log: Any = field(default=None, init=False)
 
@@ -127,14 +247,17 @@ class AppServer:
             self._log.close()
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         started = time.perf_counter()
-        self.process = subprocess.Popen(
-            self.command(),
-            cwd=REPO,
-            env=app_env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        if self.launcher is not None:
+            self.process = self.launcher.spawn(self.command(), log_path)
+        else:
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=REPO,
+                env=app_env(),
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = started + timeout_s
         with httpx.Client(timeout=5) as client:
             while time.perf_counter() < deadline:
@@ -230,7 +353,11 @@ def seed_load_study(
             manifest = ["file,case,seed"]
             for n, row in enumerate(rows[: 2 * cases]):
                 with Image.open(gi / row["file"]) as img:
-                    transform(img.convert("RGB")).save(folder / f"g{n:03d}.png")
+                    # At most 512 px and the fastest zlib level: these images only need to be served
+                    # (at 256 px); full-size PNGs made a third of the seeding time.
+                    small = img.convert("RGB")
+                    small.thumbnail((512, 512))
+                    transform(small).save(folder / f"g{n:03d}.png", compress_level=1)
                 manifest.append(f"g{n:03d}.png,{row['file']},{1000 * n_model + n}")
             (folder / "manifest.csv").write_text("\n".join(manifest) + "\n")
             import_generated(ws.database, ws.store, folder, dataset=LOAD_DATASET, model=model)

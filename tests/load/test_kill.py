@@ -5,6 +5,9 @@
   delay), and restarted on the same data each time; on SQLite and on PostgreSQL. (Each cycle costs a server
   start; three kills still hit the server mid-write on each database, the first after a fresh start and
   two after restarts on killed data, and every restart is checked for resumption and integrity.)
+* Both kinds of process are forked from a :class:`~tests.load.client.Launcher` that has done their imports
+  once: the child runs ``app.main`` with the same arguments, in its own process group, and is killed as a
+  command-line process is. (``tests/load/test_load.py`` starts ``python app.py serve`` as a user does.)
 * A ``python app.py generate`` run on a tiny pipeline is killed midway and rerun: every recorded image is
   complete (its file's sha256 is its name), no (model, case, seed) is recorded twice, the rerun makes only
   what is missing. Media files are content-addressed and written atomically (temporary name, fsync,
@@ -17,11 +20,10 @@ from __future__ import annotations
 import hashlib
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,9 @@ from db.session import open_database
 from tests.load.client import (
     REPO,
     Behaviour,
+    Launcher,
     RaterLog,
     RaterSession,
-    app_env,
     check_exactly_once,
     first_unrated,
     integrity_check,
@@ -146,7 +148,9 @@ def assert_files_complete(media: Path, shas: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_killed_generation_leaves_no_half_record_and_resumes(db_url: str, tmp_path: Path, shared_data: Path) -> None:
+def test_killed_generation_leaves_no_half_record_and_resumes(
+    db_url: str, tmp_path: Path, shared_data: Path, launchers: Callable[[Sequence[str]], Launcher]
+) -> None:
     from db.generated import register_model
     from db.importers import import_dataset
     from db.workspace import Workspace
@@ -168,31 +172,32 @@ def test_killed_generation_leaves_no_half_record_and_resumes(db_url: str, tmp_pa
                    "--per-case", str(PER_CASE), "--steps", "2", "--batch-size", "1")  # fmt: skip
     total = N_CASES * PER_CASE
     kill_at = random.Random(5).randint(2, total // 3)
-    process = subprocess.Popen(generate, cwd=REPO, env=app_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)  # fmt: skip
+    launcher = launchers(Launcher.GENERATE)  # forked as `python app.py generate ...`, without its 8 s of imports
+    log = tmp_path / "generate.log"
+    process = launcher.spawn(generate, log)
     try:
         deadline = time.monotonic() + 300
         while process.poll() is None and time.monotonic() < deadline:
             if generated_rows(db_url)[0] >= kill_at:
                 break
             time.sleep(0.02)
-        assert process.poll() is None, "generation ended before the kill: " + process.stdout.read().decode()[-2000:]  # type: ignore[union-attr]
+        assert process.poll() is None, "generation ended before the kill: " + log.read_text()[-2000:]
         process.send_signal(signal.SIGKILL)
         process.wait(30)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(30)
-        process.stdout.close()  # type: ignore[union-attr]
     rows, distinct, shas = generated_rows(db_url)
     assert kill_at <= rows < total and distinct == rows
     assert_files_complete(data_dir / "media", shas)
     if db_url.startswith("sqlite"):
         assert integrity_check(db_url) == "ok"
 
-    rerun = subprocess.run(generate, cwd=REPO, env=app_env(), capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"generated {total - rows} images ({rows} already there)" in rerun.stdout
+    rerun_log = tmp_path / "rerun.log"
+    rerun = launcher.spawn(generate, rerun_log)
+    assert rerun.wait(600) == 0, rerun_log.read_text()[-2000:]
+    assert f"generated {total - rows} images ({rows} already there)" in rerun_log.read_text()
     after, distinct, shas = generated_rows(db_url)
     assert after == distinct == total
     assert_files_complete(data_dir / "media", shas)

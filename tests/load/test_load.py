@@ -26,7 +26,7 @@ MISBEHAVE = Behaviour(double_submit=0.15, retry=0.1, refresh=0.1, stale_tab=0.3,
 
 @pytest.mark.slow
 def test_every_acknowledged_rating_is_stored_exactly_once(load_study: Callable[[int, int], Any]) -> None:
-    study = load_study(RATERS, PER_RATER)
+    study = load_study(RATERS, PER_RATER, forked=False)  # the server as a user starts it: python app.py serve
     db_url = study.db_url
     study.server.start()
     logs = run_raters(study.server.url, [RaterLog(t) for t in study.tokens], seed=7, behaviour=MISBEHAVE)
