@@ -8,6 +8,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,50 +22,84 @@ from db.workspace import Workspace
 from tests.pg import PG_ADMIN_URL_ENV, drop_postgres, fresh_postgres_url
 
 
+@dataclass(frozen=True)
+class Template:
+    """A database built once per test process and backend, copied for each test: a SQLite file or a
+    PostgreSQL database name, and the data folder (media store) that goes with it, if any."""
+
+    database: str
+    data_dir: Path | None = None
+
+
 @pytest.fixture(scope="session")
-def schema_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Per backend, one database migrated to the newest schema (built on first use, per test process).
+def db_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], Template]]:
+    """``(kind, backend) -> Template``, built on first use: ``schema`` (migrated, empty) and ``gi`` (the GI
+    samples and two models imported, as :func:`import_gi_with_models` makes them).
 
-    ``workspace`` starts from a copy of it instead of running every migration again: the copy is the very
-    database the migrations make, so what a test sees is unchanged. The PostgreSQL one is dropped at the end."""
-    templates: dict[str, str] = {}
+    A test's database starts as a copy of one instead of running every migration and import again: the copy is
+    the very database those steps make, so what a test sees is unchanged. The PostgreSQL ones are dropped at
+    the end."""
+    templates: dict[tuple[str, str], Template] = {}
     yield templates
-    if "postgresql" in templates:
-        drop_postgres(os.environ[PG_ADMIN_URL_ENV], templates["postgresql"])
+    for (_, backend), template in templates.items():
+        if backend == "postgresql":
+            drop_postgres(os.environ[PG_ADMIN_URL_ENV], template.database)
 
 
-def start_from_template(db_url: str, templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Make the empty database of ``db_url`` (from the ``db_url`` fixture) a copy of the migrated template."""
+def _copy_database(db_url: str, template: Template) -> None:
     url = make_url(db_url)
     if url.get_backend_name() == "sqlite":
-        if "sqlite" not in templates:
-            path = tmp_path_factory.mktemp("schema") / "template.sqlite3"
-            open_database(f"sqlite:///{path}").dispose()
-            if any(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-journal")):
-                return  # not a single self-contained file: let this test migrate its own database
-            templates["sqlite"] = str(path)
-        shutil.copyfile(templates["sqlite"], str(url.database))
+        shutil.copyfile(template.database, str(url.database))
         return
-    admin = os.environ[PG_ADMIN_URL_ENV]
-    if "postgresql" not in templates:
-        name = f"medsynth_schema_{uuid.uuid4().hex[:12]}"
-        templates["postgresql"] = name  # dropped by the session fixture even if the migration fails
-        open_database(fresh_postgres_url(admin, name)).dispose()
-    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    engine = create_engine(os.environ[PG_ADMIN_URL_ENV], isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{url.database}" TEMPLATE "{templates["postgresql"]}"'))
+            conn.execute(text(f'CREATE DATABASE "{url.database}" TEMPLATE "{template.database}"'))
     finally:
         engine.dispose()
 
 
+def _template_url(backend: str, kind: str, templates: dict[tuple[str, str], Template], folder: Path) -> str:
+    """A new empty database for building a template (registered at once, so it is dropped even if it fails)."""
+    if backend == "sqlite":
+        path = folder / f"{kind}.sqlite3"
+        templates[(kind, backend)] = Template(str(path), folder / "data" if kind != "schema" else None)
+        return f"sqlite:///{path}"
+    name = f"medsynth_{kind}_{uuid.uuid4().hex[:12]}"
+    templates[(kind, backend)] = Template(name, folder / "data" if kind != "schema" else None)
+    return fresh_postgres_url(os.environ[PG_ADMIN_URL_ENV], name)
+
+
+def _self_contained(db_url: str) -> bool:
+    """False for a SQLite database that left a WAL or journal file beside it (a plain copy would miss it)."""
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite":
+        return True
+    path = Path(str(url.database))
+    return not any(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-journal"))
+
+
+def start_from_template(
+    db_url: str, templates: dict[tuple[str, str], Template], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Make the empty database of ``db_url`` (from the ``db_url`` fixture) a copy of the migrated template."""
+    backend = make_url(db_url).get_backend_name()
+    if ("schema", backend) not in templates:
+        url = _template_url(backend, "schema", templates, tmp_path_factory.mktemp("schema"))
+        open_database(url).dispose()
+        if not _self_contained(url):
+            del templates[("schema", backend)]
+            return  # let this test migrate its own database
+    _copy_database(db_url, templates[("schema", backend)])
+
+
 @pytest.fixture
 def workspace(
-    db_url: str, tmp_path: Path, schema_templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    db_url: str, tmp_path: Path, db_templates: dict[tuple[str, str], Template], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Workspace]:
     """A fresh workspace on each database backend (see ``db_url`` in tests/conftest.py), with the newest schema."""
-    start_from_template(db_url, schema_templates, tmp_path_factory)
+    start_from_template(db_url, db_templates, tmp_path_factory)
     ws = Workspace.open(db_url, tmp_path / "data")
     yield ws
     ws.close()
@@ -128,9 +163,39 @@ def import_gi_with_models(workspace: Workspace, shared_data: Path, tmp_path: Pat
 
 
 @pytest.fixture
-def gi_workspace(workspace: Workspace, shared_data: Path, tmp_path: Path) -> Workspace:
-    """A workspace with the 50 GI samples imported and two 'models' with 24 images each."""
-    return import_gi_with_models(workspace, shared_data, tmp_path)
+def gi_workspace(
+    db_url: str,
+    tmp_path: Path,
+    shared_data: Path,
+    db_templates: dict[tuple[str, str], Template],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Workspace]:
+    """A workspace with the 50 GI samples imported and two 'models' with 24 images each (a copy of the
+    database and media folder that :func:`import_gi_with_models` made once per test process and backend)."""
+    backend = make_url(db_url).get_backend_name()
+    if ("gi", backend) not in db_templates:
+        folder = tmp_path_factory.mktemp("gi-template")
+        url = _template_url(backend, "gi", db_templates, folder)
+        template = db_templates[("gi", backend)]
+        assert template.data_dir is not None
+        built = Workspace.open(url, template.data_dir)
+        try:
+            import_gi_with_models(built, shared_data, folder)
+        finally:
+            built.close()
+        if not _self_contained(url):
+            del db_templates[("gi", backend)]
+            ws = Workspace.open(db_url, tmp_path / "data")  # build this test's own, as the template was built
+            yield import_gi_with_models(ws, shared_data, tmp_path)
+            ws.close()
+            return
+    template = db_templates[("gi", backend)]
+    assert template.data_dir is not None
+    _copy_database(db_url, template)
+    shutil.copytree(template.data_dir, tmp_path / "data")
+    ws = Workspace.open(db_url, tmp_path / "data")
+    yield ws
+    ws.close()
 
 
 STUDY_TOML = """
