@@ -284,15 +284,28 @@ class MediaStore:
 
     def render_served(self, sha256: str, *, size: int, fit: Fit, grey: bool = False, window: str | None = None) -> bool:
         """Render and keep the served copy unless it is already kept; True when it was rendered now."""
-        cache = self.served_path(sha256, size=size, fit=fit, grey=grey, window=window)
-        if cache.exists():
-            return False
-        data = encode_fixed_png(fit_for_display(self.open(sha256), size, fit, grey=grey, window=window))
-        try:
-            _atomic_write(cache, data, durable=False)
-        except OSError as exc:
-            raise StorageError(f"cannot write to the media store at {self.root}: {exc.strerror or exc}") from None
-        return True
+        return self.render_served_sizes(sha256, [size], fit=fit, grey=grey, window=window) == 1
+
+    def render_served_sizes(
+        self, sha256: str, sizes: Iterable[int], *, fit: Fit, grey: bool = False, window: str | None = None
+    ) -> int:
+        """Render and keep the served copies of ``sha256`` at each of ``sizes`` that is not kept yet, decoding
+        the stored image once for all of them; returns how many were rendered now."""
+        missing = {
+            size: cache
+            for size in dict.fromkeys(sizes)
+            if not (cache := self.served_path(sha256, size=size, fit=fit, grey=grey, window=window)).exists()
+        }
+        if not missing:
+            return 0
+        image = self.open(sha256)
+        for size, cache in missing.items():
+            data = encode_fixed_png(fit_for_display(image, size, fit, grey=grey, window=window))
+            try:
+                _atomic_write(cache, data, durable=False)
+            except OSError as exc:
+                raise StorageError(f"cannot write to the media store at {self.root}: {exc.strerror or exc}") from None
+        return len(missing)
 
     def served_copy(
         self, sha256: str, *, size: int = 512, fit: Fit = "square", grey: bool = False, window: str | None = None

@@ -805,18 +805,19 @@ def prerender_study(session: Session, store: MediaStore, study: Study) -> int:
     ).all()  # fmt: skip
     fit = cfg.display.fit
     zooms = pair_zoom_sizes(session, study.id, fit)
-    rendered = 0
+    sizes: dict[tuple[str, bool], list[int]] = defaultdict(list)  # every size of each image, to decode it once
     for real, generated, domain, mode, second in rows:
         grey = pair_is_grey(domain.value, mode)
         shown = (generated, real if second is None else second)
         stored = (real, generated) if second is None else (real, generated, second)
-        copies = [(sha, cfg.display.size) for sha in stored]
-        copies += [(sha, zooms[shown]) for sha in shown]
-        for sha, size in copies:
-            rendered += store.render_served(
-                sha, size=size, fit=fit, grey=grey, window=cfg.display.window  # type: ignore[arg-type]
-            )  # fmt: skip
-    return rendered
+        for sha in stored:
+            sizes[(sha, grey)].append(cfg.display.size)
+        for sha in shown:
+            sizes[(sha, grey)].append(zooms[shown])
+    return sum(
+        store.render_served_sizes(sha, wanted, fit=fit, grey=grey, window=cfg.display.window)  # type: ignore[arg-type]
+        for (sha, grey), wanted in sizes.items()
+    )
 
 
 def prerender_open_studies(session: Session, store: MediaStore) -> int:

@@ -98,3 +98,22 @@ def test_served_copies_are_read_not_rendered_on_request(tmp_path: Path) -> None:
     path = store.served_path(info.sha256, size=96, fit="square")
     path.write_bytes(b"kept copy")  # what a request returns is the kept file, not a fresh rendering
     assert store.served_copy(info.sha256, size=96, fit="square") == b"kept copy"
+
+
+def test_several_sizes_of_one_image_render_from_one_decode_to_the_same_bytes(tmp_path: Path) -> None:
+    image = Image.radial_gradient("L").convert("RGB").resize((300, 200))
+    together, apart = MediaStore(tmp_path / "together"), MediaStore(tmp_path / "apart")
+    sha = together.put_image(image).sha256
+    apart.put_image(image)
+    opened: list[str] = []
+    real_open = together.open
+    together.open = lambda s: (opened.append(s), real_open(s))[1]  # type: ignore[method-assign]
+    assert together.render_served_sizes(sha, [64, 96, 64], fit="square", grey=True) == 2
+    assert opened == [sha]  # decoded once for both sizes
+    assert together.render_served_sizes(sha, [96, 64], fit="square", grey=True) == 0  # kept: not even opened
+    assert opened == [sha]
+    for size in (64, 96):
+        assert apart.render_served(sha, size=size, fit="square", grey=True) is True
+        assert together.served_copy(sha, size=size, fit="square", grey=True) == apart.served_copy(
+            sha, size=size, fit="square", grey=True
+        )
