@@ -1,6 +1,10 @@
 """The reading room in a real browser: no scrolling at 1440x900 and 1920x1080, large images, the dim-room
 theme kept by the rater with WCAG AA text contrast in both themes, instructions before the first pair,
-a full-resolution view at native pixels, and a phone layout with swipeable images."""
+a full-resolution view at native pixels, and a phone layout with swipeable images.
+
+These check what the browser draws from the page the server sends, which is the same on every database, so
+they run on the SQLite app only; every test that stores or reads answers through the browser (rater flow,
+binding, head-to-head, practice, blinding) runs on SQLite and on PostgreSQL."""
 
 # ruff: noqa: E501  (the in-page scripts are kept on one line each)
 from __future__ import annotations
@@ -18,6 +22,8 @@ from evalapp.media_routes import read_image_token
 from evalapp.rater_view import Screen, ScreenKind
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+#: the app on SQLite only: what these tests check does not depend on the database (see the docstring)
+SQLITE_APP = pytest.mark.parametrize("app_env", ["sqlite"], indirect=True)
 INSTRUCTED = "instructed-study"
 OWN_INSTRUCTIONS = "Judge the mucosa and vessels; ignore the black corners."
 
@@ -73,6 +79,7 @@ def _instructed_study(app_env: Any) -> None:
         )
 
 
+@SQLITE_APP
 @pytest.mark.parametrize("size", [(1440, 900), (1920, 1080)])
 def test_everything_fits_without_scrolling(app_env: Any, open_rater_page: Any, size: tuple[int, int]) -> None:
     rater = app_env.add_rater("browser-study")
@@ -87,6 +94,7 @@ def test_everything_fits_without_scrolling(app_env: Any, open_rater_page: Any, s
     assert widths[0] >= (600 if size[0] == 1920 else 480), seen
 
 
+@SQLITE_APP
 def test_instructions_come_first_and_reopen_with_question_mark(app_env: Any, open_rater_page: Any) -> None:
     _instructed_study(app_env)
     rater = app_env.add_rater(INSTRUCTED)
@@ -116,6 +124,7 @@ def test_instructions_come_first_and_reopen_with_question_mark(app_env: Any, ope
     assert not intro.is_visible()  # nor after a reload once the rater has started
 
 
+@SQLITE_APP
 def test_theme_toggle_is_kept_and_text_contrast_meets_wcag_aa(app_env: Any, open_rater_page: Any) -> None:
     rater = app_env.add_rater("browser-study")
     view = open_rater_page(rater.link, 1440, 900)
@@ -171,6 +180,7 @@ def _zoomed_side(app_env: Any, src: str) -> tuple[str, int, dict[str, tuple[int,
     return found.sha256, zoom_size(list(sizes.values()), "square"), sizes
 
 
+@SQLITE_APP
 def test_full_resolution_view_shows_native_pixels_and_names_the_side(app_env: Any, open_rater_page: Any) -> None:
     rater = app_env.add_rater("browser-study")
     view = open_rater_page(rater.link, 1920, 1080)
@@ -222,6 +232,7 @@ def test_full_resolution_view_shows_native_pixels_and_names_the_side(app_env: An
     assert page.locator("#ms-zoom").count() == 0
 
 
+@SQLITE_APP
 def test_phone_layout_swipes_between_images_with_a_sticky_question_sheet(browser: Any, app_env: Any) -> None:
     rater = app_env.add_rater("browser-study")
     context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
@@ -245,6 +256,7 @@ def test_phone_layout_swipes_between_images_with_a_sticky_question_sheet(browser
         context.close()
 
 
+@SQLITE_APP
 def test_window_level_applies_equally_to_both_images_on_grey_scale_pairs(app_env: Any, open_rater_page: Any) -> None:
     rater = app_env.add_rater("browser-study")
     view = open_rater_page(rater.link, 1440, 900)
