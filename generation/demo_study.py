@@ -289,15 +289,15 @@ def ensure_demo(
     InputError
         If ``model_dir`` is not a saved pipeline folder, or ``n_per_domain`` is below 2.
     """
-    from generation.msdm.pipeline import DEMO_MODEL_DIR
-
     say = progress or _print
     started = time.perf_counter()
     if n_per_domain < 2:
         raise InputError(f"the demo needs at least 2 cases per domain, got n_per_domain={n_per_domain}")
-    folder = Path(model_dir or DEMO_MODEL_DIR).resolve()
     built = not _demo_study_exists(workspace)
     if built:
+        from generation.msdm.pipeline import DEMO_MODEL_DIR  # torch and diffusers: only the first start needs them
+
+        folder = Path(model_dir or DEMO_MODEL_DIR).resolve()
         if not (folder / "model_index.json").is_file():
             raise InputError(f"the demo model is missing: {folder} has no model_index.json")
         say("building the demo study (first start only)")

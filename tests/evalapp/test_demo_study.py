@@ -137,6 +137,27 @@ def test_later_starts_reuse_it(built: tuple[Workspace, DemoInfo, list[str]], msd
     assert "already set" in again.describe("http://x")
 
 
+def test_a_later_start_reuses_it_without_importing_torch(
+    built: tuple[Workspace, DemoInfo, list[str]], msdm_dir: Path
+) -> None:
+    """``python app.py`` on a built demo: only the first build needs the demo pipeline (torch, diffusers,
+    transformers); importing it made every later start 9 s slower."""
+    import subprocess
+    import sys
+
+    ws, _, _ = built
+    code = (
+        "import sys\n"
+        "from db.workspace import Workspace\n"
+        "from generation.demo_study import ensure_demo\n"
+        f"ws = Workspace.open({ws.settings.db_url!r}, {str(ws.settings.data_dir)!r})\n"
+        f"info = ensure_demo(ws, print, model_dir={str(msdm_dir)!r}, n_per_domain={N_PER_DOMAIN}, device='cpu')\n"
+        "print(info.built, [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False []"
+
+
 def test_password_from_the_environment_is_not_replaced(
     built: tuple[Workspace, DemoInfo, list[str]], msdm_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
