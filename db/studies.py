@@ -814,10 +814,12 @@ def prerender_study(session: Session, store: MediaStore, study: Study) -> int:
             sizes[(sha, grey)].append(cfg.display.size)
         for sha in shown:
             sizes[(sha, grey)].append(zooms[shown])
-    return sum(
-        store.render_served_sizes(sha, wanted, fit=fit, grey=grey, window=cfg.display.window)  # type: ignore[arg-type]
-        for (sha, grey), wanted in sizes.items()
-    )
+    rendered = 0
+    for (sha, grey), wanted in sizes.items():
+        rendered += store.render_served_sizes(
+            sha, wanted, fit=fit, grey=grey, window=cfg.display.window  # type: ignore[arg-type]
+        )  # fmt: skip
+    return rendered
 
 
 def prerender_open_studies(session: Session, store: MediaStore) -> int:
