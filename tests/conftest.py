@@ -65,7 +65,11 @@ def pytest_collection_modifyitems_slow_first(items: list[pytest.Item]) -> None:
     """Tests marked ``slow`` outside the app groups (server kills, load, training) come first, so that xdist
     hands them out first and no worker is left running a long test alone at the end. Runs after pytest has
     grouped the tests by parametrised session fixtures; the order within each part is kept."""
-    slow = [i for i in items if i.get_closest_marker("slow") and not i.get_closest_marker("xdist_group")]
+    def in_app_group(item: pytest.Item) -> bool:
+        group = item.get_closest_marker("xdist_group")
+        return group is not None and str(group.args[0] if group.args else "").startswith("app_env-")
+
+    slow = [i for i in items if i.get_closest_marker("slow") and not in_app_group(i)]
     if slow:
         chosen = set(map(id, slow))
         items[:] = slow + [i for i in items if id(i) not in chosen]

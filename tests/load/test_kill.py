@@ -44,6 +44,9 @@ from tests.load.client import (
     run_raters,
 )
 
+# The kill tests share their launchers (one import of the app, one of the generation stack): one process runs them.
+pytestmark = pytest.mark.xdist_group("launchers")
+
 ROUNDS = 3
 RATERS = 4
 PER_RATER = 24
