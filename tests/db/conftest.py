@@ -71,6 +71,13 @@ def _template_url(backend: str, kind: str, templates: dict[tuple[str, str], Temp
     return fresh_postgres_url(os.environ[PG_ADMIN_URL_ENV], name)
 
 
+def _forget(templates: dict[tuple[str, str], Template], kind: str, backend: str) -> None:
+    """Drop a template that could not be built (or copied), so the next test builds its own again."""
+    template = templates.pop((kind, backend))
+    if backend == "postgresql":
+        drop_postgres(os.environ[PG_ADMIN_URL_ENV], template.database)
+
+
 def _self_contained(db_url: str) -> bool:
     """False for a SQLite database that left a WAL or journal file beside it (a plain copy would miss it)."""
     url = make_url(db_url)
@@ -87,9 +94,13 @@ def start_from_template(
     backend = make_url(db_url).get_backend_name()
     if ("schema", backend) not in templates:
         url = _template_url(backend, "schema", templates, tmp_path_factory.mktemp("schema"))
-        open_database(url).dispose()
+        try:
+            open_database(url).dispose()
+        except BaseException:
+            _forget(templates, "schema", backend)
+            raise
         if not _self_contained(url):
-            del templates[("schema", backend)]
+            _forget(templates, "schema", backend)
             return  # let this test migrate its own database
     _copy_database(db_url, templates[("schema", backend)])
 
@@ -178,13 +189,17 @@ def gi_workspace(
         url = _template_url(backend, "gi", db_templates, folder)
         template = db_templates[("gi", backend)]
         assert template.data_dir is not None
-        built = Workspace.open(url, template.data_dir)
         try:
-            import_gi_with_models(built, shared_data, folder)
-        finally:
-            built.close()
+            built = Workspace.open(url, template.data_dir)
+            try:
+                import_gi_with_models(built, shared_data, folder)
+            finally:
+                built.close()
+        except BaseException:
+            _forget(db_templates, "gi", backend)  # a half-built template must not be copied by later tests
+            raise
         if not _self_contained(url):
-            del db_templates[("gi", backend)]
+            _forget(db_templates, "gi", backend)
             ws = Workspace.open(db_url, tmp_path / "data")  # build this test's own, as the template was built
             yield import_gi_with_models(ws, shared_data, tmp_path)
             ws.close()
