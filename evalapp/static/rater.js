@@ -146,11 +146,19 @@
       var url = img.getAttribute("data-src") || "";
       var blob = prefetched[url];
       if (!blob) { img.setAttribute("src", url); return; }
-      if (shownBlobs.length >= 3) shownBlobs.splice(0).forEach(function (u) { URL.revokeObjectURL(u); });
+      releaseUnshown();
       shownBlobs.push(blob);
       delete prefetched[url];
       delete decoded[url];
       img.setAttribute("src", blob);
+    });
+  }
+  function releaseUnshown() { // free the blobs of images no longer on the page (the pair just replaced)
+    var onPage = images().concat(references()).map(function (i) { return i.getAttribute("src"); });
+    shownBlobs = shownBlobs.filter(function (u) {
+      if (onPage.indexOf(u) >= 0) return true;
+      URL.revokeObjectURL(u);
+      return false;
     });
   }
   function tickSoon() { // many DOM changes arrive per response: one check per frame, not one per change
